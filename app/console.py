@@ -1,0 +1,264 @@
+"""Serial console automation with pexpect.
+
+A `Console` wraps any pexpect spawn object (a unix-socket fd for real guests,
+a pty for tests). It logs in with a small state machine, puts the shell into
+a parseable state, and runs commands whose output and exit code come back
+between split markers. One user at a time: every public method holds a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import shlex
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TextIO
+
+import pexpect
+from pexpect import fdpexpect
+
+from .errors import ConsoleError, ConsoleTimeout, GuestCommandFailed, LoginIncorrect
+
+log = logging.getLogger(__name__)
+
+# CSI, OSC (BEL or ST terminated), DCS/APC/PM/SOS strings, and two-byte escapes.
+# Debian sid's systemd wraps every command in OSC 3008 and agetty sends DCS
+# queries, so all of these really occur on a serial console.
+_ESCAPES = re.compile(
+    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[P_^X][^\x1b]*(?:\x1b\\)?"
+    r"|\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b[ -/]*[0-~]"
+)
+_OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+LOGIN_PROMPT = r"[\w.-]+ login: "
+PASSWORD_PROMPT = r"[Pp]assword: "
+LOGIN_INCORRECT = r"Login incorrect"
+# Any usual shell prompt; only believed once a password has been sent.
+SHELL_PROMPT = r"[#$] (?:\x1b\[\?2004h)?"
+
+
+def strip_escapes(text: str) -> str:
+    """Terminal escape sequences out, CRLF normalised, stray controls dropped."""
+    text = _ESCAPES.sub("", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _OTHER_CONTROLS.sub("", text)
+
+
+def split_marker(tag: str) -> str:
+    """Shell text that prints `tag` but whose own echo does not contain it."""
+    half = len(tag) // 2
+    return f"'{tag[:half]}''{tag[half:]}'"
+
+
+def wrap_command(command: str, tag: str) -> str:
+    """The line sent for `command`: begin marker, the command with stdin closed
+    and stderr merged, end marker with the exit status."""
+    return (f"printf '%s\\n' {split_marker('B' + tag)}; {{ {command}\n}} </dev/null 2>&1; "
+            f"printf '%s %s\\n' {split_marker('E' + tag)} \"$?\"")
+
+
+def result_pattern(tag: str) -> re.Pattern[str]:
+    return re.compile(rf"B{tag}\r?\n(.*?)E{tag} (\d+)\r?\n", re.DOTALL)
+
+
+def setup_line(prompt_tag: str) -> str:
+    """Make the shell parseable: no echo, no colours or pagers, no OSC 3008
+    context hooks, no bracketed paste, quiet kernel, a unique prompt."""
+    return ("stty -echo; unset PROMPT_COMMAND PS0 HISTFILE; "
+            "export TERM=dumb PAGER=cat SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 NO_COLOR=1 LC_ALL=C; "
+            "bind 'set enable-bracketed-paste off' 2>/dev/null; dmesg -n 1 2>/dev/null; "
+            f"PS2=''; PS1={split_marker(prompt_tag)}'# '; printf '%s\\n' {split_marker('S' + prompt_tag)}")
+
+
+class Console:
+    def __init__(self, child: pexpect.spawnbase.SpawnBase, name: str = "guest",
+                 transcript: TextIO | None = None, closer: Callable[[], None] | None = None):
+        self.child = child
+        self.name = name
+        self._lock = threading.RLock()
+        self._closer = closer
+        self._prompt_tag = "BL" + secrets.token_hex(4)
+        self._ready = False
+        if transcript is not None:
+            child.logfile_read = transcript
+        self.transcript = transcript
+
+    # ------------------------------------------------------------ plumbing
+
+    @classmethod
+    def connect_unix(cls, path: Path, name: str, transcript_path: Path | None = None) -> "Console":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))
+        child = fdpexpect.fdspawn(sock.fileno(), encoding="utf-8", codec_errors="replace",
+                                  maxread=65536, searchwindowsize=None)
+        transcript = open(transcript_path, "a", encoding="utf-8") if transcript_path else None
+
+        def close() -> None:
+            sock.close()
+            if transcript:
+                transcript.close()
+        return cls(child, name, transcript, close)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closer:
+                self._closer()
+                self._closer = None
+
+    @contextmanager
+    def exclusive(self) -> Iterator["Console"]:
+        """Hold the console across several commands (e.g. a whole nmcli change)."""
+        with self._lock:
+            yield self
+
+    def _note(self, text: str) -> None:
+        if self.transcript:
+            self.transcript.write(f"\n[bridgelab] {text}\n")
+            self.transcript.flush()
+
+    def _tail(self) -> str:
+        before = self.child.before if isinstance(self.child.before, str) else ""
+        return strip_escapes(before)[-400:]
+
+    def _send(self, text: str) -> None:
+        # Serial consoles want CR, like a terminal's Enter key.
+        self.child.send(text + "\r")
+
+    # ------------------------------------------------------------ login
+
+    def login(self, user: str, password: str, timeout: float, idle: float = 8.0,
+              on_login_prompt: Callable[[], None] | None = None) -> None:
+        """Drive getty/login until a shell prompt, then prepare the shell.
+
+        Sends a newline whenever the console stays quiet for `idle` seconds
+        before a password was sent (getty re-prints its prompt). A second
+        password prompt, or 'Login incorrect', means bad credentials."""
+        with self._lock:
+            self._ready = False
+            deadline = time.monotonic() + timeout
+            sent_user = sent_password = False
+            patterns = [LOGIN_PROMPT, PASSWORD_PROMPT, LOGIN_INCORRECT, SHELL_PROMPT, pexpect.TIMEOUT, pexpect.EOF]
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConsoleTimeout(f"{self.name}: no shell after {timeout:.0f}s on the console; "
+                                         f"last output: {self._tail()!r}")
+                i = self.child.expect(patterns, timeout=min(idle * (4 if sent_password else 1), remaining))
+                if i == 0:
+                    if sent_password:
+                        raise LoginIncorrect(f"{self.name}: login as {user!r} was refused (login prompt again)")
+                    if on_login_prompt:
+                        on_login_prompt()
+                    self._note(f"login as {user}")
+                    self._send(user)
+                    sent_user = True
+                elif i == 1:
+                    if sent_password:
+                        raise LoginIncorrect(f"{self.name}: login as {user!r} was refused (password asked twice)")
+                    if not sent_user:  # someone else's half-finished login: start over
+                        self._send("")
+                        continue
+                    self._send(password)
+                    sent_password = True
+                elif i == 2:
+                    if sent_user:
+                        raise LoginIncorrect(f"{self.name}: 'Login incorrect' for user {user!r}; "
+                                             "check the login password")
+                elif i == 3:
+                    if sent_password:
+                        break
+                elif i == 4:
+                    self._send("")
+                else:
+                    raise ConsoleError(f"{self.name}: console closed while logging in (did qemu exit?)")
+            self._prepare_shell(max(deadline - time.monotonic(), 30.0))
+
+    def _prepare_shell(self, timeout: float) -> None:
+        tag = self._prompt_tag
+        self._send(setup_line(tag))
+        i = self.child.expect([f"S{tag}\r?\n", LOGIN_INCORRECT, pexpect.TIMEOUT, pexpect.EOF], timeout=timeout)
+        if i == 1:
+            raise LoginIncorrect(f"{self.name}: 'Login incorrect'; check the login password")
+        if i != 0:
+            raise ConsoleTimeout(f"{self.name}: shell did not answer the setup line; last output: {self._tail()!r}")
+        self._expect_prompt(timeout)
+        self._ready = True
+
+    def _expect_prompt(self, timeout: float) -> None:
+        i = self.child.expect_exact([f"{self._prompt_tag}# ", pexpect.TIMEOUT, pexpect.EOF], timeout=timeout)
+        if i != 0:
+            raise ConsoleTimeout(f"{self.name}: no prompt after {timeout:.0f}s; last output: {self._tail()!r}")
+
+    # ------------------------------------------------------------ commands
+
+    def _drain(self) -> None:
+        """Discard whatever arrived while nobody was reading (late kernel lines)."""
+        try:
+            while True:
+                self.child.read_nonblocking(65536, timeout=0)
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            pass
+        self.child.buffer = self.child.string_type()
+
+    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        """Run one shell command; return (exit code, output with escapes stripped)."""
+        with self._lock:
+            if not self._ready:
+                raise ConsoleError(f"{self.name}: not logged in")
+            self._drain()
+            tag = secrets.token_hex(6)
+            self._note(f"$ {command}")
+            self._send(wrap_command(command, tag))
+            i = self.child.expect([result_pattern(tag), pexpect.TIMEOUT, pexpect.EOF], timeout=timeout)
+            if i == 2:
+                self._ready = False
+                raise ConsoleError(f"{self.name}: console closed during {command!r}")
+            if i == 1:
+                self.child.send("\x03")  # interrupt, then resynchronise on the prompt
+                try:
+                    self._expect_prompt(10)
+                except ConsoleTimeout:
+                    self._ready = False
+                raise ConsoleTimeout(f"{self.name}: {command!r} did not finish within {timeout:.0f}s")
+            match = self.child.match
+            assert match is not None and not isinstance(match, (type(pexpect.TIMEOUT), type(pexpect.EOF)))
+            output, rc = strip_escapes(match.group(1)), int(match.group(2))
+            self._expect_prompt(10)
+            return rc, output
+
+    def check(self, command: str, timeout: float = 60.0) -> str:
+        rc, out = self.run(command, timeout)
+        if rc != 0:
+            raise GuestCommandFailed(command, rc, out)
+        return out
+
+    def send_and_forget(self, command: str) -> None:
+        """For commands that never return a prompt (reboot, poweroff)."""
+        with self._lock:
+            self._note(f"$ {command}")
+            self._send(command)
+            self._ready = False
+
+    def try_send_and_forget(self, command: str, wait: float = 0.5) -> bool:
+        """send_and_forget, but only if the shell is logged in and free soon."""
+        if not self._lock.acquire(timeout=wait):
+            return False
+        try:
+            if not self._ready:
+                return False
+            self.send_and_forget(command)
+            return True
+        finally:
+            self._lock.release()
+
+
+def quote(value: object) -> str:
+    """The only way user-influenced text reaches a guest shell."""
+    return shlex.quote(str(value))

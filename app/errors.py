@@ -1,0 +1,85 @@
+"""One error hierarchy for the whole project.
+
+Every failure a user can meet is a BridgelabError subclass with a message
+that says what went wrong and, where it helps, what to do about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BridgelabError(Exception):
+    """Base of every error bridgelab raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldIssue:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(BridgelabError):
+    """The lab file (or an API request) is invalid; nothing was created."""
+
+    def __init__(self, issues: list[FieldIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+class ImageError(BridgelabError):
+    """An image is missing, malformed, or failed to build."""
+
+
+class HostNetError(BridgelabError):
+    """Creating or removing host network objects failed."""
+
+
+class CommandFailed(BridgelabError):
+    """A host subprocess exited non-zero or timed out."""
+
+    def __init__(self, argv: list[str], returncode: int | None, stdout: str, stderr: str, reason: str = ""):
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        what = reason or f"exited with {returncode}"
+        tail = stderr.strip()[-2000:]
+        super().__init__(f"{argv[0]} {what}" + (f": {tail}" if tail else ""))
+
+
+class GuestError(BridgelabError):
+    """Something went wrong with one guest; the others are unaffected."""
+
+
+class QemuStartError(GuestError):
+    """qemu exited (or never opened its sockets) while starting."""
+
+
+class ConsoleError(GuestError):
+    """The serial console did not behave as expected."""
+
+
+class LoginIncorrect(ConsoleError):
+    """The guest rejected the configured user/password."""
+
+
+class ConsoleTimeout(ConsoleError):
+    """The guest did not answer on its console before the deadline."""
+
+
+class GuestCommandFailed(ConsoleError):
+    """A command run on the guest console exited non-zero."""
+
+    def __init__(self, command: str, returncode: int, output: str):
+        self.command = command
+        self.returncode = returncode
+        self.output = output
+        super().__init__(f"guest command exited {returncode}: {command}\n{output.strip()[-1500:]}")
+
+
+class NetworkConfigError(GuestError):
+    """NetworkManager in the guest did not end up with the requested address."""

@@ -1,0 +1,134 @@
+"""One qemu process: overlay, start, QMP, shutdown, exit detection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+from . import proc, qemu
+from .errors import QemuStartError
+from .hostnet import Ledger, proc_start_time
+from .plan import GuestPlan
+
+log = logging.getLogger(__name__)
+
+
+def tail(path: Path, limit: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class GuestProcess:
+    def __init__(self, plan: GuestPlan, ledger: Ledger):
+        self.plan = plan
+        self.ledger = ledger
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.qmp: QMPClient | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def prepare(self) -> None:
+        """Fresh per-run directory and a qcow2 overlay, so the base image is never written."""
+        p = self.plan.paths
+        p.dir.mkdir(parents=True, exist_ok=True)
+        for f in (p.overlay, p.console_sock, p.qmp_sock):
+            f.unlink(missing_ok=True)
+        proc.run(qemu.overlay_argv(self.plan))
+
+    def spawn(self) -> None:
+        argv = qemu.argv(self.plan)
+        p = self.plan.paths
+        p.stderr.write_text("")
+        self.popen = proc.spawn(argv, stdout=p.stderr, stderr=p.stderr)
+        self.ledger.add({"kind": "process", "pid": self.popen.pid, "what": f"qemu {self.plan.name}",
+                         "start_time": proc_start_time(self.popen.pid)})
+
+    def exited(self) -> int | None:
+        return self.popen.poll() if self.popen else None
+
+    def stderr_tail(self) -> str:
+        return tail(self.plan.paths.stderr).strip()
+
+    async def wait_sockets(self, timeout: float = 20.0) -> None:
+        """Until qemu listens on its QMP socket; a qemu that exits first is a start failure."""
+        deadline = time.monotonic() + timeout
+        sock = str(self.plan.paths.qmp_sock)
+        while True:
+            rc = self.exited()
+            if rc is not None:
+                raise QemuStartError(f"qemu exited with status {rc}: {self.stderr_tail() or '(no output)'}")
+            client = QMPClient(self.plan.name)
+            try:
+                await client.connect(sock)
+                self.qmp = client
+                return
+            except (QMPError, OSError):
+                if time.monotonic() > deadline:
+                    raise QemuStartError(f"qemu did not open {sock} within {timeout:.0f}s: "
+                                         f"{self.stderr_tail()}") from None
+            await asyncio.sleep(0.05)
+
+    async def execute(self, cmd: str) -> object:
+        if self.qmp is None:
+            raise QemuStartError("QMP is not connected")
+        return await self.qmp.execute(cmd)
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rc = self.exited()
+            if rc is not None:
+                return rc
+            await asyncio.sleep(0.1)
+        return self.exited()
+
+    async def shutdown(self, timeout: float) -> str:
+        """ACPI powerdown, repeated because a booting guest may miss it; then
+        QMP quit; then SIGKILL. Returns how the guest ended."""
+        if self.popen is None:
+            return "never started"
+        how = "exited"
+        deadline = time.monotonic() + timeout
+        while self.exited() is None and time.monotonic() < deadline:
+            how = "powered down"
+            try:
+                await asyncio.wait_for(self.execute("system_powerdown"), 2)
+            except (QMPError, OSError, asyncio.TimeoutError):
+                pass
+            await self.wait_exit(min(3.0, max(0.0, deadline - time.monotonic())))
+        if self.exited() is None:
+            how = "quit"
+            try:
+                await asyncio.wait_for(self.execute("quit"), 2)
+            except (QMPError, OSError, asyncio.TimeoutError):
+                pass
+            await self.wait_exit(3)
+        if self.exited() is None:
+            how = "killed"
+            await asyncio.to_thread(proc.stop, self.popen, 2.0)
+        await self.close_qmp()
+        for e in [e for e in self.ledger.entries if e["kind"] == "process" and e["pid"] == self.popen.pid]:
+            self.ledger.drop(e)
+        log.info("guest %s %s", self.plan.name, how)
+        return how
+
+    async def close_qmp(self) -> None:
+        if self.qmp is not None:
+            try:
+                await self.qmp.disconnect()
+            except (QMPError, OSError):
+                pass
+            self.qmp = None

@@ -1,0 +1,137 @@
+"""NetworkManager commands and parsers. Pure: builds shell text, parses output.
+
+Every value that reaches the guest shell goes through `quote`, and the values
+themselves were validated (IPs, MACs) before they got here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from .console import quote
+
+PRIORITY = "100"  # beats the auto-created "Wired connection 1" at boot
+NMCLI = "nmcli -t -c no"
+
+# The profile settings bridgelab owns; compared before and written on change.
+PROFILE_FIELDS = (
+    "802-3-ethernet.mac-address",
+    "ipv4.method",
+    "ipv4.addresses",
+    "ipv4.gateway",
+    "ipv4.dns",
+    "connection.autoconnect",
+    "connection.autoconnect-priority",
+)
+
+_LINK = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:\s.*?link/ether\s+([0-9a-fA-F:]{17})", re.MULTILINE)
+_INET = re.compile(r"\binet\s+(\d+\.\d+\.\d+\.\d+/\d+)")
+_PING = re.compile(r"^(ok|fail) (\S+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    mac: str
+    address: ipaddress.IPv4Interface
+    gateway: ipaddress.IPv4Address | None
+    dns: tuple[ipaddress.IPv4Address, ...] = ()
+
+
+def profile_name(mac: str) -> str:
+    """One deterministic profile per NIC, named after the MAC it is bound to."""
+    return "bridgelab-" + mac.lower().replace(":", "")
+
+
+def list_links_cmd() -> str:
+    return "ip -o link show"
+
+
+def iface_for_mac(ip_link_output: str, mac: str) -> str | None:
+    mac = mac.lower()
+    for name, link_mac in _LINK.findall(ip_link_output):
+        if link_mac.lower() == mac:
+            return name
+    return None
+
+
+def show_profile_cmd(name: str) -> str:
+    return f"{NMCLI} -f {','.join(PROFILE_FIELDS)} connection show {quote(name)}"
+
+
+def parse_terse(output: str) -> dict[str, str]:
+    """`nmcli -t` key:value lines; values may carry escaped colons (\\:)."""
+    out: dict[str, str] = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and re.match(r"^[A-Za-z0-9-]+\.[A-Za-z0-9.-]+$", key):
+            out[key] = value.replace("\\:", ":").replace("\\\\", "\\").strip()
+    return out
+
+
+def desired_settings(cfg: NetConfig) -> dict[str, str]:
+    return {
+        "802-3-ethernet.mac-address": cfg.mac.upper(),
+        "ipv4.method": "manual",
+        "ipv4.addresses": str(cfg.address),
+        "ipv4.gateway": str(cfg.gateway) if cfg.gateway else "",
+        "ipv4.dns": ",".join(str(d) for d in cfg.dns),
+        "connection.autoconnect": "yes",
+        "connection.autoconnect-priority": PRIORITY,
+    }
+
+
+def _norm(key: str, value: str) -> str:
+    value = value.strip()
+    if value == "--":
+        return ""
+    if key == "802-3-ethernet.mac-address":
+        return value.lower()
+    if key in ("ipv4.addresses", "ipv4.dns"):
+        return ",".join(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+def settings_diff(current: dict[str, str], desired: dict[str, str]) -> dict[str, str]:
+    """The desired settings whose current value differs."""
+    return {k: v for k, v in desired.items() if _norm(k, current.get(k, "")) != _norm(k, v)}
+
+
+def _args(settings: dict[str, str]) -> str:
+    return " ".join(f"{k} {quote(v)}" for k, v in settings.items())
+
+
+def add_cmd(name: str, settings: dict[str, str]) -> str:
+    return f"nmcli connection add type ethernet con-name {quote(name)} {_args(settings)}"
+
+
+def modify_cmd(name: str, settings: dict[str, str]) -> str:
+    return f"nmcli connection modify {quote(name)} {_args(settings)}"
+
+
+def up_cmd(name: str, iface: str) -> str:
+    return f"nmcli connection up {quote(name)} ifname {quote(iface)}"
+
+
+def active_profile_cmd(iface: str) -> str:
+    return f"{NMCLI} -f GENERAL.CONNECTION device show {quote(iface)}"
+
+
+def addresses_cmd(iface: str) -> str:
+    return f"ip -o -4 addr show dev {quote(iface)}"
+
+
+def parse_addresses(output: str) -> list[ipaddress.IPv4Interface]:
+    return [ipaddress.IPv4Interface(a) for a in _INET.findall(output)]
+
+
+def ping_cmd(targets: list[str], deadline: int = 5) -> str:
+    """Ping every target concurrently; one 'ok IP' or 'fail IP' line each."""
+    ips = " ".join(quote(t) for t in targets)
+    return (f"for t in {ips}; do ( if ping -n -q -c 1 -w {int(deadline)} \"$t\" >/dev/null 2>&1; "
+            "then echo \"ok $t\"; else echo \"fail $t\"; fi ) & done; wait")
+
+
+def parse_ping(output: str) -> dict[str, bool]:
+    return {ip: verdict == "ok" for verdict, ip in _PING.findall(output)}

@@ -1,0 +1,318 @@
+"""Lab file models and validation. Pure: no I/O beyond parsing the given text.
+
+`load_lab_text` returns a validated `Lab` or raises `SpecError` listing every
+problem found, each with its field path (``guests[1].ip: ...``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import Enum
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from .errors import FieldIssue, SpecError
+
+IFNAMSIZ = 16  # including the trailing NUL, so 15 usable characters
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_GUEST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MEMORY = re.compile(r"^(\d+)\s*([MG]i?B?)?$", re.IGNORECASE)
+
+# Options bridgelab itself owns on the qemu command line; a user passing them
+# through `qemu_args` would silently break the console, QMP or the tap.
+RESERVED_QEMU_OPTIONS = frozenset(
+    {"-qmp", "-qmp-pretty", "-serial", "-monitor", "-mon", "-daemonize", "-pidfile",
+     "-nographic", "-name", "-kernel", "-initrd", "-append", "-bios", "-accel", "-enable-kvm"}
+)
+
+
+class Arch(str, Enum):
+    riscv64 = "riscv64"
+    x86_64 = "x86_64"
+    aarch64 = "aarch64"
+
+
+class Accel(str, Enum):
+    auto = "auto"
+    tcg = "tcg"
+    kvm = "kvm"
+
+
+def has_control_chars(text: str) -> bool:
+    return bool(_CONTROL.search(text))
+
+
+def _no_control(value: str) -> str:
+    if has_control_chars(value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+def _ifname(value: str) -> str:
+    if value in (".", "..") or not _IFNAME.match(value):
+        raise ValueError(
+            f"invalid interface name {value!r}: 1-{IFNAMSIZ - 1} characters from A-Z a-z 0-9 _ . -"
+        )
+    return value
+
+
+def normalize_mac(value: str) -> str:
+    mac = value.strip().lower().replace("-", ":")
+    if not _MAC.match(mac):
+        raise ValueError(f"invalid MAC address {value!r}: expected six hex octets like 02:00:5e:10:00:01")
+    first = int(mac[:2], 16)
+    if first & 0x01:
+        raise ValueError(f"MAC {value!r} is multicast (lowest bit of the first octet is set)")
+    if mac == "00:00:00:00:00:00":
+        raise ValueError("MAC 00:00:00:00:00:00 is not a usable address")
+    return mac
+
+
+def parse_memory_mib(value: Any) -> int:
+    """Accept 2048, '2048', '2048M', '2G', '2GiB'; return MiB."""
+    if isinstance(value, bool):
+        raise ValueError("memory must be a size like 2048 (MiB), '2G' or '512M'")
+    if isinstance(value, int):
+        mib = value
+    else:
+        m = _MEMORY.match(str(value).strip())
+        if not m:
+            raise ValueError(f"invalid memory size {value!r}: use MiB (2048) or a suffix ('2G', '512M')")
+        mib = int(m.group(1)) * (1024 if (m.group(2) or "M").upper().startswith("G") else 1)
+    if not 64 <= mib <= 1024 * 1024:
+        raise ValueError(f"memory {mib} MiB is out of range (64 MiB .. 1 TiB)")
+    return mib
+
+
+SafeStr = Annotated[str, AfterValidator(_no_control)]
+IfName = Annotated[str, AfterValidator(_ifname)]
+Mac = Annotated[str, BeforeValidator(lambda v: normalize_mac(v) if isinstance(v, str) else v)]
+MemoryMiB = Annotated[int, BeforeValidator(parse_memory_mib)]
+
+
+class _Model(BaseModel):
+    # Unknown keys are typos more often than intent: reject them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Login(_Model):
+    user: SafeStr = Field(min_length=1, max_length=32, pattern=r"^[a-z_][a-z0-9_.-]*$")
+    password: SafeStr = Field(min_length=1, max_length=256)
+
+
+class Bridge(_Model):
+    name: IfName = "br0"
+    address: ipaddress.IPv4Interface
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _needs_prefix(cls, v: Any) -> Any:
+        if isinstance(v, str) and "/" not in v:
+            raise ValueError(f"{v!r} needs a prefix length, e.g. {v}/24")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _usable(cls, v: ipaddress.IPv4Interface) -> ipaddress.IPv4Interface:
+        net = v.network
+        if net.prefixlen > 30:
+            raise ValueError(f"/{net.prefixlen} leaves no room for guests; use /30 or shorter")
+        if v.ip in (net.network_address, net.broadcast_address):
+            raise ValueError(f"{v.ip} is the network or broadcast address of {net}")
+        return v
+
+
+class Guest(_Model):
+    name: str
+    arch: Arch = Arch.riscv64
+    image: SafeStr = Field(min_length=1)
+    cpus: int = Field(default=1, ge=1, le=64)
+    memory: MemoryMiB = 1024
+    ip: ipaddress.IPv4Address | None = None
+    mac: Mac | None = None
+    tap: IfName | None = None
+    gateway: ipaddress.IPv4Address | None = Field(default=None, description="default: the bridge address")
+    dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=3)
+    login: Login | None = None
+    append: SafeStr | None = Field(default=None, description="extra kernel arguments, after the image's own")
+    accel: Accel = Accel.auto
+    qemu_args: list[SafeStr] = Field(default_factory=list)
+    boot_timeout: float | None = Field(default=None, gt=0, le=3600)
+
+    @field_validator("name")
+    @classmethod
+    def _guest_name(cls, v: str) -> str:
+        if not _GUEST_NAME.match(v):
+            raise ValueError(
+                f"invalid guest name {v!r}: 1-32 of a-z 0-9 '-', starting and ending with a letter or digit"
+            )
+        return v
+
+    @field_validator("qemu_args")
+    @classmethod
+    def _no_reserved(cls, v: list[str]) -> list[str]:
+        clash = sorted({a.split("=", 1)[0] for a in v} & RESERVED_QEMU_OPTIONS)
+        if clash:
+            raise ValueError(f"{', '.join(clash)} is managed by bridgelab and cannot be passed in qemu_args")
+        return v
+
+
+class Lab(_Model):
+    name: str = "bridgelab"
+    bridge: Bridge
+    guests: list[Guest] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _lab_name(cls, v: str) -> str:
+        if not _GUEST_NAME.match(v):
+            raise ValueError(f"invalid lab name {v!r}: 1-32 of a-z 0-9 '-'")
+        return v
+
+
+# ---------------------------------------------------------------- validation
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _control_char_issues(data: Any, loc: tuple[Any, ...] = ()) -> list[FieldIssue]:
+    """Walk the raw YAML so that control characters are reported even in keys
+    and in fields whose own validation would fail for another reason."""
+    issues: list[FieldIssue] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if isinstance(k, str) and has_control_chars(k):
+                issues.append(FieldIssue(format_loc(loc), f"key {k!r} contains control characters"))
+            issues += _control_char_issues(v, loc + (k,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            issues += _control_char_issues(v, loc + (i,))
+    elif isinstance(data, str) and has_control_chars(data):
+        issues.append(FieldIssue(format_loc(loc), "control characters are not allowed"))
+    return issues
+
+
+def pydantic_issues(err: ValidationError) -> list[FieldIssue]:
+    issues = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        issues.append(FieldIssue(format_loc(loc), msg))
+    return issues
+
+
+def cross_check(bridge: Bridge | None, guests: list[tuple[int, Guest]]) -> list[FieldIssue]:
+    """Checks that involve more than one field: duplicates and subnet membership.
+    Runs on whatever validated, so one bad field does not hide the others."""
+    issues: list[FieldIssue] = []
+    seen: dict[str, dict[Any, int]] = {"name": {}, "ip": {}, "mac": {}, "tap": {}}
+    for i, g in guests:
+        for field in seen:
+            value = getattr(g, field)
+            if value is None:
+                continue
+            if value in seen[field]:
+                issues.append(FieldIssue(f"guests[{i}].{field}",
+                                         f"duplicate {field} {value} (also guests[{seen[field][value]}])"))
+            else:
+                seen[field][value] = i
+        if bridge is None:
+            continue
+        if g.tap is not None and g.tap == bridge.name:
+            issues.append(FieldIssue(f"guests[{i}].tap", f"{g.tap} is the bridge's name"))
+        if g.ip is not None:
+            issues += [FieldIssue(f"guests[{i}].ip", m) for m in ip_problems(g.ip, bridge.address)]
+        if g.gateway is not None and g.gateway not in bridge.address.network:
+            issues.append(FieldIssue(f"guests[{i}].gateway",
+                                     f"{g.gateway} is not reachable on {bridge.address.network}"))
+    return issues
+
+
+def _valid_parts(data: dict[str, Any]) -> tuple[Bridge | None, list[tuple[int, Guest]]]:
+    """The bridge and guests that validate on their own (for cross checks after a failure)."""
+    try:
+        bridge: Bridge | None = Bridge.model_validate(data.get("bridge"))
+    except ValidationError:
+        bridge = None
+    guests = []
+    raw = data.get("guests")
+    for i, g in enumerate(raw if isinstance(raw, list) else []):
+        try:
+            guests.append((i, Guest.model_validate(g)))
+        except ValidationError:
+            pass
+    return bridge, guests
+
+
+def ip_problems(ip: ipaddress.IPv4Address, bridge: ipaddress.IPv4Interface) -> list[str]:
+    net = bridge.network
+    if ip not in net:
+        return [f"{ip} is outside the bridge subnet {net}"]
+    if ip == bridge.ip:
+        return [f"{ip} is the bridge's own address"]
+    if ip in (net.network_address, net.broadcast_address):
+        return [f"{ip} is the network or broadcast address of {net}"]
+    return []
+
+
+def parse_lab_data(data: Any) -> Lab:
+    if not isinstance(data, dict):
+        raise SpecError([FieldIssue("", "a lab file must be a YAML mapping with 'bridge' and 'guests'")])
+    issues = _control_char_issues(data)
+    try:
+        lab = Lab.model_validate(data)
+    except ValidationError as err:
+        issues += pydantic_issues(err) + cross_check(*_valid_parts(data))
+        raise SpecError(_dedupe(issues)) from None
+    issues += cross_check(lab.bridge, list(enumerate(lab.guests)))
+    if issues:
+        raise SpecError(_dedupe(issues))
+    return lab
+
+
+def load_lab_text(text: str) -> Lab:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError([FieldIssue("", f"not valid YAML: {err}")]) from None
+    return parse_lab_data(data)
+
+
+def _dedupe(issues: list[FieldIssue]) -> list[FieldIssue]:
+    return list(dict.fromkeys(issues))
+
+
+class NetworkRequest(_Model):
+    """Body of PUT /guests/{name}/network."""
+
+    ip: ipaddress.IPv4Address
+    gateway: ipaddress.IPv4Address | None = None
+    dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=3)
+
+
+__all__ = [
+    "Accel", "Arch", "Bridge", "Guest", "Lab", "Login", "NetworkRequest", "IFNAMSIZ",
+    "RESERVED_QEMU_OPTIONS", "load_lab_text", "parse_lab_data", "ip_problems", "normalize_mac",
+    "parse_memory_mib", "has_control_chars",
+]

@@ -1,0 +1,111 @@
+"""Console protocol against a scripted fake guest on a real pty running real bash."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from bridgelab.console import Console, result_pattern, split_marker, strip_escapes, wrap_command
+from bridgelab.errors import ConsoleTimeout, LoginIncorrect
+
+FAKE = Path(__file__).with_name("fakeguest.py")
+DATA = json.loads((Path(__file__).parent / "data" / "sid-console.json").read_text())
+
+
+@pytest.fixture
+def spawn_fake(tmp_path):
+    children = []
+
+    def start(*args: str) -> Console:
+        child = pexpect.spawn(sys.executable, [str(FAKE), *args], encoding="utf-8", codec_errors="replace",
+                              env={"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                              dimensions=(24, 80))
+        children.append(child)
+        transcript = open(tmp_path / "transcript.log", "w")
+        return Console(child, "fake", transcript)
+
+    yield start
+    for c in children:
+        c.close(force=True)
+
+
+def test_strip_escapes_on_real_sid_output():
+    text = strip_escapes(DATA["boot"] + "bridgelab login: ")
+    assert "\x1b" not in text
+    assert "3008" not in text and "6E616D65" not in text
+    assert text.rstrip().endswith("bridgelab login:")
+    assert strip_escapes("\x1b[32mWired\x1b[0m:\x1b[1;33m02:00\x1b[0m\r\n") == "Wired:02:00\n"
+
+
+def test_markers_never_match_their_own_echo():
+    line = wrap_command("true", "abc123")
+    assert "Babc123" not in line and "Eabc123" not in line
+    assert split_marker("XYZW") == "'XY''ZW'"
+    m = result_pattern("t1").search("noise\r\nBt1\r\nhello\r\nEt1 7\r\n")
+    assert m and m.group(1) == "hello\r\n" and m.group(2) == "7"
+
+
+def test_login_and_commands_with_exit_codes(spawn_fake):
+    c = spawn_fake()
+    prompts = []
+    c.login("root", "bridgelab", timeout=20, on_login_prompt=lambda: prompts.append(1))
+    assert prompts
+    assert c.run("echo hello; (exit 3)") == (3, "hello\n")
+    rc, out = c.run("printf 'a:b\\n'; echo \"$TERM\"")
+    assert rc == 0 and out == "a:b\ndumb\n"
+    # quoting: characters that would break an unquoted command line
+    rc, out = c.run("printf '%s\\n' \"$(printf 'x;y|z')\"")
+    assert out == "x;y|z\n"
+    assert "\x1b" not in c.check("ls /")
+    # the transcript records the session
+    c.transcript.flush()
+    assert "[bridgelab] $ echo hello" in Path(c.transcript.name).read_text()
+
+
+def test_interleaved_kernel_messages_do_not_break_exit_codes(spawn_fake):
+    c = spawn_fake("--noise", "0.05")
+    c.login("root", "bridgelab", timeout=20)
+    for i in range(10):
+        rc, out = c.run(f"sleep 0.02; echo line{i}; (exit {i})")
+        assert rc == i
+        assert f"line{i}" in out
+
+
+def test_wrong_password_is_a_clear_failure(spawn_fake):
+    c = spawn_fake("--password", "other")
+    t = time.monotonic()
+    with pytest.raises(LoginIncorrect, match="root"):
+        c.login("root", "bridgelab", timeout=30)
+    assert time.monotonic() - t < 10, "a refused login must not wait for the boot timeout"
+
+
+def test_idle_console_gets_a_newline(spawn_fake):
+    c = spawn_fake("--silent")
+    c.login("root", "bridgelab", timeout=20, idle=0.5)
+    assert c.check("echo ok") == "ok\n"
+
+
+def test_no_prompt_times_out_with_the_last_output(spawn_fake):
+    c = spawn_fake("--never-prompt")
+    with pytest.raises(ConsoleTimeout, match="no shell after"):
+        c.login("root", "bridgelab", timeout=2, idle=0.5)
+
+
+def test_command_timeout_interrupts_and_console_recovers(spawn_fake):
+    c = spawn_fake()
+    c.login("root", "bridgelab", timeout=20)
+    with pytest.raises(ConsoleTimeout):
+        c.run("sleep 30", timeout=1)
+    assert c.check("echo still-here") == "still-here\n"
+
+
+def test_stdin_is_closed_for_commands(spawn_fake):
+    c = spawn_fake()
+    c.login("root", "bridgelab", timeout=20)
+    rc, out = c.run("cat; echo done", timeout=5)
+    assert (rc, out) == (0, "done\n")

@@ -1,0 +1,76 @@
+"""nmcli command building and output parsing, on output captured from the sid guest."""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+
+from bridgelab import nmcli
+
+IP_LINK = (
+    "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\"
+    "    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n"
+    "2: enp0s1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc fq_codel state UP mode DEFAULT group default "
+    "qlen 1000\\    link/ether 02:11:22:33:44:55 brd ff:ff:ff:ff:ff:ff\\    altname enx021122334455\n"
+    "3: eth1@if7: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN\\    link/ether 52:54:00:12:34:56 brd "
+    "ff:ff:ff:ff:ff:ff\n"
+    "[   42.000000] random kernel line link/ether 02:11:22:33:44:55\n"
+)
+
+SHOW = """connection.id:bridgelab-021122334455
+802-3-ethernet.mac-address:02:11:22:33:44:55
+ipv4.method:manual
+ipv4.addresses:10.198.101.1/24
+ipv4.gateway:10.198.101.114
+ipv4.dns:
+connection.autoconnect:yes
+connection.autoconnect-priority:100
+"""
+
+CFG = nmcli.NetConfig(mac="02:11:22:33:44:55", address=ipaddress.IPv4Interface("10.198.101.1/24"),
+                      gateway=ipaddress.IPv4Address("10.198.101.114"))
+
+
+def test_interface_is_found_by_mac_not_by_name():
+    assert nmcli.iface_for_mac(IP_LINK, "02:11:22:33:44:55") == "enp0s1"
+    assert nmcli.iface_for_mac(IP_LINK, "52:54:00:12:34:56") == "eth1"
+    assert nmcli.iface_for_mac(IP_LINK, "02:00:00:00:00:99") is None
+
+
+def test_profile_name_is_deterministic_per_mac():
+    assert nmcli.profile_name("02:11:22:33:44:55") == "bridgelab-021122334455"
+
+
+def test_matching_profile_has_no_diff():
+    assert nmcli.settings_diff(nmcli.parse_terse(SHOW), nmcli.desired_settings(CFG)) == {}
+
+
+def test_changed_address_and_dns_show_up_in_the_diff():
+    cfg = nmcli.NetConfig(mac=CFG.mac, address=ipaddress.IPv4Interface("10.198.101.50/24"), gateway=CFG.gateway,
+                          dns=(ipaddress.IPv4Address("10.198.101.114"),))
+    diff = nmcli.settings_diff(nmcli.parse_terse(SHOW), nmcli.desired_settings(cfg))
+    assert diff == {"ipv4.addresses": "10.198.101.50/24", "ipv4.dns": "10.198.101.114"}
+
+
+def test_terse_values_unescape_colons_and_ignore_noise():
+    parsed = nmcli.parse_terse("802-3-ethernet.mac-address:02\\:11\\:22\\:33\\:44\\:55\n[ 1.0] kernel: x\n")
+    assert parsed == {"802-3-ethernet.mac-address": "02:11:22:33:44:55"}
+
+
+def test_commands_quote_every_value():
+    add = nmcli.add_cmd("bridgelab-x", nmcli.desired_settings(CFG))
+    words = shlex.split(add)
+    assert words[:6] == ["nmcli", "connection", "add", "type", "ethernet", "con-name"]
+    assert words[words.index("ipv4.addresses") + 1] == "10.198.101.1/24"
+    assert words[words.index("ipv4.dns") + 1] == ""
+    assert words[words.index("802-3-ethernet.mac-address") + 1] == "02:11:22:33:44:55".upper()
+    up = shlex.split(nmcli.up_cmd("name; reboot", "eth0"))
+    assert up == ["nmcli", "connection", "up", "name; reboot", "ifname", "eth0"]
+
+
+def test_addresses_and_ping_parsing():
+    out = ("2: eth0    inet 10.198.101.1/24 brd 10.198.101.255 scope global noprefixroute eth0\\"
+           "       valid_lft forever preferred_lft forever\n")
+    assert nmcli.parse_addresses(out) == [ipaddress.IPv4Interface("10.198.101.1/24")]
+    assert nmcli.parse_ping("ok 10.0.0.1\n[ 3.2] noise\nfail 10.0.0.2\n") == {"10.0.0.1": True, "10.0.0.2": False}
+    assert "ping -n -q -c 1 -w 5" in nmcli.ping_cmd(["10.0.0.1"])
