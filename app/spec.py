@@ -258,10 +258,22 @@ def _valid_parts(data: dict[str, Any]) -> tuple[Bridge | None, list[tuple[int, G
     guests = []
     raw = data.get("guests")
     for i, g in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(g, dict):
+            continue
         try:
             guests.append((i, Guest.model_validate(g)))
-        except ValidationError:
-            pass
+        except ValidationError as err:
+            # Keep the fields that are fine, so duplicates among them are
+            # still reported next to this guest's own errors.
+            bad = {e["loc"][0] for e in err.errors() if e["loc"]}
+            if "name" in bad:
+                continue
+            kept = {k: v for k, v in g.items() if k not in bad and k in Guest.model_fields}
+            kept.setdefault("image", "?")
+            try:
+                guests.append((i, Guest.model_validate(kept)))
+            except ValidationError:
+                pass
     return bridge, guests
 
 

@@ -1,0 +1,182 @@
+"""Host network against the real kernel, each test in a throwaway netns."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridgelab import hostnet
+from bridgelab.errors import HostNetError
+from bridgelab.plan import derive_bridge_mac
+
+from .conftest import links_in
+
+pytestmark = pytest.mark.netns
+ADDR = ipaddress.IPv4Interface("10.198.101.114/24")
+MAC = derive_bridge_mac("t")
+TAPS = ["bltap0", "bltap1", "bltap2"]
+
+
+def apply(ledger_path: Path, taps=TAPS, bridge="br0"):
+    ledger = hostnet.Ledger(ledger_path)
+    net = hostnet.HostNet(ledger, "bridgelab test")
+    try:
+        return hostnet.apply(net, bridge, ADDR, MAC, taps), ledger
+    finally:
+        net.close()
+
+
+def teardown(ledger_path: Path) -> list[str]:
+    ledger = hostnet.Ledger(ledger_path)
+    net = hostnet.HostNet(ledger, "bridgelab test")
+    try:
+        return net.teardown()
+    finally:
+        net.close()
+
+
+def ip_json(ns: str, *args: str):
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def test_setup_creates_bridge_and_attached_taps(in_netns, tmp_path):
+    states, ledger = apply(tmp_path / "ledger.json")
+    ns = in_netns
+    assert links_in(ns) == {"lo": "", "br0": "bridge", **{t: "tun" for t in TAPS}}
+    br = ip_json(ns, "-d", "addr", "show", "dev", "br0")[0]
+    assert br["address"] == MAC
+    assert "UP" in br["flags"]
+    assert [(a["local"], a["prefixlen"]) for a in br["addr_info"] if a["family"] == "inet"] == [("10.198.101.114", 24)]
+    assert br["linkinfo"]["info_data"]["stp_state"] == 0
+    for tap in TAPS:
+        t = ip_json(ns, "-d", "link", "show", "dev", tap)[0]
+        assert t["master"] == "br0" and "UP" in t["flags"]
+        assert t["linkinfo"]["info_data"]["type"] == "tap"
+        assert t["ifalias"] == "bridgelab test"
+    assert sorted(e["ifname"] for e in ledger.links()) == sorted(["br0", *TAPS])
+
+
+def test_second_run_converges_without_recreating(in_netns, tmp_path):
+    first, _ = apply(tmp_path / "ledger.json")
+    subprocess.run(["ip", "-n", in_netns, "link", "set", "bltap1", "nomaster"], check=True)
+    subprocess.run(["ip", "-n", in_netns, "link", "set", "br0", "down"], check=True)
+    second, ledger = apply(tmp_path / "ledger.json")
+    assert {k: v.index for k, v in first.items()} == {k: v.index for k, v in second.items()}
+    assert len(ledger.links()) == 1 + len(TAPS)
+    assert ip_json(in_netns, "link", "show", "dev", "bltap1")[0]["master"] == "br0"
+    assert "UP" in ip_json(in_netns, "link", "show", "dev", "br0")[0]["flags"]
+
+
+def test_teardown_removes_exactly_what_it_created(in_netns, tmp_path):
+    ns = in_netns
+    subprocess.run(["ip", "-n", ns, "link", "add", "keep0", "type", "veth", "peer", "name", "keep1"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "add", "userbr", "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", ns, "tuntap", "add", "usertap", "mode", "tap"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "usertap", "master", "userbr"], check=True)
+    apply(tmp_path / "ledger.json")
+    removed = teardown(tmp_path / "ledger.json")
+    assert sorted(removed) == sorted(["br0", *TAPS])
+    assert links_in(ns) == {"lo": "", "keep0": "veth", "keep1": "veth", "userbr": "bridge", "usertap": "tun"}
+    assert ip_json(ns, "link", "show", "dev", "usertap")[0]["master"] == "userbr"
+    assert hostnet.Ledger(tmp_path / "ledger.json").entries == []
+
+
+def test_existing_foreign_link_is_refused_and_left_alone(in_netns, tmp_path):
+    ns = in_netns
+    subprocess.run(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", ns, "addr", "add", "192.0.2.1/24", "dev", "br0"], check=True)
+    with pytest.raises(HostNetError, match="did not create"):
+        apply(tmp_path / "ledger.json")
+    assert links_in(ns) == {"lo": "", "br0": "bridge"}
+    addrs = [a["local"] for a in ip_json(ns, "addr", "show", "dev", "br0")[0]["addr_info"] if a["family"] == "inet"]
+    assert addrs == ["192.0.2.1"]
+
+
+def test_foreign_tap_with_our_name_is_refused(in_netns, tmp_path):
+    subprocess.run(["ip", "-n", in_netns, "tuntap", "add", "bltap1", "mode", "tap"], check=True)
+    with pytest.raises(HostNetError, match="bltap1 already exists"):
+        apply(tmp_path / "ledger.json")
+    assert "master" not in ip_json(in_netns, "link", "show", "dev", "bltap1")[0]
+
+
+def test_killed_run_is_swept_at_next_start(netns_name, tmp_path):
+    """A separate process builds the network and a qemu stand-in, records them,
+    and is SIGKILLed; the next start finds and removes all of it."""
+    ledger_path = tmp_path / "ledger.json"
+    script = textwrap.dedent(f"""
+        import ipaddress, os, pathlib, signal, subprocess, sys
+        from bridgelab import hostnet
+        from bridgelab.guest import proc_start_time
+        ledger = hostnet.Ledger(pathlib.Path({str(ledger_path)!r}))
+        net = hostnet.HostNet(ledger, "bridgelab test")
+        hostnet.apply(net, "br0", ipaddress.IPv4Interface("10.198.101.114/24"), "02:00:00:00:00:01", {TAPS!r})
+        child = subprocess.Popen(["sleep", "600"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ledger.add({{"kind": "process", "pid": child.pid, "start_time": proc_start_time(child.pid), "what": "qemu"}})
+        print(child.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    p = subprocess.run(["ip", "netns", "exec", netns_name, sys.executable, "-c", script],
+                       capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr
+    leftover_pid = int(p.stdout.split()[0])
+    assert os.path.exists(f"/proc/{leftover_pid}")
+    assert set(links_in(netns_name)) == {"lo", "br0", *TAPS}
+
+    from pyroute2 import netns as pr_netns
+    pr_netns.pushns(netns_name)
+    try:
+        killed, removed = hostnet.sweep(hostnet.Ledger(ledger_path), "bridgelab test")
+    finally:
+        pr_netns.popns()
+    assert killed == [leftover_pid]
+    assert sorted(removed) == sorted(["br0", *TAPS])
+    assert links_in(netns_name) == {"lo": ""}
+    assert not os.path.exists(f"/proc/{leftover_pid}") or "Z" in Path(f"/proc/{leftover_pid}/stat").read_text().split()[2]
+
+
+def test_sweep_never_touches_lookalikes(in_netns, tmp_path):
+    """Ledger entries whose object was replaced (other ifindex), that come from
+    another boot, or name a reused PID, are dropped without touching anything."""
+    ns = in_netns
+    ledger_path = tmp_path / "ledger.json"
+    apply(ledger_path, taps=["bltap0"])
+    subprocess.run(["ip", "-n", ns, "link", "del", "bltap0"], check=True)
+    subprocess.run(["ip", "-n", ns, "tuntap", "add", "bltap0", "mode", "tap"], check=True)  # someone else's now
+    ledger = hostnet.Ledger(ledger_path)
+    br = ledger.find_link("br0")
+    br["boot_id"] = "another-boot"
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        ledger.entries.append({"kind": "process", "pid": sleeper.pid, "start_time": 1, "what": "reused pid",
+                               "boot_id": hostnet.boot_id(), "netns": hostnet.netns_id()})
+        ledger._save()
+        killed, removed = hostnet.sweep(hostnet.Ledger(ledger_path), "bridgelab test")
+        assert (killed, removed) == ([], [])
+        assert sleeper.poll() is None
+        assert links_in(ns) == {"lo": "", "br0": "bridge", "bltap0": "tun"}
+        assert hostnet.Ledger(ledger_path).entries == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_invalid_lab_exits_2_and_creates_nothing(netns_name, tmp_path):
+    lab = tmp_path / "bad.yaml"
+    lab.write_text("name: t\nbridge: {name: br0, address: 10.198.101.114/24}\n"
+                   "guests:\n  - {name: a, image: x, ip: 10.0.0.1}\n  - {name: a, image: x, tap: 'bad tap'}\n")
+    state = tmp_path / "state"
+    p = subprocess.run(["ip", "netns", "exec", netns_name, sys.executable, "-m", "bridgelab.cli", "serve",
+                        "--lab", str(lab), "--state-dir", str(state), "--listen", f"unix:{tmp_path}/api.sock"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "guests[0].ip" in p.stderr and "guests[1].name" in p.stderr and "guests[1].tap" in p.stderr
+    assert links_in(netns_name) == {"lo": ""}
+    assert not state.exists() and not (tmp_path / "api.sock").exists()
