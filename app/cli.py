@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import socket
 import sys
 import time
@@ -98,6 +99,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(runner, request_exit)
         config = uvicorn.Config(app, log_level=args.log_level.lower(), lifespan="on", access_log=False)
         server = uvicorn.Server(config)
+        # uvicorn re-raises the signal it caught once it has shut down; with the
+        # default handler that would kill us before the taps and bridge are
+        # removed. A handler of our own makes the re-raise harmless.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         log.info("lab %s: bridge %s %s, %d guests, API on %s", plan.name, plan.bridge, plan.bridge_address,
                  len(plan.guests), args.listen)
         server.run(sockets=[sock])

@@ -17,6 +17,8 @@ from .hostnet import Ledger, proc_start_time
 from .plan import GuestPlan
 
 log = logging.getLogger(__name__)
+# qemu.qmp logs every failed connect at ERROR; bridgelab reports QMP trouble itself.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 
 def tail(path: Path, limit: int = 2000) -> str:
@@ -70,6 +72,11 @@ class GuestProcess:
             rc = self.exited()
             if rc is not None:
                 raise QemuStartError(f"qemu exited with status {rc}: {self.stderr_tail() or '(no output)'}")
+            if not self.plan.paths.qmp_sock.exists():
+                if time.monotonic() > deadline:
+                    raise QemuStartError(f"qemu did not create {sock} within {timeout:.0f}s: {self.stderr_tail()}")
+                await asyncio.sleep(0.05)
+                continue
             client = QMPClient(self.plan.name)
             try:
                 await client.connect(sock)
@@ -104,17 +111,11 @@ class GuestProcess:
         deadline = time.monotonic() + timeout
         while self.exited() is None and time.monotonic() < deadline:
             how = "powered down"
-            try:
-                await asyncio.wait_for(self.execute("system_powerdown"), 2)
-            except (QMPError, OSError, asyncio.TimeoutError):
-                pass
+            await self._best_effort("system_powerdown")
             await self.wait_exit(min(3.0, max(0.0, deadline - time.monotonic())))
         if self.exited() is None:
             how = "quit"
-            try:
-                await asyncio.wait_for(self.execute("quit"), 2)
-            except (QMPError, OSError, asyncio.TimeoutError):
-                pass
+            await self._best_effort("quit")
             await self.wait_exit(3)
         if self.exited() is None:
             how = "killed"
@@ -125,10 +126,18 @@ class GuestProcess:
         log.info("guest %s %s", self.plan.name, how)
         return how
 
+    async def _best_effort(self, cmd: str) -> None:
+        # During shutdown qemu may be gone at any moment; qemu.qmp then raises
+        # anything from EOFError to its own StateError. None of it matters here.
+        try:
+            await asyncio.wait_for(self.execute(cmd), 2)
+        except Exception as e:  # noqa: BLE001
+            log.debug("%s: QMP %s: %r", self.plan.name, cmd, e)
+
     async def close_qmp(self) -> None:
         if self.qmp is not None:
             try:
                 await self.qmp.disconnect()
-            except (QMPError, OSError):
-                pass
+            except Exception as e:  # noqa: BLE001 - see _best_effort
+                log.debug("%s: QMP disconnect: %r", self.plan.name, e)
             self.qmp = None

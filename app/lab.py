@@ -173,8 +173,10 @@ class LabRunner:
         except Exception as e:  # a bug must still not take the other guests down
             log.exception("guest %s", g.plan.name)
             self._fail_from(g, e)
-        self._check_settled()
         if g.state is State.configuring:
+            g.enter(State.verifying)  # configured; the mesh waits for the others
+        self._check_settled()
+        if g.state is State.verifying:
             await self._settled.wait()
             await self._verify_mesh(g)
 
@@ -205,11 +207,12 @@ class LabRunner:
 
     def _peers(self, g: GuestRuntime) -> list[ipaddress.IPv4Address]:
         others = [o.plan.ip.ip for o in self.guests.values()
-                  if o is not g and o.state in (State.configuring, State.verifying, State.ready)]
+                  if o is not g and o.state in (State.verifying, State.ready)]
         return [self.plan.bridge_address.ip, *others]
 
     async def _verify_mesh(self, g: GuestRuntime) -> None:
-        g.enter(State.verifying)
+        if g.state is not State.verifying:
+            g.enter(State.verifying)
         assert g.console is not None
         try:
             g.mesh = await self._in_thread(guestnet.ping_all, g.console, self._peers(g))
