@@ -59,6 +59,7 @@ class GuestRuntime:
     timestamps: dict[str, float] = dataclasses.field(default_factory=dict)
     mesh: dict[str, bool] = dataclasses.field(default_factory=dict)
     console: Console | None = None
+    changed: bool | None = None  # did the last network configuration change anything?
     op_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
     def enter(self, state: State) -> None:
@@ -131,7 +132,8 @@ class LabRunner:
         if not self.ledger.entries:
             self.ledger.path.unlink(missing_ok=True)
         for g in self.plan.guests:
-            g.paths.overlay.unlink(missing_ok=True)
+            for f in (g.paths.overlay, g.paths.console_sock, g.paths.qmp_sock):
+                f.unlink(missing_ok=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _owner(self) -> str:
@@ -166,7 +168,7 @@ class LabRunner:
                                               g.plan.paths.dir / "transcript.log")
             await self._login(g)
             g.enter(State.configuring)
-            await self._in_thread(guestnet.configure, g.console, g.net_config())
+            g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())
             g.timestamps["configured"] = time.time()
         except BridgelabError as e:
             self._fail_from(g, e)
@@ -260,7 +262,7 @@ class LabRunner:
             self._replace_plan(new)
             g.enter(State.configuring)
             try:
-                await self._in_thread(guestnet.configure, g.console, g.net_config())
+                g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())
             except BridgelabError as e:
                 self._fail_from(g, e)
                 return g
@@ -327,7 +329,7 @@ class LabRunner:
             "name": p.name, "state": g.state.value, "arch": p.arch.value, "accel": p.accel,
             "ip": str(p.ip.ip), "prefix": p.ip.network.prefixlen, "gateway": str(p.gateway),
             "dns": [str(d) for d in p.dns], "mac": p.mac, "tap": p.tap, "pid": g.process.pid,
-            "timestamps": dict(g.timestamps), "reason": g.reason, "mesh": dict(g.mesh),
+            "timestamps": dict(g.timestamps), "reason": g.reason, "mesh": dict(g.mesh), "changed": g.changed,
             "console_tail": console_tail(p.paths.console_log),
         }
 
