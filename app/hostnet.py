@@ -10,12 +10,14 @@ is never touched.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,33 +50,37 @@ def proc_start_time(pid: int) -> int | None:
 
 
 class Ledger:
-    """A JSON list of created objects, rewritten atomically on every change."""
+    """Created objects, one JSON object per line.
+
+    Adding appends a line (cheap enough to do right after every creation);
+    dropping rewrites the file atomically. No fsync: the ledger lives in /run
+    by default and describes kernel objects that a host crash removes anyway."""
 
     def __init__(self, path: Path):
         self.path = path
         self.entries: list[dict[str, Any]] = []
+        self._ids = (boot_id(), netns_id())
         if path.exists():
             try:
-                self.entries = json.loads(path.read_text())["entries"]
-            except (ValueError, KeyError, TypeError) as e:
+                self.entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            except ValueError as e:
                 raise HostNetError(f"ledger {path} is corrupt ({e}); inspect and remove it by hand") from None
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"entries": self.entries}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in self.entries))
         os.replace(tmp, self.path)
 
     def add(self, entry: dict[str, Any]) -> None:
-        self.entries.append({**entry, "boot_id": boot_id(), "netns": netns_id(), "time": time.time()})
-        self._save()
+        entry = {**entry, "boot_id": self._ids[0], "netns": netns_id(), "time": time.time()}
+        self.entries.append(entry)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
 
     def drop(self, entry: dict[str, Any]) -> None:
         self.entries = [e for e in self.entries if e is not entry]
-        self._save()
+        self._rewrite()
 
     def links(self) -> list[dict[str, Any]]:
         return [e for e in self.entries if e["kind"] == "link"]
@@ -83,7 +89,7 @@ class Ledger:
         return next((e for e in self.links() if e["ifname"] == ifname), None)
 
     def is_current(self, e: dict[str, Any]) -> bool:
-        return e.get("boot_id") == boot_id() and e.get("netns") == netns_id()
+        return e.get("boot_id") == self._ids[0] and e.get("netns") == netns_id()
 
 
 @dataclass(frozen=True)
@@ -108,20 +114,28 @@ class HostNet:
 
     # ------------------------------------------------------------ queries
 
-    def link(self, ifname: str) -> LinkState | None:
-        try:
-            idx = self.ipr.link_lookup(ifname=ifname)
-        except NetlinkError:
-            return None
-        if not idx:
-            return None
-        msg = self.ipr.get_links(idx[0])[0]
+    def _state(self, msg: Any, with_addresses: bool) -> LinkState:
         info = msg.get_attr("IFLA_LINKINFO")
         kind = info.get_attr("IFLA_INFO_KIND") if info else None
-        addrs = tuple(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-                      for a in self.ipr.get_addr(index=idx[0], family=2))
-        return LinkState(index=idx[0], kind=kind, master=msg.get_attr("IFLA_MASTER"),
+        addrs: tuple[str, ...] = ()
+        if with_addresses:
+            addrs = tuple(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                          for a in self.ipr.get_addr(index=msg["index"], family=2))
+        return LinkState(index=msg["index"], kind=kind, master=msg.get_attr("IFLA_MASTER"),
                          up=bool(msg["flags"] & 1), addresses=addrs)
+
+    def link(self, ifname: str, with_addresses: bool = False) -> LinkState | None:
+        try:
+            msg = self.ipr.link("get", ifname=ifname)[0]
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+        return self._state(msg, with_addresses)
+
+    def snapshot(self) -> dict[str, LinkState]:
+        """Every link, in one netlink dump (cheaper than one query per tap)."""
+        return {m.get_attr("IFLA_IFNAME"): self._state(m, False) for m in self.ipr.get_links()}
 
     def _owned(self, ifname: str, state: LinkState) -> bool:
         e = self.ledger.find_link(ifname)
@@ -137,15 +151,16 @@ class HostNet:
         except OSError as e:  # the tap path opens /dev/net/tun
             hint = "; is /dev/net/tun present (modprobe tun)?" if e.errno == errno.ENOENT else ""
             raise HostNetError(f"cannot create tap {ifname}: {e.strerror}{hint}") from None
-        state = self.link(ifname)
-        assert state is not None
+        # SIOCGIFINDEX: the index without another netlink round trip.
+        state = LinkState(index=socket.if_nametoindex(ifname), kind=expected_kind, master=None, up=False,
+                          addresses=())
         self.ledger.add({"kind": "link", "ifname": ifname, "ifindex": state.index, "link_kind": expected_kind})
-        self.ipr.link("set", index=state.index, ifalias=self.owner)
         log.info("created %s %s (ifindex %d)", expected_kind, ifname, state.index)
         return state
 
-    def _existing(self, ifname: str, kind: str) -> LinkState | None:
-        state = self.link(ifname)
+    def _existing(self, ifname: str, kind: str, with_addresses: bool = False,
+                  known: dict[str, LinkState] | None = None) -> LinkState | None:
+        state = known.get(ifname) if known is not None else self.link(ifname, with_addresses)
         if state is None:
             return None
         if not self._owned(ifname, state):
@@ -156,7 +171,7 @@ class HostNet:
         return state
 
     def ensure_bridge(self, ifname: str, address: ipaddress.IPv4Interface, mac: str) -> LinkState:
-        state = self._existing(ifname, "bridge")
+        state = self._existing(ifname, "bridge", with_addresses=True)
         if state is None:
             try:
                 # Bridged guest<->guest frames must not go through iptables:
@@ -173,16 +188,18 @@ class HostNet:
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise HostNetError(f"cannot add {address} to {ifname}: {os.strerror(e.code)}") from None
-        if not state.up:
-            self.ipr.link("set", index=state.index, state="up")
-        return self.link(ifname)  # type: ignore[return-value]
+        if not state.up or not state.addresses:
+            self.ipr.link("set", index=state.index, state="up", ifalias=self.owner)
+        return self.link(ifname, with_addresses=True)  # type: ignore[return-value]
 
-    def ensure_tap(self, ifname: str, bridge: LinkState) -> LinkState:
-        state = self._existing(ifname, "tun")
+    def ensure_tap(self, ifname: str, bridge: LinkState, known: dict[str, LinkState] | None = None) -> LinkState:
+        state = self._existing(ifname, "tun", known=known)
         if state is None:
             state = self._create(ifname, "tun", kind="tuntap", mode="tap")
         if state.master != bridge.index or not state.up:
-            self.ipr.link("set", index=state.index, master=bridge.index, state="up")
+            # One request: attach, bring up, and label for humans reading `ip link`.
+            self.ipr.link("set", index=state.index, master=bridge.index, state="up", ifalias=self.owner)
+            state = dataclasses.replace(state, master=bridge.index, up=True)
         return state
 
     # ------------------------------------------------------------ removal
@@ -251,7 +268,8 @@ def apply(net: HostNet, bridge: str, address: ipaddress.IPv4Interface, bridge_ma
           taps: Iterable[str]) -> dict[str, LinkState]:
     """Converge the bridge and its taps; returns the state of each link."""
     br = net.ensure_bridge(bridge, address, bridge_mac)
+    known = net.snapshot()
     states = {bridge: br}
     for tap in taps:
-        states[tap] = net.ensure_tap(tap, br)
+        states[tap] = net.ensure_tap(tap, br, known)
     return states

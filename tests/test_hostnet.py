@@ -157,7 +157,7 @@ def test_sweep_never_touches_lookalikes(in_netns, tmp_path):
     try:
         ledger.entries.append({"kind": "process", "pid": sleeper.pid, "start_time": 1, "what": "reused pid",
                                "boot_id": hostnet.boot_id(), "netns": hostnet.netns_id()})
-        ledger._save()
+        ledger._rewrite()
         killed, removed = hostnet.sweep(hostnet.Ledger(ledger_path), "bridgelab test")
         assert (killed, removed) == ([], [])
         assert sleeper.poll() is None
