@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from . import images
-from .errors import BridgelabError, FieldIssue, HostNetError, ImageError, SpecError
+from .errors import BridgelabError, FieldIssue, ImageError, SpecError
 from .plan import HostFacts, LabPlan, make_plan
 from .spec import load_lab_text
 
@@ -60,7 +60,15 @@ def bind_listen(spec: str) -> socket.socket:
     if spec.startswith("unix:"):
         path = Path(spec[5:])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
+        if path.exists():  # a stale socket is replaced; a live one is somebody's
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+                raise OSError(f"{path} is in use by a running server")
+            except ConnectionRefusedError:
+                path.unlink()
+            finally:
+                probe.close()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(str(path))
         path.chmod(0o600)
@@ -88,8 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"bridgelab: cannot listen on {args.listen}: {e}", file=sys.stderr)
         return EXIT_INVALID
     runner = LabRunner(plan, shutdown_timeout=args.shutdown_timeout)
-    runner.lock()
     try:
+        runner.lock()
         runner.setup_host()
         server: uvicorn.Server | None = None
 
@@ -219,9 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         for issue in e.issues:
             print(f"  {issue}", file=sys.stderr)
         return EXIT_INVALID
-    except (ImageError, HostNetError) as e:
-        print(f"bridgelab: {e}", file=sys.stderr)
-        return 1
     except BridgelabError as e:
         print(f"bridgelab: {e}", file=sys.stderr)
         return 1
