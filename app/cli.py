@@ -146,11 +146,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         guests: list[dict[str, Any]] = c.get("/guests").raise_for_status().json()
     if args.json:
         print(json.dumps(guests, indent=2))
-        return 0
+    else:
+        print_table(guests)
+    return 0 if all(g["state"] == "ready" for g in guests) else 1
+
+
+def print_table(guests: list[dict[str, Any]]) -> None:
     print(f"{'NAME':16} {'STATE':12} {'IP':16} {'MAC':18} {'TAP':16} REASON")
     for g in guests:
         print(f"{g['name']:16} {g['state']:12} {g['ip']:16} {g['mac']:18} {g['tap']:16} {g['reason'] or ''}")
-    return 0 if all(g["state"] == "ready" for g in guests) else 1
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -220,6 +224,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.fn(args))
     except SpecError as e:

@@ -271,4 +271,13 @@ def build_image(name: str, cache: Path | None = None, force: bool = False) -> Pa
         shutil.rmtree(work, ignore_errors=True)
         raise
     log.info("built image %s at %s", name, out)
+    _prune_older_builds(out)
     return out
+
+
+def _prune_older_builds(current: Path) -> None:
+    """Builds of earlier versions of the recipe can never be used again."""
+    for sibling in current.parent.iterdir():
+        if sibling != current and not sibling.name.startswith(".") and (sibling / MANIFEST).is_file():
+            shutil.rmtree(sibling, ignore_errors=True)
+            log.info("removed outdated build %s", sibling)

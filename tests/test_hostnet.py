@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,44 @@ def test_invalid_lab_exits_2_and_creates_nothing(netns_name, tmp_path):
     assert "guests[0].ip" in p.stderr and "guests[1].name" in p.stderr and "guests[1].tap" in p.stderr
     assert links_in(netns_name) == {"lo": ""}
     assert not state.exists() and not (tmp_path / "api.sock").exists()
+
+
+def test_status_and_down_are_api_clients_and_down_cleans_up(netns_name, tmp_path):
+    """A daemon whose only guest cannot even get an overlay (its base disk is
+    not a qcow2): the daemon keeps serving, `status` reports the failure, and
+    `down` stops it and removes the bridge and tap."""
+    img = tmp_path / "img"
+    img.mkdir()
+    for f in ("vmlinuz", "disk.qcow2"):
+        (img / f).write_bytes(b"not an image")
+    (img / "manifest.yaml").write_text(
+        "name: junk\narch: riscv64\nboot: {style: kernel, kernel: vmlinuz}\ndisk: disk.qcow2\n"
+        "login: {user: root, password: pw}\n")
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(f"name: t\nbridge: {{address: 10.198.101.114/24}}\nguests:\n  - {{name: a, image: {img}}}\n")
+    sock = f"unix:{tmp_path}/api.sock"
+    cli = [sys.executable, "-m", "bridgelab.cli"]
+    daemon = subprocess.Popen(["ip", "netns", "exec", netns_name, *cli, "serve", "--lab", str(lab),
+                               "--state-dir", str(tmp_path / "s"), "--listen", sock],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline:
+            status = subprocess.run([*cli, "status", "--api", sock, "--json"], capture_output=True, text=True)
+            if status.returncode in (0, 1) and '"failed"' in status.stdout:
+                break
+            time.sleep(0.2)
+        assert status is not None and status.returncode == 1, status
+        guest = json.loads(status.stdout)[0]
+        assert guest["state"] == "failed" and "qemu-img" in guest["reason"]
+        assert set(links_in(netns_name)) == {"lo", "br0", guest["tap"]}
+        down = subprocess.run([*cli, "down", "--api", sock, "--timeout", "30"], capture_output=True, text=True)
+        assert down.returncode == 0, down.stderr
+        assert daemon.wait(30) == 0
+        assert links_in(netns_name) == {"lo": ""}
+        assert not (tmp_path / "api.sock").exists()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()

@@ -174,6 +174,15 @@ def test_reboot_keeps_the_address(lab):
     assert lab.host_ping("10.198.101.1")
 
 
+def test_status_cli_reads_the_api(lab):
+    p = subprocess.run([sys.executable, "-m", "bridgelab.cli", "status", "--api", f"unix:{lab.state.parent}/api.sock"],
+                       capture_output=True, text=True)
+    assert p.returncode == 1  # not all ready: the broken guest
+    lines = {ln.split()[0]: ln.split() for ln in p.stdout.splitlines()[1:]}
+    assert lines["rv1"][1:3] == ["ready", "10.198.101.1"]
+    assert lines["broken"][1] == "failed"
+
+
 def test_sigterm_leaves_no_taps_bridge_or_qemu(lab):
     pids = [g["pid"] for g in lab.guests().values() if g["pid"]]
     assert len(pids) == 3
