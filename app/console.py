@@ -37,7 +37,9 @@ _ESCAPES = re.compile(
 )
 _OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-LOGIN_PROMPT = r"[\w.-]+ login: "
+# At the start of a line, and not the "Last login: ..." line that many
+# distributions (openEuler among them) print after a successful login.
+LOGIN_PROMPT = r"(?m)^(?!Last\b)[\w.-]+ login: "
 PASSWORD_PROMPT = r"[Pp]assword: "
 LOGIN_INCORRECT = r"Login incorrect"
 # Any usual shell prompt; only believed once a password has been sent.

@@ -81,6 +81,7 @@ def main() -> None:
             break
         time.sleep(0.3)
         out("\r\nLogin incorrect\r\n")
+    out("Last login: Wed Nov 25 10:00:00 2026 on ttyS0\r\n")  # as openEuler prints it
     out(DATA["motd"])
     osc = DATA["shell_osc"].replace("\x1b", "\\e")
     rc = (
