@@ -8,7 +8,9 @@ between split markers. One user at a time: every public method holds a lock.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import secrets
 import shlex
@@ -17,7 +19,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import pexpect
 from pexpect import fdpexpect
@@ -98,12 +100,12 @@ class Console:
     def connect_unix(cls, path: Path, name: str, transcript_path: Path | None = None) -> "Console":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(str(path))
-        child = fdpexpect.fdspawn(sock.fileno(), encoding="utf-8", codec_errors="replace",
-                                  maxread=65536, searchwindowsize=None)
+        pump = _Pump(sock, name)
+        child = _PumpSpawn(pump, encoding="utf-8", codec_errors="replace", maxread=65536, searchwindowsize=None)
         transcript = open(transcript_path, "a", encoding="utf-8") if transcript_path else None
 
         def close() -> None:
-            sock.close()
+            pump.close()
             if transcript:
                 transcript.close()
         return cls(child, name, transcript, close)
@@ -259,6 +261,71 @@ class Console:
             return True
         finally:
             self._lock.release()
+
+
+class _Pump:
+    """Keeps reading a serial socket whether or not anyone is expecting.
+
+    A qemu socket chardev whose client stops reading makes the guest's UART
+    block, and the guest stalls within a few hundred bytes (measured: a guest
+    whose console was connected but unread for 55 s was still in OpenSBI).
+    So a thread drains the socket into a large non-blocking pipe that pexpect
+    reads; if nobody reads for long enough to fill it, the newest bytes are
+    dropped (qemu's console.log still has everything)."""
+
+    PIPE_SIZE = 1 << 20
+
+    def __init__(self, sock: socket.socket, name: str):
+        self.sock = sock
+        self.rfd, self._wfd = os.pipe()
+        try:
+            fcntl.fcntl(self._wfd, fcntl.F_SETPIPE_SZ, self.PIPE_SIZE)
+        except OSError:
+            pass  # the default 64 KiB still works, it just fills sooner
+        os.set_blocking(self._wfd, False)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name=f"console-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while data := self.sock.recv(65536):
+                try:
+                    written = os.write(self._wfd, data)
+                except BlockingIOError:
+                    written = 0
+                self.dropped += len(data) - written
+        except OSError:
+            pass
+        finally:
+            os.close(self._wfd)  # the reader sees EOF
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(5)
+        self.sock.close()
+        os.close(self.rfd)
+
+
+class _PumpSpawn(fdpexpect.fdspawn):
+    """pexpect over the pump: reads come from its pipe, writes go to the socket."""
+
+    def __init__(self, pump: _Pump, **kwargs: Any):
+        super().__init__(pump.rfd, **kwargs)
+        self._pump = pump
+
+    def send(self, s: str | bytes) -> int:  # type: ignore[override]
+        s = self._coerce_send_string(s)
+        self._log(s, "send")
+        b = self._encoder.encode(s, final=False)
+        self._pump.send(b)
+        return len(b)
 
 
 def quote(value: object) -> str:

@@ -30,23 +30,28 @@ def configure(console: Console, cfg: nmcli.NetConfig) -> bool:
         name = nmcli.profile_name(cfg.mac)
         desired = nmcli.desired_settings(cfg)
         rc, out = console.run(nmcli.show_profile_cmd(name), NMCLI_TIMEOUT)
-        if rc == 0:
+        if rc == 10:  # nmcli: no such connection profile
+            console.check(nmcli.add_cmd(name, desired), NMCLI_TIMEOUT)
+            changed = True  # a new profile is never active yet: no need to ask
+        elif rc == 0:
             diff = nmcli.settings_diff(nmcli.parse_terse(out), desired)
             if diff:
                 console.check(nmcli.modify_cmd(name, diff), NMCLI_TIMEOUT)
-        elif rc == 10:  # nmcli: no such connection profile
-            diff = desired
-            console.check(nmcli.add_cmd(name, desired), NMCLI_TIMEOUT)
+            changed = bool(diff) or not _active_with(console, iface, name, cfg)
         else:
             raise NetworkConfigError(f"nmcli failed ({rc}); is NetworkManager running?\n{out.strip()}")
-        active = nmcli.parse_terse(console.check(nmcli.active_profile_cmd(iface), NMCLI_TIMEOUT))
-        live = nmcli.parse_addresses(console.check(nmcli.addresses_cmd(iface)))
-        changed = bool(diff) or active.get("GENERAL.CONNECTION") != name or live != [cfg.address]
         if changed:
             console.check(nmcli.up_cmd(name, iface), NMCLI_TIMEOUT)
         verify(console, cfg, iface)
         log.info("%s: %s on %s %s", console.name, cfg.address, iface, "configured" if changed else "unchanged")
         return changed
+
+
+def _active_with(console: Console, iface: str, name: str, cfg: nmcli.NetConfig) -> bool:
+    """Is `name` the active profile on `iface`, with exactly the wanted address live?"""
+    active = nmcli.parse_terse(console.check(nmcli.active_profile_cmd(iface), NMCLI_TIMEOUT))
+    live = nmcli.parse_addresses(console.check(nmcli.addresses_cmd(iface)))
+    return active.get("GENERAL.CONNECTION") == name and live == [cfg.address]
 
 
 def verify(console: Console, cfg: nmcli.NetConfig, iface: str | None = None) -> str:

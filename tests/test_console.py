@@ -109,3 +109,55 @@ def test_stdin_is_closed_for_commands(spawn_fake):
     c.login("root", "bridgelab", timeout=20)
     rc, out = c.run("cat; echo done", timeout=5)
     assert (rc, out) == (0, "done\n")
+
+
+def _uart_server(path: Path, nbytes: int, done: list[float]):
+    """Like qemu's serial chardev: one byte per write, to whoever is connected."""
+    import socket
+    import threading
+
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def run():
+        conn, _ = srv.accept()
+        t = time.monotonic()
+        try:
+            for _ in range(nbytes):
+                conn.send(b"x")
+            done.append(time.monotonic() - t)
+            conn.send(b"\r\nbridgelab login: ")
+            time.sleep(5)
+        except OSError:
+            pass  # the client went away (the raw-socket half of the test)
+        finally:
+            conn.close()
+            srv.close()
+    threading.Thread(target=run, daemon=True).start()
+
+
+def test_an_unread_console_never_blocks_the_guest(tmp_path):
+    """qemu blocks the guest UART when its socket client stops reading; the
+    console must keep draining even while nobody is expecting anything."""
+    import socket
+
+    raw_done: list[float] = []
+    _uart_server(tmp_path / "raw.sock", 20000, raw_done)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(str(tmp_path / "raw.sock"))
+    time.sleep(1.0)
+    assert not raw_done, "a plain unread socket should block the writer (the failure this guards against)"
+    raw.close()
+
+    done: list[float] = []
+    _uart_server(tmp_path / "c.sock", 20000, done)
+    c = Console.connect_unix(tmp_path / "c.sock", "uart")
+    try:
+        deadline = time.monotonic() + 5
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.05)  # nobody reads from the console meanwhile
+        assert done, "the guest side was blocked by an idle console"
+        assert c.child.expect([r"login: ", pexpect.TIMEOUT], timeout=5) == 0
+    finally:
+        c.close()
