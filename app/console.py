@@ -263,6 +263,31 @@ class Console:
             self._lock.release()
 
 
+# Terminal queries that systemd (PID 1 and serial-getty) sends at boot and
+# then waits for with a timeout. A real terminal answers at once; answering
+# like one takes ~3 s off a TCG boot to the login prompt (39.7 -> 36.8 s,
+# median of 3). The size we report, 50x200, is what the guest's tty gets.
+_TERMINAL_QUERIES = {
+    b"\x1b[6n": b"\x1b[50;200R",  # DSR cursor position (after moving to 32766;32766)
+    b"\x1bP+q": b"\x1bP0+r\x1b\\",  # XTGETTCAP: "not supported"
+}
+_QUERY_TAIL = max(len(q) for q in _TERMINAL_QUERIES) - 1
+
+
+def terminal_replies(tail: bytes, data: bytes) -> list[bytes]:
+    """Replies for the queries that end inside `data` (`tail` is what came
+    just before, so a query split across two reads is still seen once)."""
+    window = tail + data
+    replies = []
+    for query, reply in _TERMINAL_QUERIES.items():
+        start = window.find(query)
+        while start != -1:
+            if start + len(query) > len(tail):
+                replies.append((start, reply))
+            start = window.find(query, start + 1)
+    return [r for _, r in sorted(replies)]
+
+
 class _Pump:
     """Keeps reading a serial socket whether or not anyone is expecting.
 
@@ -288,8 +313,12 @@ class _Pump:
         self._thread.start()
 
     def _run(self) -> None:
+        tail = b""
         try:
             while data := self.sock.recv(65536):
+                for reply in terminal_replies(tail, data):
+                    self.sock.sendall(reply)
+                tail = (tail + data)[-_QUERY_TAIL:]
                 try:
                     written = os.write(self._wfd, data)
                 except BlockingIOError:

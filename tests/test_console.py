@@ -161,3 +161,14 @@ def test_an_unread_console_never_blocks_the_guest(tmp_path):
         assert c.child.expect([r"login: ", pexpect.TIMEOUT], timeout=5) == 0
     finally:
         c.close()
+
+
+def test_terminal_queries_are_answered_once_even_when_split():
+    from bridgelab.console import terminal_replies
+    boot = DATA["boot"].encode()
+    assert terminal_replies(b"", boot).count(b"\x1b[50;200R") == boot.count(b"\x1b[6n") > 0
+    assert terminal_replies(b"", boot).count(b"\x1bP0+r\x1b\\") == boot.count(b"\x1bP+q") > 0
+    # a query split across two reads is answered by the read that completes it, and only once
+    assert terminal_replies(b"", b"abc\x1b[") == []
+    assert terminal_replies(b"abc\x1b[", b"6nxyz") == [b"\x1b[50;200R"]
+    assert terminal_replies(b"\x1b[6n"[-3:], b"more") == []
