@@ -349,7 +349,7 @@ class _PumpSpawn(fdpexpect.fdspawn):
         super().__init__(pump.rfd, **kwargs)
         self._pump = pump
 
-    def send(self, s: str | bytes) -> int:  # type: ignore[override]
+    def send(self, s: str | bytes) -> int:
         s = self._coerce_send_string(s)
         self._log(s, "send")
         b = self._encoder.encode(s, final=False)

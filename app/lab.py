@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 
 from . import guestnet, hostnet
 from .console import Console, strip_escapes
-from .errors import BridgelabError, FieldIssue, GuestError, HostNetError, SpecError
+from .errors import BridgelabError, FieldIssue, HostNetError, SpecError
 from .guest import GuestProcess, tail
 from .nmcli import NetConfig
 from .plan import GuestPlan, LabPlan, check_new_ip
@@ -350,4 +350,4 @@ def console_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(kept[-lines:])
 
 
-__all__ = ["GuestBusy", "GuestError", "GuestRuntime", "LabRunner", "State", "console_tail"]
+__all__ = ["GuestBusy", "GuestRuntime", "LabRunner", "State", "console_tail"]

@@ -52,7 +52,7 @@ def iface_for_mac(ip_link_output: str, mac: str) -> str | None:
     mac = mac.lower()
     for name, link_mac in _LINK.findall(ip_link_output):
         if link_mac.lower() == mac:
-            return name
+            return str(name)
     return None
 
 

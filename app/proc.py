@@ -7,11 +7,9 @@ typed failures.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -77,22 +75,3 @@ def stop(p: subprocess.Popen[bytes], grace: float = 5.0) -> int:
     except subprocess.TimeoutExpired:
         p.kill()
         return p.wait()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def wait_until(pred, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return bool(pred())
