@@ -183,6 +183,18 @@ def test_status_cli_reads_the_api(lab):
     assert lines["broken"][1] == "failed"
 
 
+def test_a_qemu_crash_fails_only_that_guest(lab):
+    pid = lab.guests()["rv2"]["pid"]
+    os.kill(pid, signal.SIGKILL)  # a qemu bridgelab started, by its PID
+    deadline = time.monotonic() + 10
+    while lab.guests()["rv2"]["state"] != "failed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    g = lab.guests()
+    assert g["rv2"]["state"] == "failed" and "qemu exited with status -9" in g["rv2"]["reason"]
+    assert g["rv1"]["state"] == "ready"
+    assert lab.host_ping("10.198.101.1")
+
+
 def test_sigterm_leaves_no_taps_bridge_or_qemu(lab):
     pids = [g["pid"] for g in lab.guests().values() if g["pid"]]
     assert len(pids) == 3
