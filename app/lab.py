@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from . import guestnet, hostnet
+from . import firewall, guestnet, hostnet
 from .console import Console, strip_escapes
 from .errors import BridgelabError, FieldIssue, HostNetError, SpecError
 from .guest import GuestProcess, tail
@@ -107,12 +107,15 @@ class LabRunner:
 
     def setup_host(self) -> None:
         assert self.ledger is not None, "lock() first"
+        firewall.remove_recorded(self.ledger)
         hostnet.sweep(self.ledger, self._owner())
         net = hostnet.HostNet(self.ledger, self._owner())
         try:
             hostnet.apply(net, self.plan.bridge, self.plan.bridge_address, self.plan.bridge_mac,
                           [g.tap for g in self.plan.guests])
+            firewall.allow_bridged(self.ledger, self.plan.bridge, self._owner())
         except BaseException:
+            firewall.remove_recorded(self.ledger)
             net.teardown()
             raise
         finally:
@@ -124,6 +127,7 @@ class LabRunner:
         if self.ledger is None:
             return
         hostnet.kill_recorded_processes(self.ledger)
+        firewall.remove_recorded(self.ledger)
         net = hostnet.HostNet(self.ledger, self._owner())
         try:
             net.teardown()

@@ -222,3 +222,49 @@ def test_status_and_down_are_api_clients_and_down_cleans_up(netns_name, tmp_path
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+def _ns_sh(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, check=check)
+
+
+def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, tmp_path):
+    """Docker's setup, reproduced in a netns: br_netfilter on (the netns
+    default here) and FORWARD policy DROP. Two 'guests' (netns behind veths)
+    on our bridge cannot ping each other until bridgelab adds its one tagged
+    rule; teardown removes exactly that rule and leaves the policy alone."""
+    from bridgelab import firewall
+
+    ns = in_netns
+    if _ns_sh(ns, "cat", str(firewall.BRIDGE_NF), check=False).stdout.strip() != "1":
+        pytest.skip("br_netfilter is not active in this kernel; bridged frames never see iptables here")
+    _ns_sh(ns, "iptables", "-w", "-P", "FORWARD", "DROP")
+    ledger = hostnet.Ledger(tmp_path / "ledger.json")
+    net = hostnet.HostNet(ledger, "bridgelab test")
+    hostnet.apply(net, "br0", ADDR, MAC, [])
+    net.close()
+    guests = []
+    try:
+        for i in (1, 2):
+            g = f"{ns}-g{i}"
+            subprocess.run(["ip", "netns", "add", g], check=True)
+            guests.append(g)
+            subprocess.run(["ip", "-n", ns, "link", "add", f"vg{i}", "type", "veth", "peer", "name", "eth0",
+                            "netns", g], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", f"vg{i}", "master", "br0", "up"], check=True)
+            subprocess.run(["ip", "-n", g, "addr", "add", f"10.198.101.{i}/24", "dev", "eth0"], check=True)
+            subprocess.run(["ip", "-n", g, "link", "set", "eth0", "up"], check=True)
+
+        def ping() -> bool:
+            return _ns_sh(guests[0], "ping", "-c", "1", "-w", "2", "10.198.101.2", check=False).returncode == 0
+        assert not ping(), "FORWARD DROP should cut bridged traffic (the problem being fixed)"
+        assert firewall.allow_bridged(ledger, "br0", "bridgelab lab=t")
+        assert not firewall.allow_bridged(ledger, "br0", "bridgelab lab=t")  # -C: no duplicate
+        assert ping()
+        assert firewall.remove_recorded(ledger) == ["FORWARD"]
+        rules = _ns_sh(ns, "iptables", "-w", "-S", "FORWARD").stdout.splitlines()
+        assert rules == ["-P FORWARD DROP"]
+        assert not ping()
+    finally:
+        for g in guests:
+            subprocess.run(["ip", "netns", "del", g], check=False)
