@@ -1,0 +1,39 @@
+# bridgelab appliance: qemu + bridgelab, run privileged on the host network.
+#
+#   docker compose up                      # open internet
+#   DOCKER_BUILDKIT=1 docker build --secret id=ca,src=/path/to/extra-ca.pem -t bridgelab .
+#                                          # behind a TLS-intercepting proxy
+FROM debian:bookworm-slim
+
+ARG DEBIAN_FRONTEND=noninteractive
+# System packages first: the largest, least often changing layer.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      qemu-system-misc qemu-system-x86 qemu-system-arm qemu-utils opensbi u-boot-qemu \
+      qemu-user-static mmdebstrap arch-test gpg mount e2fsprogs debian-archive-keyring \
+      iproute2 iptables nftables iputils-ping kmod \
+      python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# Python dependencies next, keyed only by pyproject.toml. An extra CA bundle
+# (for a TLS-intercepting proxy) comes in as a BuildKit secret and never
+# lands in a layer.
+COPY pyproject.toml README.md /src/
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && python3 -m venv /opt/bridgelab \
+ && mkdir -p /src/app && touch /src/app/__init__.py \
+ && /opt/bridgelab/bin/pip install --no-cache-dir "setuptools>=64" wheel /src \
+ && /opt/bridgelab/bin/pip uninstall -y bridgelab
+
+COPY app /src/app
+RUN /opt/bridgelab/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src && rm -rf /src
+COPY images /usr/share/bridgelab/images
+COPY lab.yaml /etc/bridgelab/lab.yaml
+COPY entrypoint.sh /usr/local/bin/entrypoint.sh
+
+ENV PATH=/opt/bridgelab/bin:$PATH \
+    BRIDGELAB_IMAGES=/var/lib/bridgelab/images \
+    BRIDGELAB_CACHE=/var/lib/bridgelab/images/cache \
+    BRIDGELAB_STATE_DIR=/var/lib/bridgelab/state
+ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]
