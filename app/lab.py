@@ -89,6 +89,7 @@ class LabRunner:
         self._lock_fd: int | None = None
         self._pool = ThreadPoolExecutor(max_workers=max(8, 3 * len(plan.guests)), thread_name_prefix="console")
         self._settled = asyncio.Event()
+        self._announced = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ host side (sync)
@@ -230,6 +231,16 @@ class LabRunner:
             g.fail(f"cannot reach {', '.join(unreachable)} from {g.plan.ip.ip}")
         else:
             g.enter(State.ready)
+        self._announce_once()
+
+    def _announce_once(self) -> None:
+        """One clear line when the lab first settles, for people reading logs."""
+        if self._announced or any(g.state not in (State.ready, State.failed) for g in self.guests.values()):
+            return
+        self._announced = True
+        parts = [f"{g.plan.name} {g.plan.ip.ip}" if g.state is State.ready else f"{g.plan.name} FAILED ({g.reason})"
+                 for g in self.guests.values()]
+        log.info("lab %s ready: %s (API: GET /guests)", self.plan.name, ", ".join(parts))
 
     async def wait_settled(self) -> None:
         await self._settled.wait()

@@ -1,0 +1,129 @@
+"""The appliance container end to end, with a real Docker engine, in the
+host's network namespace (as users run it).
+
+Lab-specific names and a subnet nothing else here uses (blci-br0,
+10.213.77.0/24), no uplink, and traffic only to the guests on that bridge.
+The guest image comes from the host cache (hard links), as a user's second
+`up` would find it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from bridgelab import images
+
+pytestmark = pytest.mark.container
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = "/usr/bin/docker"  # Debian's client: it has BuildKit secrets
+BASE = "debian:bookworm-slim"
+PORT = 18731
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Iterator[None]:
+    """A Docker engine: the running one, or one started here and stopped after."""
+    if shutil.which("dockerd") is None or not Path(DOCKER).exists():
+        pytest.fail("docker.io is not installed (tests/run installs it)")
+    started = None
+    if sh(DOCKER, "info", check=False).returncode != 0:
+        log = open(tmp_path_factory.mktemp("dockerd") / "dockerd.log", "w")
+        started = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while sh(DOCKER, "info", check=False).returncode != 0:
+            if time.monotonic() > deadline or started.poll() is not None:
+                pytest.fail(f"dockerd did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        if started is not None:
+            started.terminate()
+            started.wait(60)
+
+
+@pytest.fixture(scope="module")
+def image(engine) -> str:
+    """No registry is reachable: make the base with mmdebstrap, then build."""
+    if sh(DOCKER, "image", "inspect", BASE, check=False).returncode != 0:
+        mm = subprocess.Popen(["mmdebstrap", "--variant=minbase", "--include=ca-certificates", "bookworm", "-",
+                               "http://deb.debian.org/debian"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        sh(DOCKER, "import", "-", BASE, stdin=mm.stdout)
+        assert mm.wait() == 0
+    secret = ["--secret", f"id=ca,src={CA_BUNDLE}"] if CA_BUNDLE.exists() else []
+    build = sh(DOCKER, "build", "-q", *secret, "-t", "bridgelab:latest", str(ROOT), check=False,
+               env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    assert build.returncode == 0, build.stderr[-3000:]
+    return "bridgelab:latest"
+
+
+def _lab_processes(tag: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].startswith(b"qemu-system") and any(tag.encode() in a for a in args):
+            found.append(cmdline.parent.name)
+    return found
+
+
+def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
+    images.build_image("debian-riscv64")  # no-op when cached
+    cached = images.built_dir("debian-riscv64")
+    img_dir = tmp_path / "images"
+    (img_dir / "cache" / "debian-riscv64").mkdir(parents=True)
+    sh("cp", "-al", str(cached), str(img_dir / "cache" / "debian-riscv64" / cached.name))
+    lab_name = f"blci{secrets.token_hex(2)}"
+    bridge = f"{lab_name}-br"
+    (tmp_path / "lab.yaml").write_text(
+        f"name: {lab_name}\nbridge: {{name: {bridge}, address: 10.213.77.1/24}}\n"
+        "guests:\n  - {name: rv1, image: debian-riscv64}\n  - {name: rv2, image: debian-riscv64}\n")
+    env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(img_dir), "BRIDGELAB_LAB_FILE": str(tmp_path / "lab.yaml"),
+           "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": lab_name}
+    compose = ["docker-compose", "-f", str(ROOT / "compose.yaml")]
+    up = sh(*compose, "up", "-d", "--no-build", env=env, check=False, cwd=ROOT)
+    assert up.returncode == 0, up.stderr
+    try:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
+        deadline = time.monotonic() + 600
+        guests: list[dict] = []
+        while time.monotonic() < deadline:
+            try:
+                guests = api.get("/guests").json()
+                if guests and all(g["state"] in ("ready", "failed") for g in guests):
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        logs = sh(*compose, "logs", "--no-color", env=env, check=False, cwd=ROOT).stdout
+        assert [g["state"] for g in guests] == ["ready", "ready"], logs[-4000:]
+        by = {g["name"]: g for g in guests}
+        assert by["rv1"]["mesh"] == {"10.213.77.1": True, by["rv2"]["ip"]: True}
+        assert by["rv2"]["mesh"] == {"10.213.77.1": True, by["rv1"]["ip"]: True}
+        for g in guests:
+            assert sh("ping", "-n", "-q", "-c", "1", "-w", "5", g["ip"], check=False).returncode == 0
+        assert f"lab {lab_name} ready: rv1 " in logs
+        taps = [g["tap"] for g in guests]
+    finally:
+        down = sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
+    assert down.returncode == 0, down.stderr
+    links = sh("ip", "-o", "link", "show").stdout
+    assert bridge not in links and not any(t in links for t in taps)
+    assert lab_name not in sh("iptables", "-w", "-S").stdout
+    assert _lab_processes(lab_name) == []
