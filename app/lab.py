@@ -136,8 +136,10 @@ class LabRunner:
             net.close()
         if not self.ledger.entries:
             self.ledger.path.unlink(missing_ok=True)
+        # Overlays stay for inspection (and `qemu-img check`); the next start
+        # replaces them. Sockets are dead once qemu is gone.
         for g in self.plan.guests:
-            for f in (g.paths.overlay, g.paths.console_sock, g.paths.qmp_sock):
+            for f in (g.paths.console_sock, g.paths.qmp_sock):
                 f.unlink(missing_ok=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 

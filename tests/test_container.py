@@ -97,10 +97,11 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
     env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(img_dir), "BRIDGELAB_LAB_FILE": str(tmp_path / "lab.yaml"),
            "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": lab_name}
     compose = ["docker-compose", "-f", str(ROOT / "compose.yaml")]
-    up = sh(*compose, "up", "-d", "--no-build", env=env, check=False, cwd=ROOT)
-    assert up.returncode == 0, up.stderr
-    try:
-        api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
+
+    def up_until_settled() -> list[dict]:
+        up = sh(*compose, "up", "-d", "--no-build", env=env, check=False, cwd=ROOT)
+        assert up.returncode == 0, up.stderr
         deadline = time.monotonic() + 600
         guests: list[dict] = []
         while time.monotonic() < deadline:
@@ -111,6 +112,13 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
             except httpx.TransportError:
                 pass
             time.sleep(1)
+        return guests
+
+    def rule_count() -> int:
+        return sh("iptables", "-w", "-S").stdout.count(f"bridgelab lab={lab_name}")
+
+    try:
+        guests = up_until_settled()
         logs = sh(*compose, "logs", "--no-color", env=env, check=False, cwd=ROOT).stdout
         assert [g["state"] for g in guests] == ["ready", "ready"], logs[-4000:]
         by = {g["name"]: g for g in guests}
@@ -120,10 +128,31 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
             assert sh("ping", "-n", "-q", "-c", "1", "-w", "5", g["ip"], check=False).returncode == 0
         assert f"lab {lab_name} ready: rv1 " in logs
         taps = [g["tap"] for g in guests]
+
+        # `docker kill` leaves the host objects behind; the next `up` sweeps
+        # them from the ledger in the state volume and converges, no duplicates.
+        sh(*compose, "kill", env=env, cwd=ROOT)
+        assert bridge in sh("ip", "-o", "link", "show").stdout
+        again = up_until_settled()
+        assert [g["state"] for g in again] == ["ready", "ready"]
+        assert [g["ip"] for g in again] == [g["ip"] for g in guests]
+        assert rule_count() in (0, 1)
+        links = sh("ip", "-o", "link", "show").stdout
+        assert links.count(f" {bridge}:") == 1 and all(links.count(f" {t}:") == 1 for t in taps)
+    except BaseException:
+        sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
+        raise
+    down = sh(*compose, "down", env=env, check=False, cwd=ROOT)
+    try:
+        assert down.returncode == 0, down.stderr
+        links = sh("ip", "-o", "link", "show").stdout
+        assert bridge not in links and not any(t in links for t in taps)
+        assert rule_count() == 0
+        assert _lab_processes(lab_name) == []
+        for name in ("rv1", "rv2"):  # guests powered off cleanly: overlays must check clean
+            check = sh(DOCKER, "run", "--rm", "-v", f"{lab_name}_bridgelab-state:/s",
+                       "-v", f"{img_dir}:/var/lib/bridgelab/images:ro", "--entrypoint", "qemu-img",
+                       image, "check", f"/s/{lab_name}/guests/{name}/overlay.qcow2", check=False)
+            assert check.returncode == 0, (name, check.stdout, check.stderr)
     finally:
-        down = sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
-    assert down.returncode == 0, down.stderr
-    links = sh("ip", "-o", "link", "show").stdout
-    assert bridge not in links and not any(t in links for t in taps)
-    assert lab_name not in sh("iptables", "-w", "-S").stdout
-    assert _lab_processes(lab_name) == []
+        sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
