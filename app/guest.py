@@ -61,6 +61,13 @@ class GuestProcess:
     def exited(self) -> int | None:
         return self.popen.poll() if self.popen else None
 
+    def exit_reason(self) -> str | None:
+        """Why the guest is gone, in qemu's own words; None while qemu runs."""
+        rc = self.exited()
+        if rc is None:
+            return None
+        return f"qemu exited with status {rc}: {self.stderr_tail() or '(no output)'}"
+
     def stderr_tail(self) -> str:
         return tail(self.plan.paths.stderr).strip()
 
@@ -69,23 +76,18 @@ class GuestProcess:
         deadline = time.monotonic() + timeout
         sock = str(self.plan.paths.qmp_sock)
         while True:
-            rc = self.exited()
-            if rc is not None:
-                raise QemuStartError(f"qemu exited with status {rc}: {self.stderr_tail() or '(no output)'}")
-            if not self.plan.paths.qmp_sock.exists():
-                if time.monotonic() > deadline:
-                    raise QemuStartError(f"qemu did not create {sock} within {timeout:.0f}s: {self.stderr_tail()}")
-                await asyncio.sleep(0.05)
-                continue
-            client = QMPClient(self.plan.name)
-            try:
-                await client.connect(sock)
-                self.qmp = client
-                return
-            except (QMPError, OSError):
-                if time.monotonic() > deadline:
-                    raise QemuStartError(f"qemu did not open {sock} within {timeout:.0f}s: "
-                                         f"{self.stderr_tail()}") from None
+            if (reason := self.exit_reason()) is not None:
+                raise QemuStartError(reason)
+            if time.monotonic() > deadline:
+                raise QemuStartError(f"qemu did not open {sock} within {timeout:.0f}s: {self.stderr_tail()}")
+            if self.plan.paths.qmp_sock.exists():
+                client = QMPClient(self.plan.name)
+                try:
+                    await client.connect(sock)
+                    self.qmp = client
+                    return
+                except (QMPError, OSError):
+                    pass  # created but not listening yet
             await asyncio.sleep(0.05)
 
     async def execute(self, cmd: str) -> object:

@@ -173,22 +173,17 @@ class HostNet:
     def ensure_bridge(self, ifname: str, address: ipaddress.IPv4Interface, mac: str) -> LinkState:
         state = self._existing(ifname, "bridge", with_addresses=True)
         if state is None:
-            try:
-                # Bridged guest<->guest frames must not go through iptables:
-                # Docker's FORWARD DROP would otherwise cut the lab in two.
-                state = self._create(ifname, "bridge", kind="bridge", address=mac, br_stp_state=0,
-                                     br_nf_call_iptables=0, br_nf_call_ip6tables=0, br_nf_call_arptables=0)
-            except HostNetError:
-                if self.link(ifname) is not None:
-                    raise
-                state = self._create(ifname, "bridge", kind="bridge", address=mac, br_stp_state=0)
+            # Guest<->guest frames crossing iptables on Docker hosts are handled
+            # in firewall.py: a per-bridge nf_call_iptables=0 cannot override
+            # the global br_netfilter sysctl.
+            state = self._create(ifname, "bridge", kind="bridge", address=mac, br_stp_state=0)
         if str(address) not in state.addresses:
             try:
                 self.ipr.addr("add", index=state.index, address=str(address.ip), prefixlen=address.network.prefixlen)
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise HostNetError(f"cannot add {address} to {ifname}: {os.strerror(e.code)}") from None
-        if not state.up or not state.addresses:
+        if not state.up:
             self.ipr.link("set", index=state.index, state="up", ifalias=self.owner)
         return self.link(ifname, with_addresses=True)  # type: ignore[return-value]
 

@@ -158,10 +158,11 @@ class LabRunner:
     async def _watch(self, g: GuestRuntime) -> None:
         """A qemu that dies on its own fails its guest, with qemu's own words."""
         while g.state not in (State.stopping, State.stopped):
-            rc = g.process.exited()
-            if rc is not None and g.state is not State.failed:
-                g.fail(f"qemu exited with status {rc}: {g.process.stderr_tail() or '(no output)'}")
-                self._check_settled()
+            reason = g.process.exit_reason()
+            if reason is not None:
+                if g.state is not State.failed:
+                    g.fail(reason)
+                    self._check_settled()
                 return
             await asyncio.sleep(0.5)
 
@@ -204,11 +205,7 @@ class LabRunner:
             g.enter(State.login)
 
     def _fail_from(self, g: GuestRuntime, e: BaseException) -> None:
-        rc = g.process.exited()
-        if rc is not None:
-            g.fail(f"qemu exited with status {rc}: {g.process.stderr_tail() or '(no output)'}")
-        else:
-            g.fail(str(e) or type(e).__name__)
+        g.fail(g.process.exit_reason() or str(e) or type(e).__name__)
 
     def _check_settled(self) -> None:
         if not any(g.state in ON_THE_WAY for g in self.guests.values()):
