@@ -12,15 +12,16 @@ import logging
 import os
 import platform
 import shutil
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import proc
-from .errors import ImageError
+from .errors import BridgelabError, ImageError
 from .spec import Arch, Login, SafeStr, format_loc
 
 log = logging.getLogger(__name__)
@@ -188,23 +189,53 @@ def load_recipe(recipe_dir: Path) -> Recipe:
         raise ImageError(f"recipe {recipe_dir / RECIPE} is invalid: {errs}") from None
 
 
-def ensure_binfmt(arch: Arch) -> None:
-    """mmdebstrap runs foreign maintainer scripts through qemu-user via binfmt_misc.
-    Debian's qemu-user-static ships the registration but does not always load it
-    (not in containers, not without systemd), so do what systemd-binfmt would."""
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+@contextmanager
+def foreign_binaries(arch: Arch) -> Iterator[None]:
+    """Let mmdebstrap run `arch` maintainer scripts through qemu-user, for the build only.
+
+    Debian's qemu-user-static ships the binfmt rule but does not always load it
+    (not in containers, not without systemd), so do what systemd-binfmt would.
+    A registration is global to the host kernel: remove whatever was added here."""
     if arch.value == platform.machine():
-        return
-    root = Path("/proc/sys/fs/binfmt_misc")
-    if not (root / "register").exists():
-        proc.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(root)])
-    entry = root / f"qemu-{arch.value}"
-    if entry.exists():
+        yield
         return
     conf = Path(f"/usr/lib/binfmt.d/qemu-{arch.value}.conf")
     if not conf.is_file():
         raise ImageError(f"cannot run {arch.value} binaries: {conf} missing; install qemu-user-static")
-    (root / "register").write_text(conf.read_text().strip())
-    log.info("registered binfmt handler qemu-%s", arch.value)
+    with binfmt_rule(conf.read_text().strip()):
+        yield
+
+
+@contextmanager
+def binfmt_rule(rule: str, root: Path = BINFMT) -> Iterator[None]:
+    """Hold a binfmt_misc rule (`:name:type:...`) for the duration; leave the
+    kernel's table, and the mount, exactly as found."""
+    name = rule.split(":")[1]
+    mounted = not (root / "register").exists()
+    if mounted:
+        try:
+            proc.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(root)])
+        except BridgelabError as e:
+            raise ImageError(
+                f"binfmt_misc is not mounted and cannot be ({e}). On the host: 'sudo modprobe binfmt_misc'; "
+                "in a container, CAP_SYS_ADMIN is needed (compose.yaml grants it)") from e
+    added = not (root / name).exists()
+    try:
+        if added:
+            try:
+                (root / "register").write_text(rule)
+            except OSError as e:
+                raise ImageError(f"cannot register binfmt handler {name}: {e}") from e
+            log.info("registered binfmt handler %s (removed after the build)", name)
+        yield
+    finally:
+        if added and (root / name).exists():
+            (root / name).write_text("-1")
+        if mounted:
+            proc.run(["umount", str(root)])
 
 
 def _mmdebstrap_argv(r: Recipe, rootdir: Path) -> list[str]:
@@ -240,7 +271,6 @@ def build_image(name: str, cache: Path | None = None, force: bool = False) -> Pa
     for tool in ("mmdebstrap", "mke2fs", "qemu-img"):
         if shutil.which(tool) is None:
             raise ImageError(f"{tool} is not installed (apt-get install mmdebstrap e2fsprogs qemu-utils)")
-    ensure_binfmt(r.arch)
     work = out.parent / f".build-{out.name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -248,7 +278,8 @@ def build_image(name: str, cache: Path | None = None, force: bool = False) -> Pa
         rootdir = work / "root"
         env = {**os.environ, "BL_USER": r.login.user, "BL_PASSWORD": r.login.password,
                "BL_HOSTNAME": r.hostname}
-        proc.run(_mmdebstrap_argv(r, rootdir), env=env, timeout=3600, stream=True)
+        with foreign_binaries(r.arch):
+            proc.run(_mmdebstrap_argv(r, rootdir), env=env, timeout=3600, stream=True)
         shutil.copy(_find_boot_file(rootdir, ("vmlinuz-", "vmlinux-", "Image-")), work / "vmlinuz")
         shutil.copy(_find_boot_file(rootdir, ("initrd.img-",)), work / "initrd.img")
         raw = work / "disk.raw"

@@ -74,3 +74,28 @@ def test_unbuilt_image_is_reported_by_serve_with_status_2(tmp_path):
     assert p.returncode == 2
     assert "guests[0].image" in p.stderr and "manifest" in p.stderr
     assert "guests[1].image" in p.stderr and "bridgelab image build debian-riscv64" in p.stderr
+
+
+def test_binfmt_rule_is_held_for_the_build_only():
+    """Against the real kernel table, with a rule whose magic no file has: it
+    exists inside the block and is gone after, even when the block fails."""
+    name = "bridgelab-test"
+    rule = f":{name}:M::BLTEST\\x00\\x01::/bin/false:"
+    entry = images.BINFMT / name
+    assert not entry.exists()
+    with pytest.raises(RuntimeError):
+        with images.binfmt_rule(rule):
+            assert entry.read_text().startswith("enabled")
+            raise RuntimeError("build failed")
+    assert not entry.exists()
+
+
+def test_binfmt_rule_already_present_is_left_alone():
+    """A rule that was there before (the host's own) survives the build."""
+    name = "bridgelab-test"
+    with images.binfmt_rule(f":{name}:M::BLTEST\\x00\\x02::/bin/false:"):
+        before = (images.BINFMT / name).read_text()
+        with images.binfmt_rule(f":{name}:M::OTHER::/bin/true:"):
+            pass
+        assert (images.BINFMT / name).read_text() == before
+    assert not (images.BINFMT / name).exists()
