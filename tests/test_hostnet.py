@@ -228,17 +228,22 @@ def _ns_sh(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProces
     return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, check=check)
 
 
-def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, tmp_path):
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, tmp_path, backend, monkeypatch):
     """Docker's setup, reproduced in a netns: br_netfilter on (the netns
     default here) and FORWARD policy DROP. Two 'guests' (netns behind veths)
     on our bridge cannot ping each other until bridgelab adds its one tagged
-    rule; teardown removes exactly that rule and leaves the policy alone."""
+    rule; teardown removes exactly that rule and leaves the policy alone.
+    The DROP sits in either backend; bridgelab must find which on its own."""
     from bridgelab import firewall
 
     ns = in_netns
+    ipt = f"iptables-{backend}"
+    monkeypatch.delenv("BRIDGELAB_IPTABLES", raising=False)
+    firewall.iptables.cache_clear()
     if _ns_sh(ns, "cat", str(firewall.BRIDGE_NF), check=False).stdout.strip() != "1":
         pytest.skip("br_netfilter is not active in this kernel; bridged frames never see iptables here")
-    _ns_sh(ns, "iptables", "-w", "-P", "FORWARD", "DROP")
+    _ns_sh(ns, ipt, "-w", "-P", "FORWARD", "DROP")
     ledger = hostnet.Ledger(tmp_path / "ledger.json")
     net = hostnet.HostNet(ledger, "bridgelab test")
     hostnet.apply(net, "br0", ADDR, MAC, [])
@@ -259,12 +264,30 @@ def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, 
             return _ns_sh(guests[0], "ping", "-c", "1", "-w", "2", "10.198.101.2", check=False).returncode == 0
         assert not ping(), "FORWARD DROP should cut bridged traffic (the problem being fixed)"
         assert firewall.allow_bridged(ledger, "br0", "bridgelab lab=t")
+        assert firewall.iptables() == ipt
         assert not firewall.allow_bridged(ledger, "br0", "bridgelab lab=t")  # -C: no duplicate
         assert ping()
         assert firewall.remove_recorded(ledger) == ["FORWARD"]
-        rules = _ns_sh(ns, "iptables", "-w", "-S", "FORWARD").stdout.splitlines()
+        rules = _ns_sh(ns, ipt, "-w", "-S", "FORWARD").stdout.splitlines()
         assert rules == ["-P FORWARD DROP"]
         assert not ping()
     finally:
+        firewall.iptables.cache_clear()
         for g in guests:
             subprocess.run(["ip", "netns", "del", g], check=False)
+
+
+def test_backend_choice_follows_the_hosts_rules():
+    from bridgelab.errors import HostNetError
+    from bridgelab.firewall import choose_backend
+
+    both = {"nft", "legacy"}
+    assert choose_backend(None, {"nft": 0, "legacy": 0}, both)[0] == "nft"
+    assert choose_backend(None, {"nft": 0, "legacy": 3}, both)[0] == "legacy"
+    assert choose_backend(None, {"nft": 9, "legacy": 3}, both)[0] == "nft"
+    assert choose_backend(None, {"legacy": 0}, {"legacy"})[0] == "legacy"
+    assert choose_backend("legacy", {"nft": 9}, both) == ("legacy", "BRIDGELAB_IPTABLES")
+    with pytest.raises(HostNetError, match="BRIDGELAB_IPTABLES"):
+        choose_backend("xt", {}, both)
+    with pytest.raises(HostNetError, match="neither"):
+        choose_backend(None, {}, set())
