@@ -6,6 +6,17 @@
 FROM debian:bookworm-slim
 
 ARG DEBIAN_FRONTEND=noninteractive
+# Lean: the qemu packages carry ~30 emulators each; keep the three arches
+# bridgelab boots and builds (riscv64, aarch64, x86_64). Docs and locales go,
+# copyright files stay. dpkg applies this to every package installed after.
+RUN printf '%s\n' \
+      'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright' \
+      'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/locale/*' \
+      'path-exclude=/usr/bin/qemu-*-static' 'path-exclude=/usr/bin/qemu-system-*' \
+      'path-include=/usr/bin/qemu-riscv64-static' 'path-include=/usr/bin/qemu-aarch64-static' \
+      'path-include=/usr/bin/qemu-x86_64-static' 'path-include=/usr/bin/qemu-system-riscv64' \
+      'path-include=/usr/bin/qemu-system-aarch64' 'path-include=/usr/bin/qemu-system-x86_64' \
+      > /etc/dpkg/dpkg.cfg.d/bridgelab-lean
 # System packages first: the largest, least often changing layer.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
@@ -13,7 +24,7 @@ RUN apt-get update \
       qemu-user-static mmdebstrap arch-test gpg mount e2fsprogs debian-archive-keyring \
       iproute2 iptables nftables iputils-ping kmod \
       python3 python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # Python dependencies next, keyed only by pyproject.toml. An extra CA bundle
 # (for a TLS-intercepting proxy) comes in as a BuildKit secret and never

@@ -22,18 +22,27 @@ fi
 # Opening the device proves the driver is there (built in or loaded).
 ( exec 3<>/dev/net/tun ) 2>/dev/null \
   || fail "/dev/net/tun cannot be opened: run 'modprobe tun' on the host, and pass the device to the container"
-# Bridge support is checked by creating the bridge: bridgelab's own error
-# names the problem, and nothing is left behind.
+# Bridge support: a probe bridge that exists for a moment (the kernel loads
+# the module on demand, so /sys/module/bridge alone proves nothing).
+probe="blprobe$$"
+if ip link add name "$probe" type bridge 2>/tmp/bridge.err; then
+  ip link del "$probe"
+else
+  fail "cannot create a bridge ($(cat /tmp/bridge.err)): run 'modprobe bridge' on the host; the container needs NET_ADMIN and the host network"
+fi
 
 lab=${BRIDGELAB_LAB:-/etc/bridgelab/lab.yaml}
 [ -r "$lab" ] || fail "no lab file at $lab: mount one (compose does ./lab.yaml)"
 
 if ! bridgelab validate --lab "$lab" >/dev/null 2>/tmp/validate.err; then
   if grep -q "bridgelab image build" /tmp/validate.err; then
+    # mmdebstrap runs foreign-arch package scripts through qemu-user (binfmt_misc).
+    grep -qw binfmt_misc /proc/filesystems \
+      || fail "the host kernel has no binfmt_misc, needed to build foreign-arch guest images: run 'sudo modprobe binfmt_misc' on the host"
     for name in $(grep -o "bridgelab image build [a-z0-9-]*" /tmp/validate.err | awk '{print $4}' | sort -u); do
       say "building guest image $name (first start only, a few minutes)"
       bridgelab image build "$name" \
-        || fail "building $name failed; binfmt_misc for foreign arches needs a privileged container"
+        || fail "building guest image $name failed (the reason is above); a retry resumes from scratch"
     done
   else
     cat /tmp/validate.err >&2
@@ -41,9 +50,13 @@ if ! bridgelab validate --lab "$lab" >/dev/null 2>/tmp/validate.err; then
   fi
 fi
 
+# The kernel runs both iptables backends; a rule must go where the host's
+# own rules are. bridgelab decides per rule (and logs it); this line shows the
+# evidence. Override with BRIDGELAB_IPTABLES=nft|legacy.
 nft=$(iptables-nft-save 2>/dev/null | grep -c '^-A' || true)
 legacy=$(iptables-legacy-save 2>/dev/null | grep -c '^-A' || true)
-say "host iptables rules: nft backend ${nft:-0}, legacy backend ${legacy:-0} (bridgelab adds none in this lab)"
+bnf=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo "absent")
+say "host iptables: nft backend ${nft:-0} rules, legacy backend ${legacy:-0} rules; bridge-nf-call-iptables=$bnf"
 
 exec bridgelab serve --lab "$lab" --listen "127.0.0.1:${BRIDGELAB_PORT:-8700}" \
   --shutdown-timeout "${BRIDGELAB_SHUTDOWN_TIMEOUT:-30}"
