@@ -61,11 +61,16 @@ def split_marker(tag: str) -> str:
     return f"'{tag[:half]}''{tag[half:]}'"
 
 
-def wrap_command(command: str, tag: str) -> str:
+def wrap_command(command: str, tag: str, cap: int | None = None) -> str:
     """The line sent for `command`: begin marker, the command with stdin closed
-    and stderr merged, end marker with the exit status."""
-    return (f"printf '%s\\n' {split_marker('B' + tag)}; {{ {command}\n}} </dev/null 2>&1; "
-            f"printf '%s %s\\n' {split_marker('E' + tag)} \"$?\"")
+    and stderr merged, end marker with the exit status. With `cap`, output
+    beyond cap+1 bytes is cut in the guest (the +1 shows it was cut), and the
+    status is still the command's own (bash's PIPESTATUS)."""
+    if cap is None:
+        return (f"printf '%s\\n' {split_marker('B' + tag)}; {{ {command}\n}} </dev/null 2>&1; "
+                f"printf '%s %s\\n' {split_marker('E' + tag)} \"$?\"")
+    return (f"printf '%s\\n' {split_marker('B' + tag)}; {{ {command}\n}} </dev/null 2>&1 | head -c {cap + 1}; "
+            f"printf '\\n%s %s\\n' {split_marker('E' + tag)} \"${{PIPESTATUS[0]}}\"")
 
 
 def result_pattern(tag: str) -> re.Pattern[str]:
@@ -97,10 +102,11 @@ class Console:
     # ------------------------------------------------------------ plumbing
 
     @classmethod
-    def connect_unix(cls, path: Path, name: str, transcript_path: Path | None = None) -> "Console":
+    def connect_unix(cls, path: Path, name: str, transcript_path: Path | None = None,
+                     on_stage: Callable[[str], None] | None = None) -> "Console":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(str(path))
-        pump = _Pump(sock, name)
+        pump = _Pump(sock, name, on_stage)
         child = _PumpSpawn(pump, encoding="utf-8", codec_errors="replace", maxread=65536, searchwindowsize=None)
         transcript = open(transcript_path, "a", encoding="utf-8") if transcript_path else None
 
@@ -211,15 +217,17 @@ class Console:
             pass
         self.child.buffer = self.child.string_type()
 
-    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
-        """Run one shell command; return (exit code, output with escapes stripped)."""
+    def run(self, command: str, timeout: float = 60.0, cap: int | None = None) -> tuple[int, str]:
+        """Run one shell command; return (exit code, output with escapes stripped).
+        With `cap`, a newline is added before the end marker (so output without
+        a final newline cannot hide it) and removed again here."""
         with self._lock:
             if not self._ready:
                 raise ConsoleError(f"{self.name}: not logged in")
             self._drain()
             tag = secrets.token_hex(6)
             self._note(f"$ {command}")
-            self._send(wrap_command(command, tag))
+            self._send(wrap_command(command, tag, cap))
             i = self.child.expect([result_pattern(tag), pexpect.TIMEOUT, pexpect.EOF], timeout=timeout)
             if i == 2:
                 self._ready = False
@@ -235,6 +243,8 @@ class Console:
             assert match is not None and not isinstance(match, (type(pexpect.TIMEOUT), type(pexpect.EOF)))
             output, rc = strip_escapes(match.group(1)), int(match.group(2))
             self._expect_prompt(10)
+            if cap is not None:
+                output = output.removesuffix("\n")
             return rc, output
 
     def check(self, command: str, timeout: float = 60.0) -> str:
@@ -288,6 +298,30 @@ def terminal_replies(tail: bytes, data: bytes) -> list[bytes]:
     return [r for _, r in sorted(replies)]
 
 
+# What a guest prints on its way up, mapped to the readiness stage it marks.
+# With `quiet` the kernel prints nothing, so "kernel" may be missing; systemd's
+# first terminal query is the first sign of userspace either way.
+BOOT_MARKERS = {
+    b"OpenSBI v": "firmware", b"U-Boot ": "firmware", b"SeaBIOS": "firmware", b"EFI stub": "firmware",
+    b"Linux version ": "kernel", b"Booting Linux": "kernel",
+    b"\x1bP+q": "userspace", b"\x1b[6n": "userspace", b"Welcome to ": "userspace",
+}
+_MARKER_TAIL = max(len(m) for m in BOOT_MARKERS) - 1
+
+
+def boot_stages(tail: bytes, data: bytes) -> list[str]:
+    """Stages whose marker ends inside `data`, in order of appearance."""
+    window = tail + data
+    found = []
+    for marker, stage in BOOT_MARKERS.items():
+        at = window.find(marker)
+        while at != -1 and at + len(marker) <= len(tail):
+            at = window.find(marker, at + 1)
+        if at != -1:
+            found.append((at, stage))
+    return list(dict.fromkeys(stage for _, stage in sorted(found)))
+
+
 class _Pump:
     """Keeps reading a serial socket whether or not anyone is expecting.
 
@@ -300,8 +334,9 @@ class _Pump:
 
     PIPE_SIZE = 1 << 20
 
-    def __init__(self, sock: socket.socket, name: str):
+    def __init__(self, sock: socket.socket, name: str, on_stage: Callable[[str], None] | None = None):
         self.sock = sock
+        self._on_stage = on_stage
         self.rfd, self._wfd = os.pipe()
         try:
             fcntl.fcntl(self._wfd, fcntl.F_SETPIPE_SZ, self.PIPE_SIZE)
@@ -318,7 +353,10 @@ class _Pump:
             while data := self.sock.recv(65536):
                 for reply in terminal_replies(tail, data):
                     self.sock.sendall(reply)
-                tail = (tail + data)[-_QUERY_TAIL:]
+                if self._on_stage is not None:
+                    for stage in boot_stages(tail, data):
+                        self._on_stage(stage)
+                tail = (tail + data)[-max(_QUERY_TAIL, _MARKER_TAIL):]
                 try:
                     written = os.write(self._wfd, data)
                 except BlockingIOError:

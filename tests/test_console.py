@@ -172,3 +172,21 @@ def test_terminal_queries_are_answered_once_even_when_split():
     assert terminal_replies(b"", b"abc\x1b[") == []
     assert terminal_replies(b"abc\x1b[", b"6nxyz") == [b"\x1b[50;200R"]
     assert terminal_replies(b"\x1b[6n"[-3:], b"more") == []
+
+
+def test_boot_stages_from_a_real_transcript_and_split_reads():
+    from bridgelab.console import boot_stages
+    boot = DATA["boot"].encode()
+    stages = boot_stages(b"", boot)
+    assert "userspace" in stages
+    # fed in small reads, each stage is reported by exactly the read that completes its marker
+    seen: list[str] = []
+    tail = b""
+    for i in range(0, len(boot), 7):
+        chunk = boot[i:i + 7]
+        seen += boot_stages(tail, chunk)
+        tail = (tail + chunk)[-16:]
+    assert set(seen) == set(stages)
+    assert boot_stages(b"", b"OpenSBI v1.1\r\n...Linux version 6.1") == ["firmware", "kernel"]
+    assert boot_stages(b"OpenSB", b"I v1.5") == ["firmware"]
+    assert boot_stages(b"OpenSBI v", b"1.5") == []
