@@ -1,23 +1,80 @@
-"""REST API: routers, error -> HTTP mapping, and the lifespan that runs the lab."""
+"""REST API: routes, error -> HTTP mapping, auth, body limits, and the lifespan that runs the lab."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Callable
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 
-from .errors import SpecError
-from .lab import GuestBusy, LabRunner
-from .spec import NetworkRequest
+from .auth import Policy
+from .errors import AuthError, BridgelabError, GuestBusy, GuestTimeout, SpecError, UnknownGuest
+from .lab import LabRunner, console_tail
+from .schemas import (GUEST_NAME_PATTERN, AddGuest, ErrorBody, ExecRequest, ExecResult, GuestView, Health,
+                      MeshReport, NetworkRequest, WaitResult)
 
 log = logging.getLogger(__name__)
+MAX_BODY = 64 * 1024
+MAX_WAIT = 3600.0
+
+GuestName = Annotated[str, Path(pattern=GUEST_NAME_PATTERN, max_length=32, examples=["rv1"])]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    404: {"model": ErrorBody, "description": "no such guest"},
+    409: {"model": ErrorBody, "description": "the guest is busy or in the wrong state"},
+    413: {"model": ErrorBody, "description": "request body too large"},
+}
+STATUS = {UnknownGuest: 404, GuestBusy: 409, GuestTimeout: 504, AuthError: 401}
 
 
-def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: None) -> FastAPI:
+class BodyLimit:
+    """Reject bodies over MAX_BODY, declared or streamed, before any handler sees them.
+    A streamed (chunked) body is read here first, up to the limit, and replayed:
+    bodies are small, and a handler must never see a cut one."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                return await _too_large(scope, receive, send, self.limit)
+            return await self.app(scope, receive, send)
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message], receive), send)
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await _too_large(scope, receive, send, self.limit)
+            if not message.get("more_body"):
+                break
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+
+
+def _replay(messages: list[dict[str, Any]], receive: Callable[[], Awaitable[dict[str, Any]]]
+            ) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def replayed() -> dict[str, Any]:
+        return messages.pop(0) if messages else await receive()
+    return replayed
+
+
+async def _too_large(scope: Any, receive: Any, send: Any, limit: int) -> None:
+    response = JSONResponse(status_code=413, content={"detail": f"request body over {limit} bytes"})
+    await response(scope, receive, send)
+
+
+def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: None,
+               policy: Policy | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner.start_guests()
@@ -26,50 +83,116 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         finally:
             await runner.stop()
 
-    app = FastAPI(title="bridgelab", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="bridgelab", version="0.2.0", lifespan=lifespan, responses=ERRORS,  # type: ignore[arg-type]
+                  description="QEMU guests on one Linux bridge: readiness, exec, network, runtime guests.")
+    app.add_middleware(BodyLimit)
+
+    def reader(request: Request) -> None:
+        if policy is not None:
+            policy.check(request.headers.get("authorization"), mutating=False)
+
+    def writer(request: Request) -> None:
+        if policy is not None:
+            policy.check(request.headers.get("authorization"), mutating=True)
+
+    read = [Depends(reader)]
+    write = [Depends(writer)]
 
     @app.exception_handler(SpecError)
     async def _spec_error(request: Request, exc: SpecError) -> JSONResponse:
-        detail = [{"loc": ["body", *i.path.split(".")], "msg": i.message, "type": "value_error"}
+        detail = [{"loc": ["body", *[p for p in i.path.split(".") if p]], "msg": i.message, "type": "value_error"}
                   for i in exc.issues]
         return JSONResponse(status_code=422, content={"detail": detail})
 
-    @app.exception_handler(GuestBusy)
-    async def _busy(request: Request, exc: GuestBusy) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
+    @app.exception_handler(BridgelabError)
+    async def _domain_error(request: Request, exc: BridgelabError) -> JSONResponse:
+        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(status_code=status, content={"detail": str(exc)}, headers=headers)
 
-    def guest_or_404(name: str) -> Any:
-        try:
-            return runner.get(name)
-        except KeyError:
-            raise HTTPException(404, f"no guest named {name!r}") from None
+    @app.get("/healthz", dependencies=read)
+    async def healthz() -> Health:
+        return Health(status="ok", **runner.summary())
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", **runner.summary()}
-
-    @app.get("/guests")
-    async def list_guests() -> list[dict[str, Any]]:
+    @app.get("/guests", dependencies=read)
+    async def list_guests() -> list[GuestView]:
         return [runner.view(g) for g in runner.guests.values()]
 
-    @app.get("/guests/{name}")
-    async def get_guest(name: str) -> dict[str, Any]:
-        return runner.view(guest_or_404(name))
+    @app.post("/guests", dependencies=write, status_code=201)
+    async def add_guest(body: AddGuest) -> GuestView:
+        """Add a guest to the running lab: a new tap, qemu, configuration. Returns at once
+        (state `booting`); wait for it with `GET /guests/{name}/wait`."""
+        return runner.view(await runner.add_guest(body))
 
-    @app.put("/guests/{name}/network")
-    async def put_network(name: str, body: NetworkRequest) -> dict[str, Any]:
-        guest_or_404(name)
+    @app.get("/guests/{name}", dependencies=read)
+    async def get_guest(name: GuestName) -> GuestView:
+        return runner.view(runner.get(name))
+
+    @app.delete("/guests/{name}", dependencies=write, status_code=204)
+    async def remove_guest(name: GuestName) -> None:
+        """Power the guest down, remove its tap and its state."""
+        await runner.remove_guest(name)
+
+    @app.get("/wait", dependencies=read, responses={504: {"model": WaitResult, "description": "timed out"}})
+    async def wait_lab(timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 30.0) -> Any:
+        """Long-poll until every guest is ready, failed or stopped (200), or the timeout (504)."""
+        return _wait_response(await runner.wait(None, timeout))
+
+    @app.get("/guests/{name}/wait", dependencies=read,
+             responses={504: {"model": WaitResult, "description": "timed out"}})
+    async def wait_guest(name: GuestName, timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 30.0) -> Any:
+        return _wait_response(await runner.wait([name], timeout))
+
+    @app.post("/guests/{name}/exec", dependencies=write)
+    async def exec_in_guest(name: GuestName, body: ExecRequest) -> ExecResult:
+        """Run a command in the guest; its exit code and merged output. Serialized per guest."""
+        return await runner.exec(name, body)
+
+    @app.put("/guests/{name}/network", dependencies=write)
+    async def put_network(name: GuestName, body: NetworkRequest) -> GuestView:
+        runner.get(name)
         return runner.view(await runner.set_network(name, body))
 
-    @app.post("/guests/{name}/reboot")
-    async def reboot(name: str) -> dict[str, Any]:
-        guest_or_404(name)
+    @app.post("/guests/{name}/reboot", dependencies=write)
+    async def reboot(name: GuestName) -> GuestView:
+        runner.get(name)
         return runner.view(await runner.reboot(name))
 
-    @app.post("/shutdown", status_code=202)
+    @app.post("/guests/{name}/stop", dependencies=write)
+    async def stop_guest(name: GuestName) -> GuestView:
+        return runner.view(await runner.stop_guest(name))
+
+    @app.post("/guests/{name}/start", dependencies=write)
+    async def start_guest(name: GuestName) -> GuestView:
+        return runner.view(await runner.start_guest(name))
+
+    json_errors = {code: {"model": ErrorBody, "content": {"application/json": {}}} for code in (401, 404, 413)}
+
+    @app.get("/guests/{name}/console", dependencies=write, response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"example": "bridgelab login: root"}}},
+                        **json_errors})  # type: ignore[dict-item]
+    async def console_log(name: GuestName, lines: Annotated[int, Query(ge=1, le=10000)] = 100) -> str:
+        """The last lines of the serial console, escapes stripped."""
+        return console_tail(runner.get(name).plan.paths.console_log, lines, limit=lines * 400)
+
+    @app.post("/mesh", dependencies=write)
+    async def mesh() -> MeshReport:
+        """Every ready guest pings the bridge and every other guest; failures say where."""
+        return await runner.mesh_check()
+
+    @app.post("/shutdown", status_code=202, dependencies=write)
     async def shutdown() -> dict[str, str]:
         # Answer first, then stop: the caller polls /healthz until it is gone.
         asyncio.get_running_loop().call_later(0.1, request_exit)
         return {"status": "stopping"}
 
     return app
+
+
+def _wait_response(result: WaitResult) -> Any:
+    if result.settled:
+        return result
+    return JSONResponse(status_code=504, content=result.model_dump(mode="json"))
+
+
+__all__ = ["BodyLimit", "MAX_BODY", "create_app"]

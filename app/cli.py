@@ -12,14 +12,18 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import images
+from . import declared, images
+from .auth import TOKEN_ENV, Policy, client_token, default_token_file, load_or_create_token
 from .errors import BridgelabError, FieldIssue, ImageError, SpecError
 from .plan import HostFacts, LabPlan, make_plan
 from .spec import load_lab_text
+
+if TYPE_CHECKING:
+    from .lab import LabSource
 
 log = logging.getLogger("bridgelab")
 EXIT_INVALID = 2
@@ -34,13 +38,24 @@ def default_state_dir(lab_name: str) -> Path:
     return Path(os.environ.get("BRIDGELAB_STATE_DIR", "/run/bridgelab")) / lab_name
 
 
-def load_plan(lab_file: Path, state_dir: Path | None) -> LabPlan:
-    """Everything that can be checked before touching the host: spec, images, plan."""
+def load_lab(lab_file: Path, state_dir: Path | None, resume: bool = False) -> tuple[LabPlan, "LabSource"]:
+    """Everything that can be checked before touching the host: spec, images, plan.
+    With `resume`, the lab as last declared (runtime changes) replaces the file's,
+    as long as the file is the one it grew from."""
+    from .lab import LabSource
+
     try:
         text = lab_file.read_text()
     except OSError as e:
         raise SpecError([FieldIssue("", f"cannot read {lab_file}: {e.strerror}")]) from None
     lab = load_lab_text(text)
+    stopped: frozenset[str] = frozenset()
+    state = state_dir or default_state_dir(lab.name)
+    source = declared.source_hash(text)
+    if resume and (found := declared.load(state, source)) is not None:
+        log.info("resuming lab %s as last declared (%d guests, %d stopped)", lab.name, len(found.lab.guests),
+                 len(found.stopped))
+        lab, stopped = found.lab, found.stopped
     resolved: dict[str, images.Image] = {}
     issues: list[FieldIssue] = []
     for i, g in enumerate(lab.guests):
@@ -52,7 +67,14 @@ def load_plan(lab_file: Path, state_dir: Path | None) -> LabPlan:
             issues.append(FieldIssue(f"guests[{i}].image", str(e)))
     if issues:
         raise SpecError(issues)
-    return make_plan(lab, resolved, host_facts(), state_dir or default_state_dir(lab.name))
+    facts = host_facts()
+    plan = make_plan(lab, resolved, facts, state)
+    return plan, LabSource(spec=lab, images=resolved, host=facts, base_dir=lab_file.resolve().parent,
+                           source_hash=source, stopped=stopped)
+
+
+def load_plan(lab_file: Path, state_dir: Path | None) -> LabPlan:
+    return load_lab(lab_file, state_dir)[0]
 
 
 def bind_listen(spec: str) -> socket.socket:
@@ -89,13 +111,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .api import create_app
     from .lab import LabRunner
 
-    plan = load_plan(args.lab, args.state_dir)
+    plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
+    token_file = args.token_file or default_token_file()
+    policy = Policy.for_listen(args.listen, load_or_create_token(token_file, os.environ))
     try:
         sock = bind_listen(args.listen)
     except (OSError, ValueError) as e:
         print(f"bridgelab: cannot listen on {args.listen}: {e}", file=sys.stderr)
         return EXIT_INVALID
-    runner = LabRunner(plan, shutdown_timeout=args.shutdown_timeout)
+    runner = LabRunner(plan, source, shutdown_timeout=args.shutdown_timeout)
     try:
         runner.lock()
         runner.setup_host()
@@ -104,16 +128,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def request_exit() -> None:
             if server is not None:
                 server.should_exit = True
-        app = create_app(runner, request_exit)
-        config = uvicorn.Config(app, log_level=args.log_level.lower(), lifespan="on", access_log=False)
+        app = create_app(runner, request_exit, policy)
+        config = uvicorn.Config(app, log_level=args.log_level.lower(), lifespan="on", access_log=False,
+                                limit_concurrency=1000, timeout_keep_alive=30)
         server = uvicorn.Server(config)
         # uvicorn re-raises the signal it caught once it has shut down; with the
         # default handler that would kill us before the taps and bridge are
         # removed. A handler of our own makes the re-raise harmless.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)
-        log.info("lab %s: bridge %s %s, %d guests, API on %s", plan.name, plan.bridge, plan.bridge_address,
-                 len(plan.guests), args.listen)
+        exposure = ("reads open, changes need the token" if policy.open_reads else "every request needs the token")
+        if policy.trusted_transport:
+            exposure = "unix socket, mode 0600"
+        log.info("lab %s: bridge %s %s, %d guests, API on %s (%s; token in %s)", plan.name, plan.bridge,
+                 plan.bridge_address, len(plan.guests), args.listen, exposure,
+                 "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else token_file)
         server.run(sockets=[sock])
     finally:
         runner.teardown_host()
@@ -133,17 +162,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- API clients
 
 
-def client(api: str, timeout: float = 30.0) -> httpx.Client:
+def client(args: argparse.Namespace, timeout: float = 30.0) -> httpx.Client:
+    api: str = args.api
+    token = client_token(os.environ, args.token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     if api.startswith("unix:"):
         return httpx.Client(transport=httpx.HTTPTransport(uds=api[5:]), base_url="http://bridgelab",
-                            timeout=timeout)
+                            timeout=timeout, headers=headers)
     base = api if "://" in api else f"http://{api}"
-    return httpx.Client(base_url=base, timeout=timeout)
+    return httpx.Client(base_url=base, timeout=timeout, headers=headers)
+
+
+def checked(response: httpx.Response) -> Any:
+    """The JSON body of a success; an APIError with the server's own words otherwise."""
+    if response.is_success:
+        return response.json() if response.content else None
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    if isinstance(detail, list):  # 422: one line per field
+        detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
+    raise APIError(response.status_code, str(detail))
+
+
+class APIError(BridgelabError):
+    def __init__(self, status: int, detail: str):
+        self.status = status
+        super().__init__(f"{status}: {detail}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with client(args.api) as c:
-        guests: list[dict[str, Any]] = c.get("/guests").raise_for_status().json()
+    with client(args) as c:
+        guests: list[dict[str, Any]] = checked(c.get("/guests"))
     if args.json:
         print(json.dumps(guests, indent=2))
     else:
@@ -158,8 +209,8 @@ def print_table(guests: list[dict[str, Any]]) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    with client(args.api) as c:
-        c.post("/shutdown").raise_for_status()
+    with client(args) as c:
+        checked(c.post("/shutdown"))
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             try:
@@ -169,6 +220,103 @@ def cmd_down(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     print("bridgelab: daemon still answering after the timeout", file=sys.stderr)
     return 1
+
+
+EXIT_TIMEOUT = 124  # as timeout(1)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Long-poll in slices, printing each stage as it is reached (stderr)."""
+    path = f"/guests/{args.name}/wait" if args.name else "/wait"
+    deadline = time.monotonic() + args.timeout
+    shown: set[tuple[str, str]] = set()
+    with client(args, timeout=None) as c:  # type: ignore[arg-type]
+        while True:
+            slice_s = max(0.0, min(10.0, deadline - time.monotonic()))
+            r = c.get(path, params={"timeout": slice_s})
+            body = r.json() if r.status_code == 504 else checked(r)
+            for g in body["guests"]:
+                for stage, _at in sorted(g["stages"].items(), key=lambda kv: kv[1]):
+                    if (g["name"], stage) not in shown:
+                        shown.add((g["name"], stage))
+                        print(f"{g['name']}: {stage}", file=sys.stderr)
+            if body["settled"] or time.monotonic() >= deadline:
+                break
+    for f in body["failed"]:
+        print(f"bridgelab: {f['name']} failed: {f['reason']}\n{f['console_tail']}", file=sys.stderr)
+    if not body["settled"]:
+        waiting = [g["name"] + " (" + g["state"] + ")" for g in body["guests"]
+                   if g["state"] not in ("ready", "failed", "stopped")]
+        print(f"bridgelab: timed out after {args.timeout:.0f}s waiting for {', '.join(waiting)}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(" ".join(f"{g['name']}={g['ip']}" for g in body["guests"] if g["state"] == "ready"))
+    return 1 if body["failed"] else 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = args.argv
+    if not argv:
+        print("bridgelab: exec needs a command after --", file=sys.stderr)
+        return EXIT_INVALID
+    with client(args, timeout=args.timeout + 30) as c:
+        body = checked(c.post(f"/guests/{args.name}/exec",
+                              json={"argv": argv, "timeout": args.timeout, "max_output": args.max_output}))
+    sys.stdout.write(body["output"])
+    if body["output"] and not body["output"].endswith("\n"):
+        sys.stdout.write("\n")
+    if body["truncated"]:
+        print(f"bridgelab: output cut at {args.max_output} bytes", file=sys.stderr)
+    if body["timed_out"]:
+        print(f"bridgelab: timed out after {args.timeout:.0f}s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return int(body["exit_code"])
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    spec: dict[str, Any] = {"name": args.name, "image": args.image, "arch": args.arch, "cpus": args.cpus,
+                            "memory": args.memory}
+    for key in ("ip", "mac"):
+        if getattr(args, key):
+            spec[key] = getattr(args, key)
+    with client(args) as c:
+        g = checked(c.post("/guests", json=spec))
+    print(f"{g['name']}: {g['state']} ip={g['ip']} mac={g['mac']} tap={g['tap']}")
+    if args.wait:
+        args.timeout = args.wait
+        return cmd_wait(args)
+    return 0
+
+
+def _guest_action(method: str, suffix: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        with client(args, timeout=args.timeout) as c:
+            body = checked(c.request(method, f"/guests/{args.name}{suffix}"))
+        if body:
+            print(f"{body['name']}: {body['state']}" + (f" ({body['reason']})" if body.get("reason") else ""))
+            return 0 if body["state"] in ("ready", "stopped", "booting") else 1
+        return 0
+    return run
+
+
+def cmd_mesh(args: argparse.Namespace) -> int:
+    with client(args, timeout=300) as c:
+        report = checked(c.post("/mesh"))
+    for p in report["pairs"]:
+        mark = "ok  " if p["ok"] else "FAIL"
+        print(f"{mark} {p['source']:12} -> {p['target']:12} {p['target_ip']:16} {p['diagnosis']}"
+              + ("" if p["ok"] else f": {p['detail']}"))
+    for name in report["skipped"]:
+        print(f"skip {name}: not ready")
+    return 0 if report["ok"] else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        r = c.get(f"/guests/{args.name}/console", params={"lines": args.lines})
+        if not r.is_success:
+            checked(r)
+    print(r.text)
+    return 0
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -194,6 +342,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT or unix:/path (default %(default)s)")
     s.add_argument("--state-dir", type=Path, help="default: $BRIDGELAB_STATE_DIR/<lab> or /run/bridgelab/<lab>")
     s.add_argument("--shutdown-timeout", type=float, default=30.0)
+    s.add_argument("--token-file", type=Path, help="default: $BRIDGELAB_STATE_DIR/api-token (created on first start)")
+    s.add_argument("--fresh", action="store_true", help="start from the lab file, ignoring runtime changes "
+                                                          "recorded by an earlier run")
     s.set_defaults(fn=cmd_serve)
 
     v = sub.add_parser("validate", help="check a lab file and print the resolved plan")
@@ -201,14 +352,46 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--state-dir", type=Path)
     v.set_defaults(fn=cmd_validate)
 
-    for name, fn, helptext in (("status", cmd_status, "show the guests"), ("down", cmd_down, "stop the daemon")):
+    def api_command(name: str, fn: Any, helptext: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext)
-        c.add_argument("--api", default=api_default, help="HOST:PORT, URL or unix:/path")
+        c.add_argument("--api", default=api_default, help="HOST:PORT, URL or unix:/path (default: $BRIDGELAB_API "
+                                                          "or %(default)s)")
+        c.add_argument("--token-file", type=Path, help="default: $BRIDGELAB_TOKEN, else the daemon's token file")
         c.set_defaults(fn=fn)
-        if name == "status":
-            c.add_argument("--json", action="store_true")
-        else:
-            c.add_argument("--timeout", type=float, default=120.0)
+        return c
+
+    api_command("status", cmd_status, "show the guests (exit 0 when all are ready)").add_argument(
+        "--json", action="store_true")
+    api_command("down", cmd_down, "stop the daemon: guests power off, host objects go").add_argument(
+        "--timeout", type=float, default=120.0)
+    w = api_command("wait", cmd_wait, "wait until a guest (or all) is ready; exit 1 if one failed, 124 on timeout")
+    w.add_argument("name", nargs="?")
+    w.add_argument("--timeout", type=float, default=900.0)
+    e = api_command("exec", cmd_exec, "run a command in a guest; exits with its exit code (124 on timeout)")
+    e.add_argument("name")
+    e.epilog = "usage: bridgelab exec NAME [--timeout S] -- COMMAND [ARG...]"
+    e.add_argument("--timeout", type=float, default=60.0)
+    e.add_argument("--max-output", type=int, default=1 << 20)
+    a = api_command("add", cmd_add, "add a guest to the running lab")
+    a.add_argument("name")
+    a.add_argument("--image", required=True)
+    a.add_argument("--arch", default="riscv64")
+    a.add_argument("--cpus", type=int, default=1)
+    a.add_argument("--memory", default="1G")
+    a.add_argument("--ip")
+    a.add_argument("--mac")
+    a.add_argument("--wait", type=float, metavar="SECONDS", help="then wait for it, up to SECONDS")
+    for verb, method, suffix, helptext in (("remove", "DELETE", "", "power a guest down and remove it"),
+                                           ("stop", "POST", "/stop", "power a guest down, keep it"),
+                                           ("start", "POST", "/start", "boot a stopped guest again"),
+                                           ("reboot", "POST", "/reboot", "reboot a guest through its shell")):
+        c = api_command(verb, _guest_action(method, suffix), helptext)
+        c.add_argument("name")
+        c.add_argument("--timeout", type=float, default=900.0)
+    api_command("mesh", cmd_mesh, "ping every pair of guests now; explain failures")
+    lg = api_command("logs", cmd_logs, "the tail of a guest's serial console")
+    lg.add_argument("name")
+    lg.add_argument("-n", "--lines", type=int, default=100)
 
     im = sub.add_parser("image", help="guest images").add_subparsers(dest="image_command", required=True)
     b = im.add_parser("build", help="build a recipe from images/ into the cache")
@@ -222,7 +405,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is the guest command, untouched by argparse.
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.argv = command
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
@@ -232,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         for issue in e.issues:
             print(f"  {issue}", file=sys.stderr)
         return EXIT_INVALID
+    except APIError as e:
+        print(f"bridgelab: {e}", file=sys.stderr)
+        return EXIT_INVALID if e.status == 422 else 1
     except BridgelabError as e:
         print(f"bridgelab: {e}", file=sys.stderr)
         return 1

@@ -83,3 +83,19 @@ class GuestCommandFailed(ConsoleError):
 
 class NetworkConfigError(GuestError):
     """NetworkManager in the guest did not end up with the requested address."""
+
+
+class UnknownGuest(BridgelabError):
+    """No guest of that name in the lab (HTTP 404)."""
+
+
+class GuestBusy(BridgelabError):
+    """The guest is not in a state that allows the request, or another request holds it (HTTP 409)."""
+
+
+class GuestTimeout(GuestError):
+    """The guest did not get there before the deadline (HTTP 504)."""
+
+
+class AuthError(BridgelabError):
+    """A request without the right bearer token (HTTP 401)."""

@@ -42,13 +42,16 @@ class GuestProcess:
     def pid(self) -> int | None:
         return self.popen.pid if self.popen else None
 
-    def prepare(self) -> None:
-        """Fresh per-run directory and a qcow2 overlay, so the base image is never written."""
+    def prepare(self, fresh: bool = True) -> None:
+        """A qcow2 overlay over the image, so the base is never written: a new
+        one per lab start, the existing one when a stopped guest starts again."""
         p = self.plan.paths
         p.dir.mkdir(parents=True, exist_ok=True)
-        for f in (p.overlay, p.console_sock, p.qmp_sock):
+        for f in (p.console_sock, p.qmp_sock):
             f.unlink(missing_ok=True)
-        proc.run(qemu.overlay_argv(self.plan))
+        if fresh or not p.overlay.exists():
+            p.overlay.unlink(missing_ok=True)
+            proc.run(qemu.overlay_argv(self.plan))
 
     def spawn(self) -> None:
         argv = qemu.argv(self.plan)

@@ -69,3 +69,8 @@ def ping_all(console: Console, targets: list[ipaddress.IPv4Address]) -> dict[str
     out = console.check(nmcli.ping_cmd([str(t) for t in targets]), 60)
     result = nmcli.parse_ping(out)
     return {str(t): result.get(str(t), False) for t in targets}
+
+
+def neighbour(console: Console, ip: ipaddress.IPv4Address) -> str:
+    """The guest's ARP state for ip: 'resolved', 'failed' or 'none'."""
+    return nmcli.parse_neighbour(console.check(nmcli.neighbour_cmd(str(ip))))

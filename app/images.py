@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 from contextlib import contextmanager
 from enum import Enum
@@ -114,7 +115,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BRIDGELAB_CACHE", "/var/cache/bridgelab/images"))
 
 
+_RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
 def find_recipe(name: str) -> Path:
+    if not _RECIPE_NAME.match(name):
+        raise ImageError(f"{name[:80]!r} is not a recipe name (a-z 0-9 . _ -, up to 64) nor a path to a manifest")
     for d in recipe_dirs():
         if (d / name / RECIPE).is_file():
             return d / name

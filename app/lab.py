@@ -3,6 +3,8 @@
 Per guest: booting -> login -> configuring -> verifying -> ready (or failed).
 Guests move independently; the mesh check (each guest pings the bridge and
 every other configured guest) waits until no guest is still on its way.
+Guests can be added, removed, stopped and started while the lab runs; each
+change is written to the declared state, which the next start resumes from.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ import fcntl
 import ipaddress
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from . import firewall, guestnet, hostnet
-from .console import Console, strip_escapes
-from .errors import BridgelabError, FieldIssue, HostNetError, SpecError
+from . import declared, firewall, guestnet, hostnet
+from .console import Console, quote, strip_escapes
+from .errors import (BridgelabError, ConsoleTimeout, FieldIssue, GuestBusy, HostNetError, ImageError,
+                     SpecError, UnknownGuest)
 from .guest import GuestProcess, tail
+from .images import Image, resolve_image
 from .nmcli import NetConfig
-from .plan import GuestPlan, LabPlan, check_new_ip
-from .spec import NetworkRequest
+from .plan import GuestPlan, HostFacts, LabPlan, check_new_ip, make_plan
+from .schemas import (AddGuest, ExecRequest, ExecResult, FailedGuest, GuestView, MeshPair, MeshReport,
+                      NetworkRequest, WaitResult)
+from .spec import Lab, parse_lab_data
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,28 +51,41 @@ class State(str, Enum):
 
 
 ON_THE_WAY = {State.pending, State.booting, State.login, State.configuring}
-
-
-class GuestBusy(BridgelabError):
-    """The guest is not in a state that allows the request (HTTP 409)."""
+SETTLED = {State.ready, State.failed, State.stopped}
 
 
 @dataclasses.dataclass
 class GuestRuntime:
     plan: GuestPlan
     process: GuestProcess
+    on_change: Callable[[], None] = lambda: None
     state: State = State.pending
     reason: str | None = None
     timestamps: dict[str, float] = dataclasses.field(default_factory=dict)
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)
     mesh: dict[str, bool] = dataclasses.field(default_factory=dict)
     console: Console | None = None
     changed: bool | None = None  # did the last network configuration change anything?
-    op_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    op_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # network, reboot, stop, start
+    exec_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # exec requests queue here
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     def enter(self, state: State) -> None:
         self.state = state
         self.timestamps[state.value] = time.time()
         log.info("guest %s: %s", self.plan.name, state.value)
+        self.on_change()
+
+    def stage(self, name: str) -> None:
+        """Record a boot stage the first time it is seen in this boot. Firmware
+        starts a boot: anything seen before it (a reboot's shutdown noise) is
+        from the previous one."""
+        if name == "firmware":
+            for old in [s for s in self.stages if s != "qemu_started"]:
+                del self.stages[old]
+        if name not in self.stages:
+            self.stages[name] = time.time()
+            self.on_change()
 
     def fail(self, reason: str) -> None:
         if self.state in (State.stopping, State.stopped):
@@ -79,18 +99,36 @@ class GuestRuntime:
         return NetConfig(mac=p.mac, address=p.ip, gateway=p.gateway, dns=p.dns)
 
 
+@dataclasses.dataclass(frozen=True)
+class LabSource:
+    """Where the lab came from: needed to re-plan when guests are added."""
+
+    spec: Lab
+    images: dict[str, Image]
+    host: HostFacts
+    base_dir: Path  # relative image paths in the lab file resolve from here
+    source_hash: str  # of the lab file text; the declared state is tied to it
+    stopped: frozenset[str] = frozenset()
+
+
 class LabRunner:
-    def __init__(self, plan: LabPlan, shutdown_timeout: float = 30.0):
+    def __init__(self, plan: LabPlan, source: LabSource, shutdown_timeout: float = 30.0):
         self.plan = plan
+        self.source = source
+        self.spec = declared.freeze(source.spec, plan)
+        self.stopped_by_request: set[str] = set(source.stopped)
         self.shutdown_timeout = shutdown_timeout
         self.ledger: hostnet.Ledger | None = None  # opened once the lab is locked
         self.guests: dict[str, GuestRuntime] = {}
         self.started_at = time.time()
         self._lock_fd: int | None = None
-        self._pool = ThreadPoolExecutor(max_workers=max(8, 3 * len(plan.guests)), thread_name_prefix="console")
+        # Consoles block in threads; exec runs in parallel across guests.
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="console")
         self._settled = asyncio.Event()
+        self._change = asyncio.Event()
+        self._topology = asyncio.Lock()  # add/remove: one at a time
         self._announced = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     # ------------------------------------------------------------ host side (sync)
 
@@ -122,7 +160,12 @@ class LabRunner:
         finally:
             net.close()
         for g in self.plan.guests:
-            self.guests[g.name] = GuestRuntime(plan=g, process=GuestProcess(g, self.ledger))
+            self.guests[g.name] = self._runtime(g)
+        self._persist()
+
+    def _runtime(self, g: GuestPlan) -> GuestRuntime:
+        assert self.ledger is not None
+        return GuestRuntime(plan=g, process=GuestProcess(g, self.ledger), on_change=self._notify)
 
     def teardown_host(self) -> None:
         if self.ledger is None:
@@ -146,14 +189,57 @@ class LabRunner:
     def _owner(self) -> str:
         return f"bridgelab lab={self.plan.name}"
 
+    def _add_tap(self, tap: str) -> None:
+        assert self.ledger is not None
+        net = hostnet.HostNet(self.ledger, self._owner())
+        try:
+            bridge = net.link(self.plan.bridge)
+            if bridge is None:
+                raise HostNetError(f"bridge {self.plan.bridge} is gone")
+            net.ensure_tap(tap, bridge)
+        finally:
+            net.close()
+
+    def _remove_tap(self, tap: str) -> None:
+        assert self.ledger is not None
+        entry = self.ledger.find_link(tap)
+        if entry is None:
+            return
+        net = hostnet.HostNet(self.ledger, self._owner())
+        try:
+            net.remove_link(entry)
+        finally:
+            net.close()
+
+    def _persist(self) -> None:
+        declared.save(self.plan.state_dir, self.source.source_hash, self.spec, self.stopped_by_request)
+
     # ------------------------------------------------------------ guests (async)
+
+    def _notify(self) -> None:
+        """Wake every long-poll waiter; each re-checks its own condition."""
+        self._change.set()
+        self._change = asyncio.Event()
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def start_guests(self) -> None:
-        self._tasks = [asyncio.create_task(self._bring_up(g), name=f"up-{n}") for n, g in self.guests.items()]
-        self._tasks += [asyncio.create_task(self._watch(g), name=f"watch-{n}") for n, g in self.guests.items()]
+        for g in self.guests.values():
+            if g.plan.name in self.stopped_by_request:
+                g.enter(State.stopped)
+            else:
+                self._launch(g)
+        self._check_settled()
+
+    def _launch(self, g: GuestRuntime, fresh: bool = True) -> None:
+        """Booting from this moment (a response sent right after says so)."""
+        g.reason = None
+        g.stages.clear()
+        g.mesh = {}
+        g.enter(State.booting)
+        g.tasks = [asyncio.create_task(self._bring_up(g, fresh), name=f"up-{g.plan.name}"),
+                   asyncio.create_task(self._watch(g), name=f"watch-{g.plan.name}")]
 
     async def _watch(self, g: GuestRuntime) -> None:
         """A qemu that dies on its own fails its guest, with qemu's own words."""
@@ -166,18 +252,25 @@ class LabRunner:
                 return
             await asyncio.sleep(0.5)
 
-    async def _bring_up(self, g: GuestRuntime) -> None:
-        g.enter(State.booting)
+    async def _bring_up(self, g: GuestRuntime, fresh: bool = True) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await self._in_thread(g.process.prepare)
+            await self._in_thread(g.process.prepare, fresh)
             g.process.spawn()
+            g.stage("qemu_started")
             await g.process.wait_sockets()
+
+            def on_stage(stage: str) -> None:
+                loop.call_soon_threadsafe(g.stage, stage)
             g.console = await self._in_thread(Console.connect_unix, g.plan.paths.console_sock, g.plan.name,
-                                              g.plan.paths.dir / "transcript.log")
+                                              g.plan.paths.dir / "transcript.log", on_stage)
             await self._login(g)
             g.enter(State.configuring)
             g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())
             g.timestamps["configured"] = time.time()
+            g.stage("configured")
+        except asyncio.CancelledError:
+            raise
         except BridgelabError as e:
             self._fail_from(g, e)
         except Exception as e:  # a bug must still not take the other guests down
@@ -198,9 +291,11 @@ class LabRunner:
             loop.call_soon_threadsafe(self._first_prompt, g)
         await self._in_thread(g.console.login, g.plan.login.user, g.plan.login.password,
                               g.plan.boot_timeout, 8.0, prompt_seen)
+        g.stage("logged_in")
 
     @staticmethod
     def _first_prompt(g: GuestRuntime) -> None:
+        g.stage("login_prompt")
         if g.state is State.booting:
             g.enter(State.login)
 
@@ -229,15 +324,17 @@ class LabRunner:
         if unreachable:
             g.fail(f"cannot reach {', '.join(unreachable)} from {g.plan.ip.ip}")
         else:
+            g.stage("mesh_verified")
             g.enter(State.ready)
         self._announce_once()
 
     def _announce_once(self) -> None:
         """One clear line when the lab first settles, for people reading logs."""
-        if self._announced or any(g.state not in (State.ready, State.failed) for g in self.guests.values()):
+        if self._announced or any(g.state not in SETTLED for g in self.guests.values()):
             return
         self._announced = True
-        parts = [f"{g.plan.name} {g.plan.ip.ip}" if g.state is State.ready else f"{g.plan.name} FAILED ({g.reason})"
+        parts = [f"{g.plan.name} {g.plan.ip.ip}" if g.state is State.ready
+                 else f"{g.plan.name} {g.state.value.upper()}" + (f" ({g.reason})" if g.reason else "")
                  for g in self.guests.values()]
         log.info("lab %s ready: %s (API: GET /guests)", self.plan.name, ", ".join(parts))
 
@@ -249,13 +346,56 @@ class LabRunner:
     def get(self, name: str) -> GuestRuntime:
         g = self.guests.get(name)
         if g is None:
-            raise KeyError(name)
+            raise UnknownGuest(f"no guest named {name!r}")
         return g
 
     def _require_shell(self, g: GuestRuntime) -> Console:
         if g.state is not State.ready or g.console is None:
             raise GuestBusy(f"guest {g.plan.name} is {g.state.value}; it must be ready")
         return g.console
+
+    async def wait(self, names: list[str] | None, timeout: float) -> WaitResult:
+        """Long-poll until the named guests (or all) are ready, failed or stopped."""
+        for n in names or []:
+            self.get(n)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            targets = [self.get(n) for n in names] if names else list(self.guests.values())
+            settled = all(g.state in SETTLED for g in targets)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if settled or remaining <= 0:
+                break
+            change = self._change
+            try:
+                await asyncio.wait_for(change.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        return WaitResult(
+            settled=settled, ready=[g.plan.name for g in targets if g.state is State.ready],
+            failed=[FailedGuest(name=g.plan.name, reason=g.reason, console_tail=console_tail(g.plan.paths.console_log))
+                    for g in targets if g.state is State.failed],
+            guests=[self.view(g) for g in targets])
+
+    async def exec(self, name: str, req: ExecRequest) -> ExecResult:
+        """Run argv in the guest through its console. Queued per guest; guests run in parallel."""
+        g = self.get(name)
+        command = " ".join(quote(a) for a in req.argv)
+        async with g.exec_lock:
+            console = self._require_shell(g)
+            if g.op_lock.locked():
+                raise GuestBusy(f"guest {name} is busy with a network change, reboot or stop")
+            t0 = time.monotonic()
+            try:
+                rc, out = await self._in_thread(console.run, command, req.timeout, req.max_output)
+            except ConsoleTimeout:
+                return ExecResult(exit_code=None, output="", timed_out=True, truncated=False,
+                                  duration=time.monotonic() - t0, via="console")
+            raw = out.encode()
+            truncated = len(raw) > req.max_output
+            if truncated:
+                out = raw[:req.max_output].decode(errors="ignore")
+            return ExecResult(exit_code=rc, output=out, timed_out=False, truncated=truncated,
+                              duration=time.monotonic() - t0, via="console")
 
     async def set_network(self, name: str, req: NetworkRequest) -> GuestRuntime:
         g = self.get(name)
@@ -291,45 +431,186 @@ class LabRunner:
             raise GuestBusy(f"guest {name} is busy with another request")
         async with g.op_lock:
             console = self._require_shell(g)
+            g.stages.clear()
             g.enter(State.booting)
             try:
                 await self._in_thread(console.send_and_forget, "systemctl reboot")
                 await self._login(g)
                 g.enter(State.configuring)
                 await self._in_thread(guestnet.verify, console, g.net_config())
+                g.stage("configured")
             except BridgelabError as e:
                 self._fail_from(g, e)
                 return g
             await self._verify_mesh(g)
             return g
 
+    async def stop_guest(self, name: str) -> GuestRuntime:
+        g = self.get(name)
+        if g.op_lock.locked():
+            raise GuestBusy(f"guest {name} is busy with another request")
+        async with g.op_lock:
+            if g.state is not State.stopped:
+                await self._stop_one(g)
+            self.stopped_by_request.add(name)
+            self._persist()
+            return g
+
+    async def start_guest(self, name: str) -> GuestRuntime:
+        """Boot a stopped (or failed) guest again, on the disk it had."""
+        g = self.get(name)
+        if g.op_lock.locked():
+            raise GuestBusy(f"guest {name} is busy with another request")
+        async with g.op_lock:
+            if g.state not in (State.stopped, State.failed):
+                raise GuestBusy(f"guest {name} is {g.state.value}; only a stopped or failed guest can start")
+            if g.state is State.failed:
+                await self._stop_one(g)
+            self.stopped_by_request.discard(name)
+            self._persist()
+            assert self.ledger is not None
+            g.process = GuestProcess(g.plan, self.ledger)
+            self._launch(g, fresh=False)
+            return g
+
+    async def add_guest(self, req: AddGuest) -> GuestRuntime:
+        """Plan the new guest against the declared lab, create its tap, boot it."""
+        async with self._topology:
+            if self._stopping:
+                raise GuestBusy("the lab is shutting down")
+            if req.name in self.guests:
+                raise GuestBusy(f"a guest named {req.name!r} already exists")
+            data = declared.to_data(self.spec)
+            data["guests"].append(req.model_dump(mode="json", exclude_none=True))
+            try:
+                lab = parse_lab_data(data)
+            except SpecError as e:
+                raise SpecError([_rebase(i, len(data["guests"]) - 1) for i in e.issues]) from None
+            images = dict(self.source.images)
+            if req.image not in images:
+                try:
+                    images[req.image] = await self._in_thread(resolve_image, req.image, self.source.base_dir)
+                except ImageError as e:
+                    raise SpecError([FieldIssue("image", str(e))]) from None
+            try:
+                plan = make_plan(lab, images, self.source.host, self.plan.state_dir)
+            except SpecError as e:
+                raise SpecError([_rebase(i, len(data["guests"]) - 1) for i in e.issues]) from None
+            new = next(p for p in plan.guests if p.name == req.name)
+            await self._in_thread(self._add_tap, new.tap)
+            self.plan = dataclasses.replace(self.plan, guests=(*self.plan.guests, new))
+            self.source = dataclasses.replace(self.source, images=images)
+            self.spec = declared.freeze(lab, self.plan)
+            g = self._runtime(new)
+            self.guests[new.name] = g
+            self._persist()
+            log.info("added guest %s (%s, tap %s)", new.name, new.ip, new.tap)
+            self._launch(g)
+            return g
+
+    async def remove_guest(self, name: str) -> None:
+        """Power the guest down, remove its tap and its state; forget it."""
+        async with self._topology:
+            g = self.get(name)
+            if g.op_lock.locked():
+                raise GuestBusy(f"guest {name} is busy with another request")
+            async with g.op_lock:
+                await self._stop_one(g)
+                await self._in_thread(self._remove_tap, g.plan.tap)
+                del self.guests[name]
+                self.plan = dataclasses.replace(self.plan, guests=tuple(p for p in self.plan.guests
+                                                                        if p.name != name))
+                self.spec = self.spec.model_copy(update={"guests": [s for s in self.spec.guests
+                                                                    if s.name != name]})
+                self.stopped_by_request.discard(name)
+                self._persist()
+                shutil.rmtree(g.plan.paths.dir, ignore_errors=True)
+                log.info("removed guest %s", name)
+                self._notify()
+
+    async def mesh_check(self) -> MeshReport:
+        """Every ready guest pings the bridge and every other guest; failures
+        are explained (guest down, no ARP, ARP but no ICMP, not configured)."""
+        sources = [g for g in self.guests.values() if g.state is State.ready]
+        skipped = [g.plan.name for g in self.guests.values() if g.state is not State.ready]
+        results = await asyncio.gather(*(self._mesh_from(g) for g in sources))
+        pairs = [p for r in results for p in r]
+        return MeshReport(ok=bool(pairs) and all(p.ok for p in pairs), pairs=pairs, skipped=skipped)
+
+    async def _mesh_from(self, g: GuestRuntime) -> list[MeshPair]:
+        targets: list[tuple[str, ipaddress.IPv4Address, GuestRuntime | None]] = [
+            ("bridge", self.plan.bridge_address.ip, None)]
+        targets += [(o.plan.name, o.plan.ip.ip, o) for o in self.guests.values() if o is not g]
+        async with g.exec_lock:
+            console = self._require_shell(g)
+            return await self._in_thread(self._probe_all, console, g, targets)
+
+    def _probe_all(self, console: Console, g: GuestRuntime,
+                   targets: list[tuple[str, ipaddress.IPv4Address, GuestRuntime | None]]) -> list[MeshPair]:
+        def pair(name: str, ip: ipaddress.IPv4Address, ok: bool, diagnosis: str, detail: str) -> MeshPair:
+            return MeshPair(source=g.plan.name, target=name, target_ip=str(ip), ok=ok,
+                            diagnosis=diagnosis, detail=detail)  # type: ignore[arg-type]
+        try:
+            guestnet.verify(console, g.net_config())
+        except BridgelabError as e:
+            return [pair(n, ip, False, "source_not_configured", str(e)) for n, ip, _ in targets]
+        reached = guestnet.ping_all(console, [ip for _, ip, _ in targets])
+        out = []
+        for name, ip, other in targets:
+            if reached.get(str(ip)):
+                out.append(pair(name, ip, True, "ok", "ping answered"))
+                continue
+            if other is not None and (other.process.exited() is not None or other.state in (State.stopped,
+                                                                                             State.stopping)):
+                out.append(pair(name, ip, False, "guest_down", f"guest {name} is {other.state.value}"))
+                continue
+            neigh = guestnet.neighbour(console, ip)
+            if neigh == "resolved":
+                out.append(pair(name, ip, False, "arp_no_icmp",
+                                "ARP resolved but no ICMP reply: a firewall on the path or in the target drops it"))
+            elif other is not None and other.state is not State.ready:
+                out.append(pair(name, ip, False, "address_not_configured",
+                                f"no ARP reply; guest {name} is {other.state.value}, its address may not be up"))
+            else:
+                out.append(pair(name, ip, False, "no_arp",
+                                "no ARP reply: L2 problem (tap not on the bridge, link down, wrong address)"))
+        return out
+
     def _replace_plan(self, new: GuestPlan) -> None:
         g = self.guests[new.name]
         g.plan = new
         self.plan = dataclasses.replace(self.plan, guests=tuple(new if p.name == new.name else p
                                                                 for p in self.plan.guests))
+        self.spec = declared.freeze(self.spec, self.plan)
+        self._persist()
 
     # ------------------------------------------------------------ shutdown
 
     async def stop(self) -> None:
         """Power every guest down in parallel, bounded; quit or kill the rest."""
-        for g in self.guests.values():
-            if g.state is not State.stopped:
-                g.enter(State.stopping)
-        for t in self._tasks:
-            t.cancel()
+        self._stopping = True
         await asyncio.gather(*(self._stop_one(g) for g in self.guests.values()))
         self._settled.set()
 
     async def _stop_one(self, g: GuestRuntime) -> None:
+        if g.state is not State.stopped:
+            g.enter(State.stopping)
+        current = asyncio.current_task()
+        for t in g.tasks:
+            if t is not current:
+                t.cancel()
         if g.process.exited() is None and g.process.popen is not None:
             asked = await self._ask_poweroff(g)
             # A guest that never reached a shell has nothing worth a long wait
             # (its overlay is discarded), and riscv64 `virt` cannot hear ACPI.
             await g.process.shutdown(self.shutdown_timeout if asked else min(5.0, self.shutdown_timeout))
+        else:
+            await g.process.close_qmp()
         if g.console is not None:
             g.console.close()
+            g.console = None
         g.enter(State.stopped)
+        self._check_settled()
 
     async def _ask_poweroff(self, g: GuestRuntime) -> bool:
         """A logged-in shell is the fastest clean poweroff: riscv64 `virt` has no
@@ -340,15 +621,14 @@ class LabRunner:
 
     # ------------------------------------------------------------ views
 
-    def view(self, g: GuestRuntime) -> dict[str, Any]:
+    def view(self, g: GuestRuntime) -> GuestView:
         p = g.plan
-        return {
-            "name": p.name, "state": g.state.value, "arch": p.arch.value, "accel": p.accel,
-            "ip": str(p.ip.ip), "prefix": p.ip.network.prefixlen, "gateway": str(p.gateway),
-            "dns": [str(d) for d in p.dns], "mac": p.mac, "tap": p.tap, "pid": g.process.pid,
-            "timestamps": dict(g.timestamps), "reason": g.reason, "mesh": dict(g.mesh), "changed": g.changed,
-            "console_tail": console_tail(p.paths.console_log),
-        }
+        return GuestView(
+            name=p.name, state=g.state.value, arch=p.arch, accel=p.accel,
+            ip=str(p.ip.ip), prefix=p.ip.network.prefixlen, gateway=str(p.gateway),
+            dns=[str(d) for d in p.dns], mac=p.mac, tap=p.tap, pid=g.process.pid,
+            timestamps=dict(g.timestamps), stages=dict(g.stages), reason=g.reason, mesh=dict(g.mesh),
+            changed=g.changed, console_tail=console_tail(p.paths.console_log))
 
     def summary(self) -> dict[str, Any]:
         states: dict[str, int] = {}
@@ -358,10 +638,18 @@ class LabRunner:
                 "started_at": self.started_at, "settled": self._settled.is_set(), "states": states}
 
 
-def console_tail(path: Path, lines: int = 15) -> str:
-    text = strip_escapes(tail(path, 8192))
+def _rebase(issue: FieldIssue, index: int) -> FieldIssue:
+    """Issues about the added guest, reported against the request body's fields."""
+    prefix = f"guests[{index}]"
+    if issue.path == prefix or issue.path.startswith(prefix + "."):
+        return FieldIssue(issue.path[len(prefix):].lstrip("."), issue.message)
+    return issue
+
+
+def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
+    text = strip_escapes(tail(path, limit))
     kept = [ln for ln in text.splitlines() if ln.strip()]
     return "\n".join(kept[-lines:])
 
 
-__all__ = ["GuestBusy", "GuestRuntime", "LabRunner", "State", "console_tail"]
+__all__ = ["GuestBusy", "GuestRuntime", "LabRunner", "LabSource", "State", "console_tail"]

@@ -135,3 +135,18 @@ def ping_cmd(targets: list[str], deadline: int = 5) -> str:
 
 def parse_ping(output: str) -> dict[str, bool]:
     return {ip: verdict == "ok" for verdict, ip in _PING.findall(output)}
+
+
+def neighbour_cmd(ip: str) -> str:
+    return f"ip -4 neigh show to {quote(ip)}"
+
+
+def parse_neighbour(output: str) -> str:
+    """'resolved' (a MAC answered ARP), 'failed' (ARP got no answer) or 'none' (never tried)."""
+    for line in output.splitlines():
+        fields = line.split()
+        if "lladdr" in fields and not {"FAILED", "INCOMPLETE"} & set(fields):
+            return "resolved"
+        if fields:
+            return "failed"
+    return "none"

@@ -315,16 +315,8 @@ def _dedupe(issues: list[FieldIssue]) -> list[FieldIssue]:
     return list(dict.fromkeys(issues))
 
 
-class NetworkRequest(_Model):
-    """Body of PUT /guests/{name}/network."""
-
-    ip: ipaddress.IPv4Address
-    gateway: ipaddress.IPv4Address | None = None
-    dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=3)
-
-
 __all__ = [
-    "Accel", "Arch", "Bridge", "Guest", "Lab", "Login", "NetworkRequest", "IFNAMSIZ",
+    "Accel", "Arch", "Bridge", "Guest", "Lab", "Login", "IFNAMSIZ",
     "RESERVED_QEMU_OPTIONS", "load_lab_text", "parse_lab_data", "ip_problems", "normalize_mac",
     "parse_memory_mib", "has_control_chars",
 ]

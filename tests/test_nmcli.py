@@ -74,3 +74,13 @@ def test_addresses_and_ping_parsing():
     assert nmcli.parse_addresses(out) == [ipaddress.IPv4Interface("10.198.101.1/24")]
     assert nmcli.parse_ping("ok 10.0.0.1\n[ 3.2] noise\nfail 10.0.0.2\n") == {"10.0.0.1": True, "10.0.0.2": False}
     assert "ping -n -q -c 1 -w 5" in nmcli.ping_cmd(["10.0.0.1"])
+
+
+def test_neighbour_states():
+    from bridgelab.nmcli import neighbour_cmd, parse_neighbour
+    assert parse_neighbour("10.0.0.2 dev eth0 lladdr 52:54:00:12:34:56 REACHABLE\n") == "resolved"
+    assert parse_neighbour("10.0.0.2 dev eth0 lladdr 52:54:00:12:34:56 STALE\n") == "resolved"
+    assert parse_neighbour("10.0.0.2 dev eth0 FAILED\n") == "failed"
+    assert parse_neighbour("10.0.0.2 dev eth0 INCOMPLETE\n") == "failed"
+    assert parse_neighbour("") == "none"
+    assert neighbour_cmd("10.0.0.2; reboot") == "ip -4 neigh show to '10.0.0.2; reboot'"

@@ -1,0 +1,99 @@
+"""API exposure: who may call what.
+
+The daemon runs privileged on the host network, so:
+- a unix socket is authenticated by its file mode (0600, root), like docker.sock;
+- on a loopback TCP listen, reads are open and everything that runs commands
+  or changes the lab needs the bearer token;
+- on any other listen, every request needs the token.
+
+The token comes from $BRIDGELAB_TOKEN, else from the token file, which is
+created (0600) on first start. It is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .errors import AuthError, BridgelabError
+
+TOKEN_ENV = "BRIDGELAB_TOKEN"
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
+
+
+def default_token_file() -> Path:
+    return Path(os.environ.get("BRIDGELAB_STATE_DIR", "/run/bridgelab")) / "api-token"
+
+
+def is_loopback_listen(listen: str) -> bool:
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token_shape(token: str, source: str) -> str:
+    if not _TOKEN_SHAPE.match(token):
+        raise BridgelabError(f"the token from {source} must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -")
+    return token
+
+
+def load_or_create_token(path: Path, env: Mapping[str, str]) -> str:
+    """$BRIDGELAB_TOKEN wins; else the file; else a new random token in a new 0600 file."""
+    if env.get(TOKEN_ENV):
+        return check_token_shape(env[TOKEN_ENV], TOKEN_ENV)
+    try:
+        return check_token_shape(path.read_text().strip(), str(path))
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def client_token(env: Mapping[str, str], path: Path | None) -> str | None:
+    """What a CLI client sends: $BRIDGELAB_TOKEN, else the token file if readable."""
+    if env.get(TOKEN_ENV):
+        return env[TOKEN_ENV]
+    try:
+        return (path or default_token_file()).read_text().strip() or None
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Policy:
+    token: str
+    open_reads: bool  # loopback TCP: GETs without a token
+    trusted_transport: bool  # unix socket: the file mode is the authentication
+
+    @classmethod
+    def for_listen(cls, listen: str, token: str) -> "Policy":
+        unix = listen.startswith("unix:")
+        return cls(token=token, open_reads=is_loopback_listen(listen), trusted_transport=unix)
+
+    def check(self, authorization: str | None, mutating: bool) -> None:
+        if self.trusted_transport or (self.open_reads and not mutating):
+            return
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.token.encode()):
+            raise AuthError("a valid bearer token is required (Authorization: Bearer <token>; "
+                            "see the token file or $BRIDGELAB_TOKEN)")
+
+
+__all__ = ["Policy", "TOKEN_ENV", "client_token", "default_token_file", "is_loopback_listen",
+           "load_or_create_token"]
