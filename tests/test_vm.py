@@ -38,6 +38,22 @@ class RunningLab:
     api: httpx.Client
     state: Path
     log: Path
+    argv: list[str]
+
+    @property
+    def sock(self) -> Path:
+        return self.state.parent / "api.sock"
+
+    def cli(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bridgelab.cli", *args[:1], "--api", f"unix:{self.sock}",
+                               *args[1:]], capture_output=True, text=True, timeout=timeout)
+
+    def restart(self) -> None:
+        """SIGTERM the daemon and start it again on the same lab file and state."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(120) == 0, self.log.read_text()[-3000:]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
 
     def guests(self) -> dict[str, dict[str, Any]]:
         return {g["name"]: g for g in self.api.get("/guests").raise_for_status().json()}
@@ -76,23 +92,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     ns = make_netns("blvm")
     log = tmp / "serve.log"
     sock = tmp / "api.sock"
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
+            "--lab", str(lab_file), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
-                                 "--lab", str(lab_file), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     api = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://bridgelab", timeout=600)
-    running = RunningLab(ns, proc, api, tmp / "s", log)
+    running = RunningLab(ns, proc, api, tmp / "s", log, argv)
     try:
         _wait_settled(running)
         yield running
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        if running.proc.poll() is None:
+            running.proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(120)
+                running.proc.wait(120)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                running.proc.kill()
+                running.proc.wait()
         api.close()
         delete_netns(ns)
 
@@ -182,6 +198,169 @@ def test_status_cli_reads_the_api(lab):
     lines = {ln.split()[0]: ln.split() for ln in p.stdout.splitlines()[1:]}
     assert lines["rv1"][1:3] == ["ready", "10.198.101.1"]
     assert lines["broken"][1] == "failed"
+
+
+def test_boot_stages_are_recorded_in_order(lab):
+    # rv1 was rebooted from its shell: same qemu, so no new qemu_started
+    for name, first in (("rv1", set()), ("rv2", {"qemu_started"})):
+        stages = lab.guests()[name]["stages"]
+        order = [s for s in ("qemu_started", "firmware", "kernel", "userspace", "login_prompt", "logged_in",
+                             "configured", "mesh_verified") if s in stages]
+        assert first | {"firmware", "userspace", "login_prompt", "logged_in", "configured",
+                        "mesh_verified"} <= set(order), stages
+        assert [stages[s] for s in order] == sorted(stages[s] for s in order), stages
+
+
+def test_wait_returns_at_once_when_settled_and_names_the_failure(lab):
+    r = lab.api.get("/wait", params={"timeout": 30})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["settled"] and body["ready"] == ["rv1", "rv2"]
+    assert [f["name"] for f in body["failed"]] == ["broken"] and "no-such-device" in body["failed"][0]["reason"]
+    assert lab.cli("wait", "rv1", "--timeout", "10").returncode == 0
+    assert lab.cli("wait", "--timeout", "10").returncode == 1  # the broken guest failed
+
+
+def test_exec_returns_exit_code_and_literal_arguments(lab):
+    r = lab.api.post("/guests/rv1/exec", json={"argv": ["uname", "-m"]}).json()
+    assert (r["exit_code"], r["output"], r["timed_out"]) == (0, "riscv64\n", False), r
+    r = lab.api.post("/guests/rv1/exec", json={"argv": ["sh", "-c", "echo out; echo err >&2; exit 7"]}).json()
+    assert r["exit_code"] == 7 and r["output"] == "out\nerr\n", r
+    hostile = ["$(reboot)", "`id`", "; poweroff", "a'b\"c", "*", "--", "$HOME"]
+    r = lab.api.post("/guests/rv1/exec", json={"argv": ["printf", "%s|", *hostile]}).json()
+    assert r["output"] == "|".join(hostile) + "|" and r["exit_code"] == 0, r
+    r = lab.api.post("/guests/rv1/exec", json={"argv": ["sh", "-c", "yes | head -c 5000"], "max_output": 100}).json()
+    assert r["truncated"] and len(r["output"]) == 100 and r["exit_code"] == 0, r
+    assert lab.api.post("/guests/rv1/exec", json={"argv": ["echo", "a\nb"]}).status_code == 422
+    p = lab.cli("exec", "rv2", "--", "sh", "-c", "echo hi; exit 3")
+    assert (p.returncode, p.stdout) == (3, "hi\n"), p.stderr
+
+
+def test_exec_timeout_is_reported_and_the_guest_stays_usable(lab):
+    r = lab.api.post("/guests/rv1/exec", json={"argv": ["sleep", "30"], "timeout": 2}).json()
+    assert r["timed_out"] and r["exit_code"] is None, r
+    r = lab.api.post("/guests/rv1/exec", json={"argv": ["echo", "after"]}).json()
+    assert (r["exit_code"], r["output"]) == (0, "after\n"), r
+    assert lab.cli("exec", "rv1", "--timeout", "1", "--", "sleep", "10").returncode == 124
+
+
+def test_concurrent_exec_is_serialized_per_guest_and_parallel_across_guests(lab):
+    import concurrent.futures as cf
+
+    def run(name: str, token: str, sleep: str = "0.2") -> dict[str, Any]:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(lab.sock)), base_url="http://b", timeout=300) as c:
+            r = c.post(f"/guests/{name}/exec", json={"argv": ["sh", "-c", f"echo {token}-a; sleep {sleep}; "
+                                                                          f"echo {token}-b"]})
+            return {"token": token, **r.raise_for_status().json()}
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: run("rv1", f"t{i}"), range(8)))
+    for r in results:
+        assert r["output"] == f"{r['token']}-a\n{r['token']}-b\n" and r["exit_code"] == 0, r
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda n: run(n, n, "4"), ["rv1", "rv2"]))
+    wall = time.monotonic() - t0
+    assert all(r["duration"] >= 4 for r in both)
+    assert wall < sum(r["duration"] for r in both) - 2, (wall, both)  # they overlapped
+
+
+def test_100_clients_polling_status_for_30s_get_no_errors(lab):
+    import asyncio
+
+    async def client(stop: float) -> tuple[int, int]:
+        ok = bad = 0
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(lab.sock)), base_url="http://b",
+                                     timeout=30) as c:
+            while time.monotonic() < stop:
+                try:
+                    r = await c.get("/guests")
+                    ok, bad = (ok + 1, bad) if r.status_code == 200 and len(r.json()) == 3 else (ok, bad + 1)
+                except httpx.HTTPError:
+                    bad += 1
+        return ok, bad
+
+    async def main() -> list[tuple[int, int]]:
+        stop = time.monotonic() + 30
+        return await asyncio.gather(*(client(stop) for _ in range(100)))
+    counts = asyncio.run(main())
+    assert sum(b for _, b in counts) == 0
+    assert all(ok > 0 for ok, _ in counts)
+
+
+def test_mesh_check_explains_each_failure_by_layer(lab):
+    report = lab.api.post("/mesh").json()
+    pairs = {(p["source"], p["target"]): p for p in report["pairs"]}
+    assert pairs[("rv1", "rv2")]["ok"] and pairs[("rv2", "rv1")]["ok"] and pairs[("rv1", "bridge")]["ok"]
+    assert pairs[("rv1", "broken")]["diagnosis"] in ("guest_down", "address_not_configured")
+    assert report["skipped"] == ["broken"] and not report["ok"]
+    # rv2 stops answering ICMP: ARP still resolves, so the fault is filtering
+    exec_ = lambda n, *a: lab.api.post(f"/guests/{n}/exec", json={"argv": list(a)}).json()  # noqa: E731
+    assert exec_("rv2", "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")["exit_code"] == 0
+    try:
+        pairs = {(p["source"], p["target"]): p for p in lab.api.post("/mesh").json()["pairs"]}
+        assert pairs[("rv1", "rv2")]["diagnosis"] == "arp_no_icmp", pairs[("rv1", "rv2")]
+    finally:
+        assert exec_("rv2", "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0")["exit_code"] == 0
+    # rv2's tap falls off the bridge and rv1 forgets rv2's MAC: an L2 fault
+    rv2 = lab.guests()["rv2"]
+    subprocess.run(["ip", "-n", lab.ns, "link", "set", rv2["tap"], "nomaster"], check=True)
+    try:
+        assert exec_("rv1", "ip", "neigh", "flush", "to", rv2["ip"])["exit_code"] == 0
+        pairs = {(p["source"], p["target"]): p for p in lab.api.post("/mesh").json()["pairs"]}
+        assert pairs[("rv1", "rv2")]["diagnosis"] == "no_arp", pairs[("rv1", "rv2")]
+    finally:
+        subprocess.run(["ip", "-n", lab.ns, "link", "set", rv2["tap"], "master", "br0"], check=True)
+    assert lab.cli("mesh").returncode == 1  # broken is down
+    pairs = {(p["source"], p["target"]): p for p in lab.api.post("/mesh").json()["pairs"]}
+    assert pairs[("rv1", "rv2")]["ok"] and pairs[("rv2", "rv1")]["ok"]
+
+
+def test_add_stop_start_a_guest_at_runtime(lab):
+    r = lab.api.post("/guests", json={"name": "rv3", "image": "debian-riscv64"})
+    assert r.status_code == 201, r.text
+    g = r.json()
+    assert g["tap"] in links_in(lab.ns) and g["ip"] == "10.198.101.2"  # rv2 moved to .50: .2 is free again
+    assert lab.api.post("/guests", json={"name": "rv3", "image": "debian-riscv64"}).status_code == 409
+    assert lab.api.post("/guests", json={"name": "rv4", "image": "debian-riscv64",
+                                         "ip": "10.198.101.1"}).status_code == 422
+    p = lab.cli("wait", "rv3", "--timeout", "900")
+    assert p.returncode == 0, p.stderr
+    g = lab.guests()["rv3"]
+    assert g["state"] == "ready" and g["mesh"] == {"10.198.101.114": True, "10.198.101.1": True,
+                                                   "10.198.101.50": True}
+    assert lab.host_ping(g["ip"])
+    assert lab.api.post("/guests/rv3/exec", json={"argv": ["touch", "/root/kept"]}).json()["exit_code"] == 0
+    pid = g["pid"]
+    r = lab.api.post("/guests/rv3/stop")
+    assert r.json()["state"] == "stopped" and not Path(f"/proc/{pid}").exists()
+    assert g["tap"] in links_in(lab.ns)  # stopped, not removed
+    assert lab.api.post("/guests/rv3/start").json()["state"] == "booting"
+    assert lab.cli("wait", "rv3", "--timeout", "900").returncode == 0
+    r = lab.api.post("/guests/rv3/exec", json={"argv": ["test", "-e", "/root/kept"]}).json()
+    assert r["exit_code"] == 0, "a started guest boots the disk it had"
+
+
+def test_daemon_restart_brings_back_the_lab_as_last_declared(lab):
+    before = lab.guests()
+    lab.restart()
+    _wait_settled(lab)
+    after = lab.guests()
+    assert set(after) == {"rv1", "rv2", "broken", "rv3"}
+    for name in ("rv1", "rv2", "rv3"):
+        assert after[name]["state"] == "ready", after[name]
+        assert (after[name]["ip"], after[name]["mac"], after[name]["tap"]) == \
+            (before[name]["ip"], before[name]["mac"], before[name]["tap"])
+    assert after["rv2"]["ip"] == "10.198.101.50"  # the runtime network change, not the lab file's .2
+
+
+def test_remove_a_guest_powers_it_down_and_removes_its_tap(lab):
+    g = lab.guests()["rv3"]
+    assert lab.api.delete("/guests/rv3").status_code == 204
+    assert g["tap"] not in links_in(lab.ns)
+    assert not Path(f"/proc/{g['pid']}").exists()
+    assert lab.api.get("/guests/rv3").status_code == 404
+    assert not (lab.state / "guests" / "rv3").exists()
+    assert "rv3" not in (lab.state / "declared.json").read_text()
 
 
 def test_a_qemu_crash_fails_only_that_guest(lab):

@@ -1,0 +1,256 @@
+"""The API's exposure and input handling, against a live daemon in a netns.
+
+The lab has one guest whose qemu cannot start, so the daemon is up in seconds
+and nothing a request does can reach a real guest: every check here is about
+what the API accepts, refuses, and leaves untouched on the host. Real guests
+(exec, add/remove, restart) are in test_vm.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .conftest import delete_netns, links_in, make_netns
+
+pytestmark = pytest.mark.netns
+TOKEN = "test-token-0123456789abcdef"
+PORT = 18790
+LAB = """name: blapi
+bridge: {name: blapi0, address: 10.199.7.1/24}
+guests:
+  - {name: broken, image: debian-riscv64, qemu_args: ["-device", "no-such-device"]}
+"""
+
+
+@dataclass
+class Daemon:
+    ns: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    state: Path
+    listen: str
+
+    def py(self, code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a python snippet in the daemon's netns (its loopback is not ours)."""
+        return subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", code, *args],
+                              capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+    def request(self, method: str, path: str, token: str | None = None, **kw: object) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        code = ("import httpx, json, sys\n"
+                "kw = json.loads(sys.argv[4])\n"
+                "r = httpx.request(sys.argv[1], sys.argv[2] + sys.argv[3], timeout=30, **kw)\n"
+                "print(r.status_code); print(r.text)")
+        import json
+        p = self.py(code, method, f"http://127.0.0.1:{PORT}", path, json.dumps({"headers": headers, **kw}))
+        assert p.returncode == 0, p.stderr
+        status, _, body = p.stdout.partition("\n")
+        return int(status), body
+
+
+def start_daemon(tmp: Path, listen: str, env: dict[str, str]) -> Daemon:
+    ns = make_netns("blapi")
+    (tmp / "lab.yaml").write_text(LAB)
+    log = tmp / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
+                                 "--lab", str(tmp / "lab.yaml"), "--listen", listen, "--state-dir", str(tmp / "s"),
+                                 "--token-file", str(tmp / "api-token")],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    d = Daemon(ns, proc, log, tmp / "s", listen)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited: {log.read_text()[-3000:]}")
+        if d.py(f"import socket; socket.create_connection(('127.0.0.1', {PORT}), 1)").returncode == 0:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"serve not listening: {log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return d
+
+
+def stop_daemon(d: Daemon) -> None:
+    if d.proc.poll() is None:
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            d.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
+            d.proc.wait()
+    delete_netns(d.ns)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = start_daemon(tmp_path_factory.mktemp("api"), f"127.0.0.1:{PORT}", {"BRIDGELAB_TOKEN": TOKEN})
+    try:
+        status, body = d.request("GET", "/wait?timeout=60")
+        assert status == 200, body
+        yield d
+    finally:
+        stop_daemon(d)
+
+
+def host_objects(d: Daemon) -> tuple[dict[str, str], list[str]]:
+    return links_in(d.ns), sorted(p.name for p in (d.state / "guests").iterdir())
+
+
+# ---------------------------------------------------------------- auth
+
+
+def test_loopback_listen_reads_are_open_changes_need_the_token(daemon):
+    assert daemon.request("GET", "/guests")[0] == 200
+    exec_body = {"json": {"argv": ["true"]}}
+    assert daemon.request("POST", "/guests/broken/exec", **exec_body)[0] == 401
+    assert daemon.request("POST", "/guests/broken/exec", token="wrong-token-0123456789", **exec_body)[0] == 401
+    status, body = daemon.request("POST", "/guests/broken/exec", token=TOKEN, **exec_body)
+    assert status == 409 and "failed" in body  # authorised; the guest is not ready
+    assert daemon.request("GET", "/guests/broken/console")[0] == 401  # the console is never open
+    assert daemon.request("POST", "/shutdown")[0] == 401
+    assert daemon.proc.poll() is None
+
+
+def test_non_loopback_listen_needs_the_token_for_everything(tmp_path):
+    d = start_daemon(tmp_path, f"0.0.0.0:{PORT}", {"BRIDGELAB_TOKEN": ""})
+    try:
+        token_file = tmp_path / "api-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        assert len(token) >= 32
+        assert d.request("GET", "/guests")[0] == 401
+        assert d.request("GET", "/healthz", token="x" * 20)[0] == 401
+        assert d.request("GET", "/guests", token=token)[0] == 200
+        # the CLI finds the token in the file, or refuses without it
+        cli = [sys.executable, "-m", "bridgelab.cli", "status", "--api", f"127.0.0.1:{PORT}"]
+        p = subprocess.run(["ip", "netns", "exec", d.ns, *cli, "--token-file", str(token_file)],
+                           capture_output=True, text=True, env={**os.environ, "BRIDGELAB_TOKEN": ""})
+        assert p.returncode == 1 and "broken" in p.stdout, p.stderr  # 1: not every guest is ready
+        p = subprocess.run(["ip", "netns", "exec", d.ns, *cli, "--token-file", str(tmp_path / "none")],
+                           capture_output=True, text=True, env={**os.environ, "BRIDGELAB_TOKEN": ""})
+        assert p.returncode == 1 and "401" in p.stderr
+    finally:
+        stop_daemon(d)
+
+
+# ---------------------------------------------------------------- hostile input
+
+INJECTIONS = [";", "$(reboot)", "`id`", "a\nb", "a\x00b", "a\x1b[2Jb", "a\rb", "\u009b", "x" * 300, "../../etc/passwd"]
+
+
+CONTROL = [b for b in INJECTIONS if any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in b)]
+ADD_CASES = ([(f, b) for f in ("name", "image", "ip", "mac", "tap", "memory", "cpus") for b in INJECTIONS]
+             # a password may hold shell metacharacters (it is typed at a prompt, never run);
+             # control characters and over-long ones are refused
+             + [("login.password", b) for b in CONTROL + ["x" * 300]]
+             + [("append", b) for b in CONTROL] + [("qemu_args", [b]) for b in ("-device", "x")])
+
+
+@pytest.mark.parametrize("field, bad", ADD_CASES)
+def test_injection_in_add_guest_is_422_and_nothing_changes(daemon, field, bad):
+    before = host_objects(daemon)
+    body: dict[str, object] = {"name": "rv9", "image": "debian-riscv64"}
+    if field == "login.password":
+        body["login"] = {"user": "root", "password": bad}
+    else:
+        body[field] = bad
+    status, text = daemon.request("POST", "/guests", token=TOKEN, json=body)
+    assert status == 422, (field, bad, text)
+    assert host_objects(daemon) == before
+    assert [g for g in __import__("json").loads(daemon.request("GET", "/guests")[1])] and \
+        daemon.request("GET", "/guests/rv9")[0] == 404
+
+
+@pytest.mark.parametrize("bad", INJECTIONS)
+def test_injection_in_exec_network_and_paths_is_4xx(daemon, bad):
+    before = host_objects(daemon)
+    status, _ = daemon.request("POST", "/guests/broken/exec", token=TOKEN, json={"argv": ["echo", bad]})
+    # Shell metacharacters are legal arguments (they are quoted, never run);
+    # control characters and over-long arguments are not.
+    assert status == (409 if bad in (";", "$(reboot)", "`id`", "../../etc/passwd", "x" * 300) else 422)
+    assert daemon.request("PUT", "/guests/broken/network", token=TOKEN, json={"ip": bad})[0] == 422
+    assert daemon.request("PUT", "/guests/broken/network", token=TOKEN,
+                          json={"ip": "10.199.7.9", "dns": [bad]})[0] == 422
+    from urllib.parse import quote
+    for method, path in (("GET", "/guests/{}"), ("POST", "/guests/{}/reboot"), ("DELETE", "/guests/{}"),
+                         ("GET", "/guests/{}/wait?timeout=0")):
+        status, _ = daemon.request(method, path.format(quote(bad, safe="")), token=TOKEN)
+        assert status in (404, 422), (method, path, bad, status)
+    assert host_objects(daemon) == before
+
+
+def test_limits_body_size_wait_and_exec_bounds(daemon):
+    big = {"json": {"argv": ["echo", "x" * 70000]}}
+    assert daemon.request("POST", "/guests/broken/exec", token=TOKEN, **big)[0] == 413
+    chunked = ("import httpx, sys\n"
+               "def gen():\n    for _ in range(100):\n        yield b'x' * 1024\n"
+               f"r = httpx.post('http://127.0.0.1:{PORT}/guests', content=gen(), "
+               "headers={'Authorization': 'Bearer ' + sys.argv[1], 'Content-Type': 'application/json'})\n"
+               "print(r.status_code)")
+    assert daemon.py(chunked, TOKEN).stdout.strip() == "413"
+    assert daemon.request("GET", "/wait?timeout=99999")[0] == 422
+    assert daemon.request("POST", "/guests/broken/exec", token=TOKEN,
+                          json={"argv": ["true"], "timeout": 0})[0] == 422
+    assert daemon.request("POST", "/guests/broken/exec", token=TOKEN, json={"argv": []})[0] == 422
+
+
+def test_wait_reports_the_failed_guest_with_its_reason(daemon):
+    import json
+    status, body = daemon.request("GET", "/wait?timeout=5")
+    result = json.loads(body)
+    assert status == 200 and result["settled"] and result["ready"] == []
+    [failed] = result["failed"]
+    assert failed["name"] == "broken" and "no-such-device" in failed["reason"]
+    p = subprocess.run(["ip", "netns", "exec", daemon.ns, sys.executable, "-m", "bridgelab.cli", "wait",
+                        "--api", f"127.0.0.1:{PORT}", "--timeout", "5"], capture_output=True, text=True)
+    assert p.returncode == 1 and "broken failed" in p.stderr, p.stderr
+
+
+def test_openapi_is_complete_with_typed_errors(daemon):
+    import json
+    status, body = daemon.request("GET", "/openapi.json")
+    spec = json.loads(body)
+    paths = spec["paths"]
+    for path in ("/guests", "/guests/{name}", "/guests/{name}/exec", "/guests/{name}/wait", "/wait", "/mesh",
+                 "/guests/{name}/network", "/guests/{name}/stop", "/guests/{name}/start", "/guests/{name}/console"):
+        assert path in paths, path
+    exec_responses = paths["/guests/{name}/exec"]["post"]["responses"]
+    assert {"200", "401", "404", "409", "413", "422"} <= set(exec_responses)
+    assert "504" in paths["/wait"]["get"]["responses"]
+    assert "ExecRequest" in spec["components"]["schemas"]
+
+
+# ---------------------------------------------------------------- fuzzing
+
+
+def test_schemathesis_finds_no_server_error(daemon, tmp_path):
+    """Property-based requests from the live OpenAPI document: no 5xx, every
+    response matches its schema. /shutdown is left out (it ends the run)."""
+    st = shutil.which("st", path=str(Path(sys.executable).parent))
+    if st is None:
+        pytest.fail("schemathesis is not installed (tests/run installs .[test])")
+    before = host_objects(daemon)
+    p = subprocess.run(
+        ["ip", "netns", "exec", daemon.ns, st, "run", f"http://127.0.0.1:{PORT}/openapi.json",
+         "-H", f"Authorization: Bearer {TOKEN}", "--exclude-path", "/shutdown",
+         "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
+         "--max-examples", "25", "--seed", "1", "--no-color", "--request-timeout", "30",
+         "--max-time", "150", "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
+    assert daemon.proc.poll() is None, daemon.log.read_text()[-3000:]
+    # The fuzzer may remove the one guest (it learns names from responses);
+    # it must never leave anything new on the host.
+    links, _ = host_objects(daemon)
+    assert set(links) <= set(before[0])
