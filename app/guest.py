@@ -47,7 +47,7 @@ class GuestProcess:
         one per lab start, the existing one when a stopped guest starts again."""
         p = self.plan.paths
         p.dir.mkdir(parents=True, exist_ok=True)
-        for f in (p.console_sock, p.qmp_sock):
+        for f in (p.console_sock, p.qmp_sock, p.agent_sock):
             f.unlink(missing_ok=True)
         if fresh or not p.overlay.exists():
             p.overlay.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ class GuestPaths:
     console_sock: Path
     console_log: Path
     qmp_sock: Path
+    agent_sock: Path  # qemu-guest-agent's virtio-serial port
     stderr: Path
 
 
@@ -119,7 +120,8 @@ def allocate_ips(lab: Lab) -> list[ipaddress.IPv4Address | None]:
 def guest_paths(state_dir: Path, name: str) -> GuestPaths:
     d = state_dir / "guests" / name
     return GuestPaths(dir=d, overlay=d / "overlay.qcow2", console_sock=d / "console.sock",
-                      console_log=d / "console.log", qmp_sock=d / "qmp.sock", stderr=d / "qemu.log")
+                      console_log=d / "console.log", qmp_sock=d / "qmp.sock", agent_sock=d / "qga.sock",
+                      stderr=d / "qemu.log")
 
 
 def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir: Path) -> LabPlan:
@@ -153,9 +155,10 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
             issues.append(FieldIssue(f"{at}.image", f"image {g.image!r} was not resolved"))
             continue
         if image.arch is not g.arch:
-            issues.append(FieldIssue(f"{at}.image", f"image {image.name} is {image.arch.value}, guest is {g.arch.value}"))
+            issues.append(FieldIssue(f"{at}.image",
+                                     f"image {image.name} is {image.arch.value}, guest is {g.arch.value}"))
         paths = guest_paths(state_dir, g.name)
-        for sock in (paths.console_sock, paths.qmp_sock):
+        for sock in (paths.console_sock, paths.qmp_sock, paths.agent_sock):
             if len(str(sock)) > UNIX_PATH_MAX:
                 issues.append(FieldIssue(at, f"socket path {sock} is longer than {UNIX_PATH_MAX} bytes; "
                                              "use a shorter --state-dir"))

@@ -69,6 +69,10 @@ def argv(g: GuestPlan) -> list[str]:
         "-serial", "chardev:console",
         "-chardev", f"socket,id=qmp,path={_q(p.qmp_sock)},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
+        # qemu-guest-agent, if the image has it: exec without the console.
+        "-chardev", f"socket,id=qga,path={_q(p.agent_sock)},server=on,wait=off",
+        "-device", f"virtio-serial-{bus}",
+        "-device", "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
         "-drive", f"file={_q(p.overlay)},format=qcow2,if=none,id=hd0,discard=unmap",
         "-device", f"virtio-blk-{bus},drive=hd0",
         "-netdev", f"tap,id=net0,ifname={g.tap},script=no,downscript=no"

@@ -101,11 +101,12 @@ class ExecRequest(_Body):
 
 class ExecResult(BaseModel):
     exit_code: int | None = Field(description="null when the command timed out")
-    output: str = Field(description="stdout and stderr, merged (a serial console has one stream)")
+    output: str = Field(description="stdout; via the console, stdout and stderr merged (a console has one stream)")
+    stderr: str | None = Field(description="stderr via the guest agent; null via the console")
     timed_out: bool
     truncated: bool
     duration: float
-    via: Literal["console"]
+    via: Literal["agent", "console"] = Field(description="qemu-guest-agent when it answers, else the serial console")
 
 
 class MeshPair(BaseModel):
