@@ -7,11 +7,11 @@ import contextlib
 import logging
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from .auth import Policy
-from .errors import AuthError, BridgelabError, GuestBusy, GuestTimeout, SpecError, UnknownGuest
+from .errors import AuthError, BridgelabError, GuestBusy, GuestError, GuestTimeout, SpecError, UnknownGuest
 from .lab import LabRunner, console_tail
 from .schemas import (GUEST_NAME_PATTERN, AddGuest, ErrorBody, ExecRequest, ExecResult, GuestView, Health,
                       MeshReport, NetworkRequest, WaitResult)
@@ -23,11 +23,14 @@ MAX_WAIT = 3600.0
 GuestName = Annotated[str, Path(pattern=GUEST_NAME_PATTERN, max_length=32, examples=["rv1"])]
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    502: {"model": ErrorBody, "description": "the guest's console or agent failed during the request"},
     404: {"model": ErrorBody, "description": "no such guest"},
     409: {"model": ErrorBody, "description": "the guest is busy or in the wrong state"},
     413: {"model": ErrorBody, "description": "request body too large"},
 }
-STATUS = {UnknownGuest: 404, GuestBusy: 409, GuestTimeout: 504, AuthError: 401}
+# First match wins: the specific guest errors before GuestError (the guest
+# failed us: 502, like a gateway whose upstream broke).
+STATUS = {UnknownGuest: 404, GuestBusy: 409, GuestTimeout: 504, AuthError: 401, GuestError: 502}
 
 
 class BodyLimit:
@@ -175,6 +178,13 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         """The last lines of the serial console, escapes stripped."""
         return console_tail(runner.get(name).plan.paths.console_log, lines, limit=lines * 400)
 
+    @app.websocket("/guests/{name}/console/attach")
+    async def console_attach(ws: WebSocket, name: str, write: bool = False) -> None:
+        """The live serial console, shared with the automation through the one
+        reader. Read-only unless ?write=true; keystrokes are then passed on
+        only while no automation command is running."""
+        await attach_console(ws, runner, policy, name, write)
+
     @app.post("/mesh", dependencies=write)
     async def mesh() -> MeshReport:
         """Every ready guest pings the bridge and every other guest; failures say where."""
@@ -187,6 +197,58 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         return {"status": "stopping"}
 
     return app
+
+
+ATTACH_QUEUE = 4096  # chunks; a client slower than the guest loses output, never stalls the guest
+BUSY_NOTICE = b"\r\n[bridgelab: automation is using the console; input dropped]\r\n"
+
+
+async def attach_console(ws: WebSocket, runner: LabRunner, policy: Policy | None, name: str, write: bool) -> None:
+    try:
+        if policy is not None:
+            policy.check(ws.headers.get("authorization"), mutating=True)
+        console = runner.get(name).console
+    except AuthError:
+        return await _refuse(ws, 4401, "a valid bearer token is required")
+    except UnknownGuest:
+        return await _refuse(ws, 4404, f"no guest named {name[:40]!r}")
+    if console is None:
+        return await _refuse(ws, 4409, f"guest {name} has no console yet")
+    await ws.accept()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue(ATTACH_QUEUE)
+
+    def offer(data: bytes) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(data)
+    def from_pump(data: bytes) -> None:  # on the pump thread
+        loop.call_soon_threadsafe(offer, data)
+    unwatch = console.watch(from_pump)
+
+    async def forward() -> None:
+        while True:
+            await ws.send_bytes(await queue.get())
+    sender = asyncio.create_task(forward())
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            keys = message.get("bytes") or (message.get("text") or "").encode()
+            if write and keys and not await asyncio.to_thread(console.type_if_idle, keys[:4096]):
+                offer(BUSY_NOTICE)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        unwatch()
+        sender.cancel()
+
+
+async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
+    """Accept, then close with a code (4000 + the HTTP status) and a reason a
+    client can show: a refused handshake would only say 403."""
+    await ws.accept()
+    await ws.close(code=code, reason=reason)
 
 
 def _wait_response(result: WaitResult) -> Any:

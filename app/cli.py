@@ -262,8 +262,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         body = checked(c.post(f"/guests/{args.name}/exec",
                               json={"argv": argv, "timeout": args.timeout, "max_output": args.max_output}))
     sys.stdout.write(body["output"])
-    if body["output"] and not body["output"].endswith("\n"):
-        sys.stdout.write("\n")
+    sys.stderr.write(body["stderr"] or "")
     if body["truncated"]:
         print(f"bridgelab: output cut at {args.max_output} bytes", file=sys.stderr)
     if body["timed_out"]:
@@ -308,6 +307,63 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     for name in report["skipped"]:
         print(f"skip {name}: not ready")
     return 0 if report["ok"] else 1
+
+
+DETACH = b"\x1d"  # Ctrl-], as telnet and virsh console
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """Attach to a guest's serial console over the API's websocket."""
+    import threading
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect, unix_connect
+
+    token = client_token(os.environ, args.token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    path = f"/guests/{args.name}/console/attach" + ("?write=true" if args.write else "")
+    api: str = args.api
+    if api.startswith("unix:"):
+        ws = unix_connect(api[5:], f"ws://bridgelab{path}", additional_headers=headers)
+    else:
+        base = api.split("://", 1)[-1].rstrip("/")
+        ws = connect(f"{'wss' if api.startswith('https') else 'ws'}://{base}{path}", additional_headers=headers)
+    print(f"bridgelab: attached to {args.name}" + (" (Ctrl-] detaches)" if args.write else " (read-only; Ctrl-C)"),
+          file=sys.stderr)
+
+    def show() -> None:
+        try:
+            for data in ws:
+                sys.stdout.buffer.write(data if isinstance(data, bytes) else data.encode())
+                sys.stdout.buffer.flush()
+        except ConnectionClosed:
+            pass
+    reader = threading.Thread(target=show, daemon=True)
+    reader.start()
+    try:
+        if args.write and sys.stdin.isatty():
+            _type_raw(ws)
+        else:
+            reader.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ws.close()
+    return 0
+
+
+def _type_raw(ws: Any) -> None:
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        while (keys := os.read(fd, 1024)) and DETACH not in keys:
+            ws.send(keys)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -389,6 +445,9 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("name")
         c.add_argument("--timeout", type=float, default=900.0)
     api_command("mesh", cmd_mesh, "ping every pair of guests now; explain failures")
+    co = api_command("console", cmd_console, "attach to a guest's live serial console")
+    co.add_argument("name")
+    co.add_argument("--write", action="store_true", help="send keystrokes (only while no automation runs)")
     lg = api_command("logs", cmd_logs, "the tail of a guest's serial console")
     lg.add_argument("name")
     lg.add_argument("-n", "--lines", type=int, default=100)

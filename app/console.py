@@ -94,6 +94,7 @@ class Console:
         self._lock = threading.RLock()
         self._closer = closer
         self._prompt_tag = "BL" + secrets.token_hex(4)
+        self._pump: _Pump | None = None
         self._ready = False
         if transcript is not None:
             child.logfile_read = transcript
@@ -114,13 +115,32 @@ class Console:
             pump.close()
             if transcript:
                 transcript.close()
-        return cls(child, name, transcript, close)
+        console = cls(child, name, transcript, close)
+        console._pump = pump
+        return console
 
     def close(self) -> None:
         with self._lock:
             if self._closer:
                 self._closer()
                 self._closer = None
+
+    def watch(self, callback: Callable[[bytes], None]) -> Callable[[], None]:
+        """A second reader of the console (an attached human), fed by the one pump."""
+        if self._pump is None:
+            raise ConsoleError(f"{self.name}: this console cannot be shared")
+        return self._pump.watch(callback)
+
+    def type_if_idle(self, data: bytes) -> bool:
+        """Keystrokes from an attached human, only while no automation runs
+        a command: typing into the middle of one would corrupt its result."""
+        if self._pump is None or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._pump.send(data)
+            return True
+        finally:
+            self._lock.release()
 
     @contextmanager
     def exclusive(self) -> Iterator["Console"]:
@@ -344,6 +364,7 @@ class _Pump:
             pass  # the default 64 KiB still works, it just fills sooner
         os.set_blocking(self._wfd, False)
         self.dropped = 0
+        self._watchers: list[Callable[[bytes], None]] = []
         self._thread = threading.Thread(target=self._run, name=f"console-{name}", daemon=True)
         self._thread.start()
 
@@ -357,6 +378,8 @@ class _Pump:
                     for stage in boot_stages(tail, data):
                         self._on_stage(stage)
                 tail = (tail + data)[-max(_QUERY_TAIL, _MARKER_TAIL):]
+                for watch in list(self._watchers):
+                    watch(data)
                 try:
                     written = os.write(self._wfd, data)
                 except BlockingIOError:
@@ -369,6 +392,12 @@ class _Pump:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def watch(self, callback: Callable[[bytes], None]) -> Callable[[], None]:
+        """Copy everything the guest prints to `callback` (called on the pump
+        thread: it must not block). Returns the function that stops it."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
 
     def close(self) -> None:
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from . import declared, firewall, guestnet, hostnet
+from .agent import AgentUnavailable, GuestAgent
 from .console import Console, quote, strip_escapes
 from .errors import (BridgelabError, ConsoleTimeout, FieldIssue, GuestBusy, HostNetError, ImageError,
                      SpecError, UnknownGuest)
@@ -51,6 +52,8 @@ class State(str, Enum):
 
 
 ON_THE_WAY = {State.pending, State.booting, State.login, State.configuring}
+AGENT_PROBE_TIMEOUT = 1.0
+AGENT_REPROBE_AFTER = 60.0  # a guest without an agent costs one probe per minute, not one per exec
 SETTLED = {State.ready, State.failed, State.stopped}
 
 
@@ -69,6 +72,8 @@ class GuestRuntime:
     op_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # network, reboot, stop, start
     exec_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # exec requests queue here
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    agent: GuestAgent | None = None
+    agent_probed: float = 0.0  # monotonic time of the last failed probe
 
     def enter(self, state: State) -> None:
         self.state = state
@@ -182,7 +187,7 @@ class LabRunner:
         # Overlays stay for inspection (and `qemu-img check`); the next start
         # replaces them. Sockets are dead once qemu is gone.
         for g in self.plan.guests:
-            for f in (g.paths.console_sock, g.paths.qmp_sock):
+            for f in (g.paths.console_sock, g.paths.qmp_sock, g.paths.agent_sock):
                 f.unlink(missing_ok=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -259,6 +264,8 @@ class LabRunner:
             g.process.spawn()
             g.stage("qemu_started")
             await g.process.wait_sockets()
+            g.agent = GuestAgent(g.plan.paths.agent_sock)
+            g.agent_probed = 0.0
 
             def on_stage(stage: str) -> None:
                 loop.call_soon_threadsafe(g.stage, stage)
@@ -377,25 +384,53 @@ class LabRunner:
             guests=[self.view(g) for g in targets])
 
     async def exec(self, name: str, req: ExecRequest) -> ExecResult:
-        """Run argv in the guest through its console. Queued per guest; guests run in parallel."""
+        """Run argv in the guest: through qemu-guest-agent when it answers, else
+        through the console. Queued per guest; guests run in parallel."""
         g = self.get(name)
-        command = " ".join(quote(a) for a in req.argv)
         async with g.exec_lock:
-            console = self._require_shell(g)
+            self._require_shell(g)
             if g.op_lock.locked():
                 raise GuestBusy(f"guest {name} is busy with a network change, reboot or stop")
-            t0 = time.monotonic()
-            try:
-                rc, out = await self._in_thread(console.run, command, req.timeout, req.max_output)
-            except ConsoleTimeout:
-                return ExecResult(exit_code=None, output="", timed_out=True, truncated=False,
-                                  duration=time.monotonic() - t0, via="console")
-            raw = out.encode()
-            truncated = len(raw) > req.max_output
-            if truncated:
-                out = raw[:req.max_output].decode(errors="ignore")
-            return ExecResult(exit_code=rc, output=out, timed_out=False, truncated=truncated,
+            if await self._agent_usable(g):
+                try:
+                    return await self._exec_agent(g, req)
+                except AgentUnavailable as e:
+                    log.warning("%s: guest agent gone (%s); using the console", name, e)
+                    g.agent_probed = time.monotonic()
+            return await self._exec_console(g, req)
+
+    async def _agent_usable(self, g: GuestRuntime) -> bool:
+        recently_failed = g.agent_probed and time.monotonic() - g.agent_probed < AGENT_REPROBE_AFTER
+        if g.agent is None or recently_failed:
+            return False
+        if await self._in_thread(g.agent.ping, AGENT_PROBE_TIMEOUT):
+            return True
+        g.agent_probed = time.monotonic()
+        return False
+
+    async def _exec_agent(self, g: GuestRuntime, req: ExecRequest) -> ExecResult:
+        assert g.agent is not None
+        t0 = time.monotonic()
+        r = await self._in_thread(g.agent.run, list(req.argv), req.timeout, req.max_output)
+        return ExecResult(exit_code=r.exit_code, output=r.stdout.decode(errors="replace"),
+                          stderr=r.stderr.decode(errors="replace"), timed_out=r.timed_out, truncated=r.truncated,
+                          duration=time.monotonic() - t0, via="agent")
+
+    async def _exec_console(self, g: GuestRuntime, req: ExecRequest) -> ExecResult:
+        console = self._require_shell(g)
+        command = " ".join(quote(a) for a in req.argv)
+        t0 = time.monotonic()
+        try:
+            rc, out = await self._in_thread(console.run, command, req.timeout, req.max_output)
+        except ConsoleTimeout:
+            return ExecResult(exit_code=None, output="", stderr=None, timed_out=True, truncated=False,
                               duration=time.monotonic() - t0, via="console")
+        raw = out.encode()
+        truncated = len(raw) > req.max_output
+        if truncated:
+            out = raw[:req.max_output].decode(errors="ignore")
+        return ExecResult(exit_code=rc, output=out, stderr=None, timed_out=False, truncated=truncated,
+                          duration=time.monotonic() - t0, via="console")
 
     async def set_network(self, name: str, req: NetworkRequest) -> GuestRuntime:
         g = self.get(name)
@@ -609,6 +644,9 @@ class LabRunner:
         if g.console is not None:
             g.console.close()
             g.console = None
+        if g.agent is not None:
+            g.agent.close()
+            g.agent = None
         g.enter(State.stopped)
         self._check_settled()
 
