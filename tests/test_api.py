@@ -122,6 +122,27 @@ def test_loopback_listen_reads_are_open_changes_need_the_token(daemon):
     assert daemon.proc.poll() is None
 
 
+ATTACH = """
+import sys
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+headers = {"Authorization": "Bearer " + sys.argv[2]} if sys.argv[2] else {}
+with connect(sys.argv[1], additional_headers=headers) as ws:
+    try:
+        ws.recv(timeout=5)
+    except ConnectionClosed as e:
+        print(e.rcvd.code, e.rcvd.reason)
+"""
+
+
+def test_console_attach_needs_the_token_and_a_console(daemon):
+    url = f"ws://127.0.0.1:{PORT}/guests/broken/console/attach"
+    assert daemon.py(ATTACH, url, "").stdout.startswith("4401 ")
+    assert daemon.py(ATTACH, url, "wrong-token-0123456789").stdout.startswith("4401 ")
+    assert daemon.py(ATTACH, url, TOKEN).stdout.startswith("4409 ")  # authorised; qemu never started
+    assert daemon.py(ATTACH, url.replace("broken", "nope"), TOKEN).stdout.startswith("4404 ")
+
+
 def test_non_loopback_listen_needs_the_token_for_everything(tmp_path):
     d = start_daemon(tmp_path, f"0.0.0.0:{PORT}", {"BRIDGELAB_TOKEN": ""})
     try:

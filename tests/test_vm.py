@@ -221,24 +221,75 @@ def test_wait_returns_at_once_when_settled_and_names_the_failure(lab):
     assert lab.cli("wait", "--timeout", "10").returncode == 1  # the broken guest failed
 
 
-def test_exec_returns_exit_code_and_literal_arguments(lab):
-    r = lab.api.post("/guests/rv1/exec", json={"argv": ["uname", "-m"]}).json()
-    assert (r["exit_code"], r["output"], r["timed_out"]) == (0, "riscv64\n", False), r
-    r = lab.api.post("/guests/rv1/exec", json={"argv": ["sh", "-c", "echo out; echo err >&2; exit 7"]}).json()
-    assert r["exit_code"] == 7 and r["output"] == "out\nerr\n", r
-    hostile = ["$(reboot)", "`id`", "; poweroff", "a'b\"c", "*", "--", "$HOME"]
-    r = lab.api.post("/guests/rv1/exec", json={"argv": ["printf", "%s|", *hostile]}).json()
-    assert r["output"] == "|".join(hostile) + "|" and r["exit_code"] == 0, r
-    r = lab.api.post("/guests/rv1/exec", json={"argv": ["sh", "-c", "yes | head -c 5000"], "max_output": 100}).json()
+def exec_(lab: RunningLab, name: str, *argv: str, **kw: object) -> dict[str, Any]:
+    r = lab.api.post(f"/guests/{name}/exec", json={"argv": list(argv), **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+HOSTILE = ["$(reboot)", "`id`", "; poweroff", "a'b\"c", "*", "--", "$HOME"]
+
+
+def test_exec_through_the_guest_agent_keeps_streams_apart(lab):
+    r = exec_(lab, "rv2", "uname", "-m")
+    assert (r["via"], r["exit_code"], r["output"], r["stderr"]) == ("agent", 0, "riscv64\n", ""), r
+    r = exec_(lab, "rv2", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (r["exit_code"], r["output"], r["stderr"]) == (7, "out\n", "err\n"), r
+    r = exec_(lab, "rv2", "printf", "%s|", *HOSTILE)
+    assert r["output"] == "|".join(HOSTILE) + "|" and r["exit_code"] == 0, r
+    r = exec_(lab, "rv2", "sh", "-c", "yes | head -c 5000", max_output=100)
+    assert r["truncated"] and len(r["output"]) == 100 and r["exit_code"] == 0, r
+    r = exec_(lab, "rv2", "sleep", "30", timeout=2)
+    assert r["timed_out"] and r["exit_code"] is None, r
+    deadline = time.monotonic() + 10  # the timed-out one was killed (and reaped)
+    while exec_(lab, "rv2", "pgrep", "-x", "sleep")["exit_code"] != 1:
+        assert time.monotonic() < deadline, "the timed-out command still runs in the guest"
+        time.sleep(0.5)
+    p = lab.cli("exec", "rv2", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3")
+    assert (p.returncode, p.stdout, p.stderr) == (3, "hi\n", "oops\n"), p
+
+
+def test_exec_falls_back_to_the_console_without_an_agent(lab):
+    # The agent stops itself mid-exec: that exec is lost (502, never re-run
+    # on the console), and every later one goes through the console.
+    r = lab.api.post("/guests/rv1/exec", json={"argv": ["systemctl", "stop", "qemu-guest-agent"]})
+    assert r.status_code == 502 and "lost the guest agent" in r.json()["detail"], r.text
+    r = exec_(lab, "rv1", "uname", "-m")
+    assert (r["via"], r["exit_code"], r["output"], r["stderr"]) == ("console", 0, "riscv64\n", None), r
+    r = exec_(lab, "rv1", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert r["exit_code"] == 7 and r["output"] == "out\nerr\n", r  # one stream on a console
+    r = exec_(lab, "rv1", "printf", "%s|", *HOSTILE)
+    assert r["output"] == "|".join(HOSTILE) + "|" and r["exit_code"] == 0, r
+    r = exec_(lab, "rv1", "sh", "-c", "yes | head -c 5000", max_output=100)
     assert r["truncated"] and len(r["output"]) == 100 and r["exit_code"] == 0, r
     assert lab.api.post("/guests/rv1/exec", json={"argv": ["echo", "a\nb"]}).status_code == 422
-    p = lab.cli("exec", "rv2", "--", "sh", "-c", "echo hi; exit 3")
-    assert (p.returncode, p.stdout) == (3, "hi\n"), p.stderr
 
 
-def test_exec_timeout_is_reported_and_the_guest_stays_usable(lab):
+def test_console_attach_shares_the_console_with_the_automation(lab):
+    from websockets.sync.client import unix_connect
+
+    def until(ws: Any, needle: bytes, seen: bytes = b"") -> bytes:
+        deadline = time.monotonic() + 30
+        while needle not in seen:
+            assert time.monotonic() < deadline, seen[-500:]
+            try:
+                seen += ws.recv(timeout=1)
+            except TimeoutError:
+                pass
+        return seen
+    with unix_connect(str(lab.sock), "ws://b/guests/rv1/console/attach?write=true") as ws:
+        r = exec_(lab, "rv1", "echo", "seen-by-both")  # rv1 runs exec on its console now
+        assert (r["via"], r["output"]) == ("console", "seen-by-both\n"), r
+        until(ws, b"seen-by-both")
+        ws.send(b"echo typed-by-$((6*7))\r")
+        until(ws, b"typed-by-42")
+    r = exec_(lab, "rv1", "echo", "still-fine")
+    assert (r["exit_code"], r["output"]) == (0, "still-fine\n"), r
+
+
+def test_exec_timeout_on_the_console_and_the_guest_stays_usable(lab):
     r = lab.api.post("/guests/rv1/exec", json={"argv": ["sleep", "30"], "timeout": 2}).json()
-    assert r["timed_out"] and r["exit_code"] is None, r
+    assert r["timed_out"] and r["exit_code"] is None and r["via"] == "console", r
     r = lab.api.post("/guests/rv1/exec", json={"argv": ["echo", "after"]}).json()
     assert (r["exit_code"], r["output"]) == (0, "after\n"), r
     assert lab.cli("exec", "rv1", "--timeout", "1", "--", "sleep", "10").returncode == 124
@@ -252,8 +303,8 @@ def test_concurrent_exec_is_serialized_per_guest_and_parallel_across_guests(lab)
             r = c.post(f"/guests/{name}/exec", json={"argv": ["sh", "-c", f"echo {token}-a; sleep {sleep}; "
                                                                           f"echo {token}-b"]})
             return {"token": token, **r.raise_for_status().json()}
-    with cf.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda i: run("rv1", f"t{i}"), range(8)))
+    with cf.ThreadPoolExecutor(16) as pool:  # rv1 on its console, rv2 through its agent
+        results = list(pool.map(lambda i: run(("rv1", "rv2")[i % 2], f"t{i}"), range(16)))
     for r in results:
         assert r["output"] == f"{r['token']}-a\n{r['token']}-b\n" and r["exit_code"] == 0, r
     t0 = time.monotonic()
@@ -294,18 +345,17 @@ def test_mesh_check_explains_each_failure_by_layer(lab):
     assert pairs[("rv1", "broken")]["diagnosis"] in ("guest_down", "address_not_configured")
     assert report["skipped"] == ["broken"] and not report["ok"]
     # rv2 stops answering ICMP: ARP still resolves, so the fault is filtering
-    exec_ = lambda n, *a: lab.api.post(f"/guests/{n}/exec", json={"argv": list(a)}).json()  # noqa: E731
-    assert exec_("rv2", "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")["exit_code"] == 0
+    assert exec_(lab, "rv2", "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")["exit_code"] == 0
     try:
         pairs = {(p["source"], p["target"]): p for p in lab.api.post("/mesh").json()["pairs"]}
         assert pairs[("rv1", "rv2")]["diagnosis"] == "arp_no_icmp", pairs[("rv1", "rv2")]
     finally:
-        assert exec_("rv2", "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0")["exit_code"] == 0
+        assert exec_(lab, "rv2", "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0")["exit_code"] == 0
     # rv2's tap falls off the bridge and rv1 forgets rv2's MAC: an L2 fault
     rv2 = lab.guests()["rv2"]
     subprocess.run(["ip", "-n", lab.ns, "link", "set", rv2["tap"], "nomaster"], check=True)
     try:
-        assert exec_("rv1", "ip", "neigh", "flush", "to", rv2["ip"])["exit_code"] == 0
+        assert exec_(lab, "rv1", "ip", "neigh", "flush", "to", rv2["ip"])["exit_code"] == 0
         pairs = {(p["source"], p["target"]): p for p in lab.api.post("/mesh").json()["pairs"]}
         assert pairs[("rv1", "rv2")]["diagnosis"] == "no_arp", pairs[("rv1", "rv2")]
     finally:
