@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 from pyroute2 import netns as pr_netns
+
+from common import fresh_ns, start_serve
 
 from bridgelab.cli import load_plan
 from bridgelab.console import Console
@@ -42,21 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "two-riscv64.yaml"
 
 
-def fresh_ns() -> str:
-    name = f"blb-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    return name
-
-
 def run_bridgelab(ns: str, tmp: Path) -> dict[str, float]:
-    sock = tmp / "api.sock"
     t0 = time.monotonic()
     wall0 = time.time()
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
-                             "--lab", str(EXAMPLE), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "wb"))
-    api = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://b", timeout=10)
+    proc, api = start_serve(ns, tmp, EXAMPLE)
     try:
         while True:
             if proc.poll() is not None:

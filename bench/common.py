@@ -1,0 +1,26 @@
+"""What the benchmarks share: a fresh netns, and `bridgelab serve` in it on a unix socket."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+
+def fresh_ns(prefix: str = "blb") -> str:
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    return name
+
+
+def start_serve(ns: str, tmp: Path, lab: Path, timeout: float = 10) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+    """The daemon in `ns`, its API on tmp/api.sock, its log in tmp/serve.log."""
+    sock = tmp / "api.sock"
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
+                             "--lab", str(lab), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "wb"))
+    return proc, httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://b", timeout=timeout)
