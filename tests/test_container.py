@@ -139,6 +139,14 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         assert rule_count() in (0, 1)
         links = sh("ip", "-o", "link", "show").stdout
         assert links.count(f" {bridge}:") == 1 and all(links.count(f" {t}:") == 1 for t in taps)
+
+        # `restart` is a graceful stop (teardown) and a start (sweep finds nothing).
+        sh(*compose, "restart", env=env, cwd=ROOT)
+        again = up_until_settled()
+        assert [g["state"] for g in again] == ["ready", "ready"]
+        links = sh("ip", "-o", "link", "show").stdout
+        assert links.count(f" {bridge}:") == 1 and all(links.count(f" {t}:") == 1 for t in taps)
+        assert rule_count() in (0, 1)
     except BaseException:
         sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
         raise
