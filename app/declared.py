@@ -41,8 +41,8 @@ def freeze(lab: Lab, plan: LabPlan) -> Lab:
     guests = []
     for g in lab.guests:
         p = by_name[g.name]
-        guests.append(g.model_copy(update={"ip": p.ip.ip, "mac": p.mac, "tap": p.tap, "gateway": p.gateway,
-                                           "dns": list(p.dns)}))
+        guests.append(g.model_copy(update={"ip": p.ip.ip, "prefix": p.ip.network.prefixlen, "mac": p.mac,
+                                           "tap": p.tap, "gateway": p.gateway, "dns": list(p.dns)}))
     return lab.model_copy(update={"guests": guests})
 
 

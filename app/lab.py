@@ -33,7 +33,7 @@ from .nmcli import NetConfig
 from .plan import GuestPlan, HostFacts, LabPlan, check_new_ip, make_plan
 from .schemas import (AddGuest, ExecRequest, ExecResult, FailedGuest, GuestView, MeshPair, MeshReport,
                       NetworkRequest, WaitResult)
-from .spec import Lab, parse_lab_data
+from .spec import Lab, own_net_problems, parse_lab_data
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -435,9 +435,13 @@ class LabRunner:
     async def set_network(self, name: str, req: NetworkRequest) -> GuestRuntime:
         g = self.get(name)
         bridge_net = self.plan.bridge_address.network
+        prefix = req.prefix or bridge_net.prefixlen
+        gateway = req.gateway or self.plan.bridge_address.ip
         issues = [FieldIssue("ip", p) for p in check_new_ip(self.plan, name, req.ip)]
         if req.gateway is not None and req.gateway not in bridge_net:
             issues.append(FieldIssue("gateway", f"gateway {req.gateway} is not on {bridge_net}"))
+        elif not issues:
+            issues += [FieldIssue(f, m) for f, m in own_net_problems(req.ip, prefix, gateway)]
         if issues:
             raise SpecError(issues)
         if g.op_lock.locked():
@@ -446,8 +450,8 @@ class LabRunner:
             self._require_shell(g)
             # Reserve the address in the plan before the first await, so two
             # concurrent requests can never pick the same IP.
-            new = dataclasses.replace(g.plan, ip=ipaddress.IPv4Interface(f"{req.ip}/{bridge_net.prefixlen}"),
-                                      gateway=req.gateway or self.plan.bridge_address.ip, dns=tuple(req.dns))
+            new = dataclasses.replace(g.plan, ip=ipaddress.IPv4Interface(f"{req.ip}/{prefix}"),
+                                      gateway=gateway, dns=tuple(req.dns))
             self._replace_plan(new)
             g.enter(State.configuring)
             try:

@@ -128,7 +128,7 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
     """`images` maps each guest's `image` reference to the resolved image."""
     issues: list[FieldIssue] = []
     ips = allocate_ips(lab)
-    prefix = lab.bridge.address.network.prefixlen
+    bridge_prefix = lab.bridge.address.network.prefixlen
     macs: dict[str, int] = {}
     taps: dict[str, int] = {lab.bridge.name: -1}
     guests: list[GuestPlan] = []
@@ -165,7 +165,7 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
         append = " ".join(a for a in (image.append, g.append or "") if a)
         guests.append(GuestPlan(
             name=g.name, arch=g.arch, accel=accel, cpus=g.cpus, memory_mib=g.memory,
-            ip=ipaddress.IPv4Interface(f"{ip}/{prefix}"), gateway=g.gateway or lab.bridge.address.ip,
+            ip=ipaddress.IPv4Interface(f"{ip}/{g.prefix or bridge_prefix}"), gateway=g.gateway or lab.bridge.address.ip,
             dns=tuple(g.dns), mac=mac, tap=tap, login=g.login or image.login, image=image,
             append=append, qemu_args=tuple(g.qemu_args),
             boot_timeout=g.boot_timeout or BOOT_TIMEOUT[accel], paths=paths))

@@ -77,9 +77,10 @@ class WaitResult(BaseModel):
 
 
 class NetworkRequest(_Body):
-    """New IPv4 settings for a guest; the prefix is the bridge's."""
+    """New IPv4 settings for a guest. The address must be in the bridge's subnet."""
 
     ip: ipaddress.IPv4Address = Field(examples=["10.198.101.50"])
+    prefix: int | None = Field(default=None, ge=8, le=30, description="default: the bridge's prefix length")
     gateway: ipaddress.IPv4Address | None = Field(default=None, description="default: the bridge address")
     dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=3)
 

@@ -142,6 +142,7 @@ class Guest(_Model):
     cpus: int = Field(default=1, ge=1, le=64)
     memory: MemoryMiB = 1024
     ip: ipaddress.IPv4Address | None = None
+    prefix: int | None = Field(default=None, ge=8, le=30, description="default: the bridge's prefix length")
     mac: Mac | None = None
     tap: IfName | None = None
     gateway: ipaddress.IPv4Address | None = Field(default=None, description="default: the bridge address")
@@ -246,6 +247,9 @@ def cross_check(bridge: Bridge | None, guests: list[tuple[int, Guest]]) -> list[
         if g.gateway is not None and g.gateway not in bridge.address.network:
             issues.append(FieldIssue(f"guests[{i}].gateway",
                                      f"{g.gateway} is not reachable on {bridge.address.network}"))
+        if g.ip is not None and g.prefix is not None:
+            issues += [FieldIssue(f"guests[{i}].{f}", m) for f, m in own_net_problems(
+                g.ip, g.prefix, g.gateway or bridge.address.ip)]
     return issues
 
 
@@ -286,6 +290,18 @@ def ip_problems(ip: ipaddress.IPv4Address, bridge: ipaddress.IPv4Interface) -> l
     if ip in (net.network_address, net.broadcast_address):
         return [f"{ip} is the network or broadcast address of {net}"]
     return []
+
+
+def own_net_problems(ip: ipaddress.IPv4Address, prefix: int,
+                     gateway: ipaddress.IPv4Address) -> list[tuple[str, str]]:
+    """(field, problem) for a guest whose prefix differs from the bridge's."""
+    net = ipaddress.IPv4Interface(f"{ip}/{prefix}").network
+    problems = []
+    if ip in (net.network_address, net.broadcast_address):
+        problems.append(("ip", f"{ip} is the network or broadcast address of {net}"))
+    if gateway not in net:
+        problems.append(("gateway", f"gateway {gateway} is not on the guest's network {net}"))
+    return problems
 
 
 def parse_lab_data(data: Any) -> Lab:

@@ -115,3 +115,17 @@ def test_mac_is_normalised():
     spec = parse_lab_data(lab(guests__0__mac="02-AA-BB-CC-DD-EE"))
     assert spec.guests[0].mac == "02:aa:bb:cc:dd:ee"
 
+
+
+def test_a_guest_prefix_must_keep_its_gateway_on_its_network():
+    from bridgelab.spec import load_lab_text
+    lab = load_lab_text("bridge: {address: 10.0.0.1/24}\nguests:\n"
+                        "  - {name: a, image: x, ip: 10.0.0.5, prefix: 25}\n")
+    assert lab.guests[0].prefix == 25
+    with pytest.raises(SpecError) as e:
+        load_lab_text("bridge: {address: 10.0.0.200/24}\nguests:\n"
+                      "  - {name: a, image: x, ip: 10.0.0.5, prefix: 25}\n"
+                      "  - {name: b, image: x, ip: 10.0.0.128, prefix: 25, gateway: 10.0.0.200}\n")
+    paths = {i.path: i.message for i in e.value.issues}
+    assert "not on the guest's network 10.0.0.0/25" in paths["guests[0].gateway"]
+    assert "network or broadcast" in paths["guests[1].ip"]

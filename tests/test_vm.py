@@ -154,6 +154,8 @@ def test_host_reaches_both_guests_at_their_own_macs(lab):
     ({"ip": "10.198.101.9\u001b[2J"}, "IPv4"),
     ({"ip": "10.198.101.9; reboot"}, "IPv4"),
     ({"ip": "10.198.101.9", "gateway": "192.0.2.1"}, "gateway"),
+    ({"ip": "10.198.101.9", "prefix": 28}, "not on the guest's network"),
+    ({"ip": "10.198.101.9", "prefix": 31}, "less than or equal to 30"),
     ({"ip": "10.198.101.9", "mtu": 9000}, "Extra inputs"),
 ])
 def test_bad_network_request_is_422_and_guest_unchanged(lab, body, words):
@@ -178,6 +180,12 @@ def test_put_network_moves_a_guest_and_the_mesh_holds(lab):
     assert not lab.host_ping("10.198.101.2", deadline=2)
     again = lab.api.put("/guests/rv2/network", json={"ip": "10.198.101.50"}).json()
     assert (again["state"], again["changed"]) == ("ready", False), again
+    narrow = lab.api.put("/guests/rv2/network", json={"ip": "10.198.101.50", "prefix": 25}).json()
+    assert (narrow["state"], narrow["prefix"], narrow["changed"]) == ("ready", 25, True), narrow
+    r = lab.api.post("/guests/rv2/exec", json={"argv": ["ip", "-o", "-4", "addr", "show", "scope", "global"]}).json()
+    assert "10.198.101.50/25" in r["output"], r
+    back = lab.api.put("/guests/rv2/network", json={"ip": "10.198.101.50"}).json()
+    assert (back["state"], back["prefix"]) == ("ready", 24), back
 
 
 def test_reboot_keeps_the_address(lab):
