@@ -119,11 +119,11 @@ def run_manual(ns: str, tmp: Path) -> dict[str, float]:
     seed_network(ns, plan)
     started = [start_qemu(ns, g, ledger) for g in plan.guests]
     try:
-        for g, (_, console) in zip(plan.guests, started):
+        for g, (_, console) in zip(plan.guests, started, strict=True):
             console.login(g.login.user, g.login.password, 600)
             for cmd in SEED_NMCLI:
                 console.check(cmd.format(ip=g.ip, gw=g.gateway), 120)
-        for g, (_, console) in zip(plan.guests, started):
+        for g, (_, console) in zip(plan.guests, started, strict=True):
             for peer in [plan.bridge_address.ip, *(o.ip.ip for o in plan.guests if o is not g)]:
                 console.check(f"ping -c 1 -w 5 {peer}", 30)
         return {"all_ready": time.monotonic() - t0}

@@ -48,4 +48,4 @@ def links_in(ns: str) -> dict[str, str]:
     """name -> kind of every link in a namespace, read with iproute2 (not our code)."""
     import json
     out = subprocess.run(["ip", "-n", ns, "-d", "-j", "link", "show"], check=True, capture_output=True, text=True)
-    return {l["ifname"]: (l.get("linkinfo") or {}).get("info_kind", "") for l in json.loads(out.stdout)}
+    return {link["ifname"]: (link.get("linkinfo") or {}).get("info_kind", "") for link in json.loads(out.stdout)}

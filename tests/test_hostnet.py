@@ -119,7 +119,8 @@ def test_killed_run_is_swept_at_next_start(netns_name, tmp_path):
         ledger = hostnet.Ledger(pathlib.Path({str(ledger_path)!r}))
         net = hostnet.HostNet(ledger, "bridgelab test")
         hostnet.apply(net, "br0", ipaddress.IPv4Interface("10.198.101.114/24"), "02:00:00:00:00:01", {TAPS!r})
-        child = subprocess.Popen(["sleep", "600"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = subprocess.Popen(["sleep", "600"], start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ledger.add({{"kind": "process", "pid": child.pid, "start_time": proc_start_time(child.pid), "what": "qemu"}})
         print(child.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -140,7 +141,8 @@ def test_killed_run_is_swept_at_next_start(netns_name, tmp_path):
     assert killed == [leftover_pid]
     assert sorted(removed) == sorted(["br0", *TAPS])
     assert links_in(netns_name) == {"lo": ""}
-    assert not os.path.exists(f"/proc/{leftover_pid}") or "Z" in Path(f"/proc/{leftover_pid}/stat").read_text().split()[2]
+    stat = Path(f"/proc/{leftover_pid}/stat")
+    assert not stat.exists() or "Z" in stat.read_text().split()[2]  # gone, or a zombie awaiting its reaper
 
 
 def test_sweep_never_touches_lookalikes(in_netns, tmp_path):
