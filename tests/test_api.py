@@ -69,16 +69,19 @@ def start_daemon(tmp: Path, listen: str, env: dict[str, str]) -> Daemon:
                                  "--token-file", str(tmp / "api-token")],
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
     d = Daemon(ns, proc, log, tmp / "s", listen)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"serve exited: {log.read_text()[-3000:]}")
-        if d.py(f"import socket; socket.create_connection(('127.0.0.1', {PORT}), 1)").returncode == 0:
-            break
-        if time.monotonic() > deadline:
-            pytest.fail(f"serve not listening: {log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return d
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited: {log.read_text()[-3000:]}")
+            if d.py(f"import socket; socket.create_connection(('127.0.0.1', {PORT}), 1)").returncode == 0:
+                return d
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve not listening: {log.read_text()[-3000:]}")
+            time.sleep(0.2)
+    except BaseException:
+        stop_daemon(d)  # the netns too: a failed start must not leak it
+        raise
 
 
 def stop_daemon(d: Daemon) -> None:
