@@ -10,6 +10,7 @@ change is written to the declared state, which the next start resumes from.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import ipaddress
@@ -20,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from . import declared, firewall, guestnet, hostnet
 from .agent import AgentUnavailable, GuestAgent
@@ -356,6 +357,14 @@ class LabRunner:
             raise UnknownGuest(f"no guest named {name!r}")
         return g
 
+    @contextlib.asynccontextmanager
+    async def _operating(self, g: GuestRuntime) -> AsyncIterator[None]:
+        """One change at a time per guest: a second request gets 409, not a queue."""
+        if g.op_lock.locked():
+            raise GuestBusy(f"guest {g.plan.name} is busy with another request")
+        async with g.op_lock:
+            yield
+
     def _require_shell(self, g: GuestRuntime) -> Console:
         if g.state is not State.ready or g.console is None:
             raise GuestBusy(f"guest {g.plan.name} is {g.state.value}; it must be ready")
@@ -444,9 +453,7 @@ class LabRunner:
             issues += [FieldIssue(f, m) for f, m in own_net_problems(req.ip, prefix, gateway)]
         if issues:
             raise SpecError(issues)
-        if g.op_lock.locked():
-            raise GuestBusy(f"guest {name} is busy with another request")
-        async with g.op_lock:
+        async with self._operating(g):
             self._require_shell(g)
             # Reserve the address in the plan before the first await, so two
             # concurrent requests can never pick the same IP.
@@ -466,9 +473,7 @@ class LabRunner:
         """Reboot through the guest's own shell, log in again, and check that
         NetworkManager restored the address by itself (no reconfiguration)."""
         g = self.get(name)
-        if g.op_lock.locked():
-            raise GuestBusy(f"guest {name} is busy with another request")
-        async with g.op_lock:
+        async with self._operating(g):
             console = self._require_shell(g)
             g.stages.clear()
             g.enter(State.booting)
@@ -486,9 +491,7 @@ class LabRunner:
 
     async def stop_guest(self, name: str) -> GuestRuntime:
         g = self.get(name)
-        if g.op_lock.locked():
-            raise GuestBusy(f"guest {name} is busy with another request")
-        async with g.op_lock:
+        async with self._operating(g):
             if g.state is not State.stopped:
                 await self._stop_one(g)
             self.stopped_by_request.add(name)
@@ -498,9 +501,7 @@ class LabRunner:
     async def start_guest(self, name: str) -> GuestRuntime:
         """Boot a stopped (or failed) guest again, on the disk it had."""
         g = self.get(name)
-        if g.op_lock.locked():
-            raise GuestBusy(f"guest {name} is busy with another request")
-        async with g.op_lock:
+        async with self._operating(g):
             if g.state not in (State.stopped, State.failed):
                 raise GuestBusy(f"guest {name} is {g.state.value}; only a stopped or failed guest can start")
             if g.state is State.failed:
@@ -551,9 +552,7 @@ class LabRunner:
         """Power the guest down, remove its tap and its state; forget it."""
         async with self._topology:
             g = self.get(name)
-            if g.op_lock.locked():
-                raise GuestBusy(f"guest {name} is busy with another request")
-            async with g.op_lock:
+            async with self._operating(g):
                 await self._stop_one(g)
                 await self._in_thread(self._remove_tap, g.plan.tap)
                 del self.guests[name]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from .conftest import delete_netns, links_in, make_netns
+from .conftest import delete_netns, links_in, make_netns, stop_process
 
 pytestmark = pytest.mark.netns
 TOKEN = "test-token-0123456789abcdef"
@@ -85,13 +84,7 @@ def start_daemon(tmp: Path, listen: str, env: dict[str, str]) -> Daemon:
 
 
 def stop_daemon(d: Daemon) -> None:
-    if d.proc.poll() is None:
-        d.proc.send_signal(signal.SIGTERM)
-        try:
-            d.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            d.proc.kill()
-            d.proc.wait()
+    stop_process(d.proc, 60)
     delete_netns(d.ns)
 
 

@@ -23,7 +23,7 @@ import yaml
 
 from bridgelab import images
 
-from .conftest import delete_netns, links_in, make_netns
+from .conftest import delete_netns, links_in, make_netns, stop_process
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,13 +102,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
         _wait_settled(running)
         yield running
     finally:
-        if running.proc.poll() is None:
-            running.proc.send_signal(signal.SIGTERM)
-            try:
-                running.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                running.proc.kill()
-                running.proc.wait()
+        stop_process(running.proc, 120)
         api.close()
         delete_netns(ns)
 
