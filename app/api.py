@@ -153,12 +153,10 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
 
     @app.put("/guests/{name}/network", dependencies=write)
     async def put_network(name: GuestName, body: NetworkRequest) -> GuestView:
-        runner.get(name)
         return runner.view(await runner.set_network(name, body))
 
     @app.post("/guests/{name}/reboot", dependencies=write)
     async def reboot(name: GuestName) -> GuestView:
-        runner.get(name)
         return runner.view(await runner.reboot(name))
 
     @app.post("/guests/{name}/stop", dependencies=write)

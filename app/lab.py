@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
@@ -275,7 +276,6 @@ class LabRunner:
             await self._login(g)
             g.enter(State.configuring)
             g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())
-            g.timestamps["configured"] = time.time()
             g.stage("configured")
         except asyncio.CancelledError:
             raise
@@ -346,9 +346,6 @@ class LabRunner:
                  for g in self.guests.values()]
         log.info("lab %s ready: %s (API: GET /guests)", self.plan.name, ", ".join(parts))
 
-    async def wait_settled(self) -> None:
-        await self._settled.wait()
-
     # ------------------------------------------------------------ API operations
 
     def get(self, name: str) -> GuestRuntime:
@@ -372,8 +369,6 @@ class LabRunner:
 
     async def wait(self, names: list[str] | None, timeout: float) -> WaitResult:
         """Long-poll until the named guests (or all) are ready, failed or stopped."""
-        for n in names or []:
-            self.get(n)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             targets = [self.get(n) for n in names] if names else list(self.guests.values())
@@ -397,7 +392,7 @@ class LabRunner:
         through the console. Queued per guest; guests run in parallel."""
         g = self.get(name)
         async with g.exec_lock:
-            self._require_shell(g)
+            console = self._require_shell(g)
             if g.op_lock.locked():
                 raise GuestBusy(f"guest {name} is busy with a network change, reboot or stop")
             if await self._agent_usable(g):
@@ -406,7 +401,7 @@ class LabRunner:
                 except AgentUnavailable as e:
                     log.warning("%s: guest agent gone (%s); using the console", name, e)
                     g.agent_probed = time.monotonic()
-            return await self._exec_console(g, req)
+            return await self._exec_console(console, req)
 
     async def _agent_usable(self, g: GuestRuntime) -> bool:
         recently_failed = g.agent_probed and time.monotonic() - g.agent_probed < AGENT_REPROBE_AFTER
@@ -425,8 +420,7 @@ class LabRunner:
                           stderr=r.stderr.decode(errors="replace"), timed_out=r.timed_out, truncated=r.truncated,
                           duration=time.monotonic() - t0, via="agent")
 
-    async def _exec_console(self, g: GuestRuntime, req: ExecRequest) -> ExecResult:
-        console = self._require_shell(g)
+    async def _exec_console(self, console: Console, req: ExecRequest) -> ExecResult:
         command = " ".join(quote(a) for a in req.argv)
         t0 = time.monotonic()
         try:
@@ -688,6 +682,18 @@ def _rebase(issue: FieldIssue, index: int) -> FieldIssue:
 
 
 def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
+    """The last non-empty lines of a console log, escapes stripped. Every guest
+    view carries one, so GET /guests would re-read and re-strip each log per
+    request: the result is kept until the log grows (size and mtime)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return _console_tail(path, st.st_size, st.st_mtime_ns, lines, limit)
+
+
+@functools.lru_cache(maxsize=256)
+def _console_tail(path: Path, _size: int, _mtime_ns: int, lines: int, limit: int) -> str:
     text = strip_escapes(tail(path, limit))
     kept = [ln for ln in text.splitlines() if ln.strip()]
     return "\n".join(kept[-lines:])

@@ -185,8 +185,7 @@ def test_injection_in_add_guest_is_422_and_nothing_changes(daemon, field, bad):
     status, text = daemon.request("POST", "/guests", token=TOKEN, json=body)
     assert status == 422, (field, bad, text)
     assert host_objects(daemon) == before
-    assert [g for g in __import__("json").loads(daemon.request("GET", "/guests")[1])] and \
-        daemon.request("GET", "/guests/rv9")[0] == 404
+    assert daemon.request("GET", "/guests/rv9")[0] == 404
 
 
 @pytest.mark.parametrize("bad", INJECTIONS)
