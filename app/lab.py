@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import functools
 import ipaddress
 import logging
 import os
@@ -682,18 +681,6 @@ def _rebase(issue: FieldIssue, index: int) -> FieldIssue:
 
 
 def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
-    """The last non-empty lines of a console log, escapes stripped. Every guest
-    view carries one, so GET /guests would re-read and re-strip each log per
-    request: the result is kept until the log grows (size and mtime)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return ""
-    return _console_tail(path, st.st_size, st.st_mtime_ns, lines, limit)
-
-
-@functools.lru_cache(maxsize=256)
-def _console_tail(path: Path, _size: int, _mtime_ns: int, lines: int, limit: int) -> str:
     text = strip_escapes(tail(path, limit))
     kept = [ln for ln in text.splitlines() if ln.strip()]
     return "\n".join(kept[-lines:])

@@ -191,14 +191,3 @@ def test_boot_stages_from_a_real_transcript_and_split_reads():
     assert boot_stages(b"OpenSB", b"I v1.5") == ["firmware"]
     assert boot_stages(b"OpenSBI v", b"1.5") == []
 
-
-def test_console_tail_is_cached_until_the_log_grows(tmp_path):
-    from bridgelab.lab import console_tail
-    log = tmp_path / "console.log"
-    assert console_tail(log) == ""  # no log yet
-    log.write_bytes(b"\x1b[1mOpenSBI\x1b[0m\r\nbridgelab login: ")
-    assert console_tail(log) == "OpenSBI\nbridgelab login: "
-    assert console_tail(log) == "OpenSBI\nbridgelab login: "  # served again, unchanged
-    with open(log, "ab") as f:
-        f.write(b"root\r\nPassword: ")
-    assert console_tail(log, lines=2) == "bridgelab login: root\nPassword: "
