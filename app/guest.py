@@ -93,6 +93,10 @@ class GuestProcess:
                     pass  # created but not listening yet
             await asyncio.sleep(0.05)
 
+    async def resume(self) -> None:
+        """Start the CPUs of a qemu started with -S, once its console is read."""
+        await self.execute("cont")
+
     async def execute(self, cmd: str) -> object:
         if self.qmp is None:
             raise QemuStartError("QMP is not connected")

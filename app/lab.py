@@ -272,6 +272,7 @@ class LabRunner:
                 loop.call_soon_threadsafe(g.stage, stage)
             g.console = await self._in_thread(Console.connect_unix, g.plan.paths.console_sock, g.plan.name,
                                               g.plan.paths.dir / "transcript.log", on_stage)
+            await g.process.resume()
             await self._login(g)
             g.enter(State.configuring)
             g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())

@@ -62,6 +62,10 @@ def argv(g: GuestPlan) -> list[str]:
         "-smp", str(g.cpus),
         "-m", f"{g.memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none",
+        # Start paused: the firmware banner must not be printed before the
+        # console reader connects (qemu drops chardev output with no client),
+        # or the boot stages miss "firmware". QMP `cont` starts the CPUs.
+        "-S",
         # The console is a unix socket that bridgelab drives; logfile keeps
         # everything the guest printed even while nobody is connected.
         "-chardev", f"socket,id=console,path={_q(p.console_sock)},server=on,wait=off,"

@@ -19,6 +19,7 @@ Every variant runs in its own fresh network namespace. Medians over --reps.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import statistics
@@ -107,9 +108,14 @@ def start_qemu(ns: str, g: GuestPlan, ledger: Ledger) -> tuple[GuestProcess, Con
         gp.spawn()
     finally:
         pr_netns.popns()
-    while not g.paths.console_sock.exists():
-        time.sleep(0.01)
-    return gp, Console.connect_unix(g.paths.console_sock, g.name)
+
+    async def attach_and_resume() -> Console:
+        await gp.wait_sockets()  # qemu listens, paused (-S) until the console is read
+        console = Console.connect_unix(g.paths.console_sock, g.name)
+        await gp.resume()
+        await gp.close_qmp()
+        return console
+    return gp, asyncio.run(attach_and_resume())
 
 
 def run_manual(ns: str, tmp: Path) -> dict[str, float]:

@@ -107,6 +107,7 @@ def test_riscv64_argv_expresses_the_seed_command_line():
     assert argv[argv.index("-append") + 1] == "root=/dev/vda rw console=ttyS0 loglevel=3"
     assert "socket,id=console,path=/run/bl/t/guests/rv1/console.sock,server=on,wait=off" in joined
     assert "-mon chardev=qmp,mode=control" in joined
+    assert "-S" in argv  # paused until the console reader is attached
 
 
 def test_riscv64_firmware_style_boots_fw_payload_as_kernel():
