@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import declared, images
+from . import declared, images, uplink
 from .auth import TOKEN_ENV, Policy, client_token, default_token_file, load_or_create_token
-from .errors import BridgelabError, FieldIssue, ImageError, SpecError
+from .errors import BridgelabError, FieldIssue, HostNetError, ImageError, SpecError
 from .plan import HostFacts, LabPlan, make_plan
-from .spec import load_lab_text
+from .spec import Lab, UplinkMode, load_lab_text
 
 if TYPE_CHECKING:
     from .lab import LabSource
@@ -30,8 +30,14 @@ EXIT_INVALID = 2
 DEFAULT_LISTEN = "127.0.0.1:8700"
 
 
-def host_facts() -> HostFacts:
-    return HostFacts(arch=platform.machine(), kvm=os.access("/dev/kvm", os.R_OK | os.W_OK))
+def host_facts(lab: Lab | None = None) -> HostFacts:
+    facts = None
+    if lab is not None and lab.uplink.mode is not UplinkMode.none:
+        try:
+            facts = uplink.detect(lab.uplink.interface)
+        except HostNetError as e:
+            raise SpecError([FieldIssue("uplink.interface" if lab.uplink.interface else "uplink", str(e))]) from None
+    return HostFacts(arch=platform.machine(), kvm=os.access("/dev/kvm", os.R_OK | os.W_OK), uplink=facts)
 
 
 def default_state_dir(lab_name: str) -> Path:
@@ -67,7 +73,7 @@ def load_lab(lab_file: Path, state_dir: Path | None, resume: bool = False) -> tu
             issues.append(FieldIssue(f"guests[{i}].image", str(e)))
     if issues:
         raise SpecError(issues)
-    facts = host_facts()
+    facts = host_facts(lab)
     plan = make_plan(lab, resolved, facts, state)
     return plan, LabSource(spec=lab, images=resolved, host=facts, base_dir=lab_file.resolve().parent,
                            source_hash=source, stopped=stopped)
@@ -141,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if policy.trusted_transport:
             exposure = "unix socket, mode 0600"
         log.info("lab %s: bridge %s %s, %d guests, API on %s (%s; token in %s)", plan.name, plan.bridge,
-                 plan.bridge_address, len(plan.guests), args.listen, exposure,
+                 plan.bridge_address or "(no address: proxy-arp)", len(plan.guests), args.listen, exposure,
                  "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else token_file)
         server.run(sockets=[sock])
     finally:

@@ -41,8 +41,14 @@ def freeze(lab: Lab, plan: LabPlan) -> Lab:
     guests = []
     for g in lab.guests:
         p = by_name[g.name]
-        guests.append(g.model_copy(update={"ip": p.ip.ip, "prefix": p.ip.network.prefixlen, "mac": p.mac,
-                                           "tap": p.tap, "gateway": p.gateway, "dns": list(p.dns)}))
+        update: dict[str, Any] = {"ip": p.ip.ip, "mac": p.mac, "tap": p.tap, "dns": list(p.dns)}
+        if plan.bridge_address is not None:
+            # With proxy-arp the prefix and gateway follow the uplink's LAN at
+            # each start (a laptop changes networks); explicit values stay.
+            update |= {"prefix": p.ip.network.prefixlen, "gateway": p.gateway}
+        if p.user_nic is not None and g.user_nic is not None:
+            update["user_nic"] = g.user_nic.model_copy(update={"ssh_port": p.user_nic.ssh_port})
+        guests.append(g.model_copy(update=update))
     return lab.model_copy(update={"guests": guests})
 
 

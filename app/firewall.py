@@ -1,36 +1,53 @@
-"""The one iptables rule bridgelab may need: let bridged guest<->guest frames
-through FORWARD when br_netfilter sends them there.
+"""bridgelab's iptables rules: its own chains, one tagged jump into each, and
+nothing else.
 
-With br_netfilter loaded and net.bridge.bridge-nf-call-iptables=1 (Docker
-does both), frames bridged between two taps traverse the iptables FORWARD
-chain, whose policy Docker sets to DROP. The per-bridge nf_call_iptables=0
-does not help: the kernel calls iptables if the global sysctl *or* the bridge
-option is set. So one ACCEPT rule, tagged with the lab, goes into DOCKER-USER
-(where Docker wants user rules) or FORWARD; it is recorded in the ledger,
-checked with -C before adding, and removed at teardown or by the next sweep.
-The chain policy is never changed.
+Why rules at all:
+- Forwarding. Docker sets the FORWARD policy to DROP, and with br_netfilter
+  (bridge-nf-call-iptables=1) even frames bridged between two taps traverse
+  FORWARD. The per-bridge nf_call_iptables=0 does not help: the kernel calls
+  iptables if the global sysctl *or* the bridge option is set. So the lab's
+  traffic is accepted in our chain, jumped to first from DOCKER-USER (where
+  Docker wants user rules; it jumps there before its own) or else FORWARD.
+- NAT uplink: MASQUERADE scoped to `-s SUBNET ! -d SUBNET -o UPLINK`, and an
+  MSS clamp for uplinks with a smaller MTU.
+- Chains: BL-<hash>-FWD in filter (jumped to from DOCKER-USER or FORWARD),
+  BL-<hash>-NAT in nat (from POSTROUTING, nat mode only).
 
-The rule must go into the backend (nft or legacy) the host's own rules use:
-the kernel runs both, so an ACCEPT in one does not undo a DROP in the other.
-A container ships its own iptables, whose default need not match the host's.
+How:
+- Chains are named BL-<lab hash>-FWD/NAT; every rule and jump carries the
+  comment `bridgelab lab=NAME`. The whole set goes in with one
+  `iptables-restore --noflush` (atomic: all or nothing), after removing any
+  earlier copy, so it is never duplicated.
+- Removal reads `iptables-save` and deletes exactly our jumps and chains, in
+  every backend, whether or not the ledger survived. Chain policies and other
+  rules are never touched.
+- Rules go into the backend (nft or legacy) that holds the host's rules: the
+  kernel runs both, so an ACCEPT in one does not undo a DROP in the other. A
+  container ships its own iptables, whose default need not match the host's.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import hashlib
 import logging
 import os
 import re
+import shlex
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import proc
 from .errors import HostNetError
 from .hostnet import Ledger
+from .plan import LabPlan
 
 log = logging.getLogger(__name__)
 
 BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+BACKENDS = ("nft", "legacy")
+_POLICY_DROP = re.compile(r"^:\S+ DROP ")
 
 
 def bridged_frames_hit_iptables() -> bool:
@@ -40,10 +57,7 @@ def bridged_frames_hit_iptables() -> bool:
         return False
 
 
-BACKENDS = ("nft", "legacy")
-
-
-_POLICY_DROP = re.compile(r"^:\S+ DROP ")
+# ---------------------------------------------------------------- backend
 
 
 def _rule_lines(save_output: str) -> int:
@@ -53,12 +67,13 @@ def _rule_lines(save_output: str) -> int:
                if line.startswith(("-A", ":DOCKER")) or _POLICY_DROP.match(line))
 
 
-def choose_backend(override: str | None, rules: dict[str, int], available: set[str]) -> tuple[str, str]:
+def choose_backend(override: str | None, rules: dict[str, int], available: set[str],
+                   source: str = "BRIDGELAB_IPTABLES") -> tuple[str, str]:
     """Pure: (backend, reason). The backend holding the host's rules wins; nft on a tie."""
     if override:
         if override not in BACKENDS:
-            raise HostNetError(f"BRIDGELAB_IPTABLES={override!r}: expected one of {', '.join(BACKENDS)}")
-        return override, "BRIDGELAB_IPTABLES"
+            raise HostNetError(f"{source}={override!r}: expected one of {', '.join(BACKENDS)}")
+        return override, source
     usable = [b for b in BACKENDS if b in available]
     if not usable:
         raise HostNetError("neither iptables-nft nor iptables-legacy is installed")
@@ -66,58 +81,284 @@ def choose_backend(override: str | None, rules: dict[str, int], available: set[s
     return best, "rules present: " + ", ".join(f"{b} {rules.get(b, 0)}" for b in usable)
 
 
-@functools.cache
-def iptables() -> str:
-    """The iptables command for the host's backend, decided once and logged."""
-    available = {b for b in BACKENDS if shutil.which(f"iptables-{b}")}
-    rules = {b: _rule_lines(proc.run([f"iptables-{b}-save"], check=False).stdout) for b in available}
-    backend, reason = choose_backend(os.environ.get("BRIDGELAB_IPTABLES"), rules, available)
+def available_backends() -> set[str]:
+    return {b for b in BACKENDS if shutil.which(f"iptables-{b}")}
+
+
+def save(cmd: str) -> str:
+    return proc.run([f"{cmd}-save"], check=False).stdout
+
+
+def iptables(lab_choice: str | None = None) -> str:
+    """The iptables command for the host's backend: $BRIDGELAB_IPTABLES, else
+    the lab file's `firewall.backend`, else the backend holding the host's rules."""
+    available = available_backends()
+    env = os.environ.get("BRIDGELAB_IPTABLES")
+    override, source = (env, "BRIDGELAB_IPTABLES") if env else (lab_choice, "firewall.backend")
+    rules = {} if override else {b: _rule_lines(save(f"iptables-{b}")) for b in available}
+    backend, reason = choose_backend(override, rules, available, source)
     log.info("iptables backend: %s (%s)", backend, reason)
     return f"iptables-{backend}"
 
 
-def rule_args(bridge: str, tag: str) -> list[str]:
-    return ["-i", bridge, "-o", bridge, "-m", "comment", "--comment", tag, "-j", "ACCEPT"]
+# ---------------------------------------------------------------- the rule set (pure)
+
+
+def lab_tag(lab: str) -> str:
+    return f"bridgelab lab={lab}"
+
+
+def chain_prefix(lab: str) -> str:
+    return "BL-" + hashlib.sha256(lab.encode()).hexdigest()[:8] + "-"
+
+
+@dataclass(frozen=True)
+class Chain:
+    table: str
+    name: str
+    parent: str  # the built-in (or DOCKER-USER) chain that jumps here, first
+    rules: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    tag: str
+    chains: tuple[Chain, ...] = field(default=())
+    cmd: str | None = None  # the iptables it went into, once installed
+
+    def chain(self, table: str) -> Chain | None:
+        return next((c for c in self.chains if c.table == table), None)
+
+
+def lab_ruleset(plan: LabPlan, bridged: bool, docker_user: bool) -> Ruleset:
+    """What the lab needs: nothing without an uplink unless bridged frames
+    meet iptables; with an uplink, forwarding both ways, and NAT for `nat`."""
+    tag, prefix, br = lab_tag(plan.name), chain_prefix(plan.name), plan.bridge
+    up = plan.uplink
+    if up is None and not bridged:
+        return Ruleset(tag)
+    fwd: list[tuple[str, ...]] = [("-i", br, "-o", br, "-j", "ACCEPT")]
+    chains = []
+    if up is not None:
+        net = str(plan.subnet)
+        if up.mode == "nat":
+            fwd += [("-i", br, "-o", up.interface, "-s", net, "-j", "ACCEPT"),
+                    ("-i", up.interface, "-o", br, "-d", net, "-m", "conntrack", "--ctstate",
+                     "RELATED,ESTABLISHED", "-j", "ACCEPT")]
+            chains.append(Chain("nat", prefix + "NAT", "POSTROUTING",
+                                (("-s", net, "!", "-d", net, "-o", up.interface, "-j", "MASQUERADE"),)))
+        else:  # proxy-arp: LAN hosts reach the guests directly, by design
+            fwd += [("-i", br, "-o", up.interface, "-j", "ACCEPT"),
+                    ("-i", up.interface, "-o", br, "-j", "ACCEPT")]
+        # Clamp MSS to the path MTU for uplinks with a smaller MTU (PPPoE,
+        # VPN). In filter's FORWARD, not mangle: TCPMSS does not end the
+        # chain, and no extra table is loaded on a host that had none.
+        clamp = ("-p", "tcp", "--tcp-flags", "SYN,RST", "SYN", "-j", "TCPMSS", "--clamp-mss-to-pmtu")
+        fwd[:0] = [("-i", br, "-o", up.interface, *clamp), ("-i", up.interface, "-o", br, *clamp)]
+    chains.insert(0, Chain("filter", prefix + "FWD", "DOCKER-USER" if docker_user else "FORWARD", tuple(fwd)))
+    return Ruleset(tag, tuple(chains))
+
+
+def _comment(tag: str) -> str:
+    return f'-m comment --comment "{tag}"'
+
+
+def restore_input(rs: Ruleset) -> str:
+    """`iptables-restore --noflush` input that creates our chains and jumps.
+    Declaring a user chain creates (or empties) it; built-in chains are never
+    declared, so their policies are untouched."""
+    out = []
+    for table in dict.fromkeys(c.table for c in rs.chains):
+        out.append(f"*{table}")
+        mine = [c for c in rs.chains if c.table == table]
+        out += [f":{c.name} - [0:0]" for c in mine]
+        for c in mine:
+            # Plain join: every token is an option, a validated interface
+            # name or a CIDR (iptables-restore would take a quoted '!' literally).
+            out += [f"-A {c.name} {' '.join(r)} {_comment(rs.tag)}" for r in c.rules]
+            out.append(f"-I {c.parent} 1 {_comment(rs.tag)} -j {c.name}")
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def _tagged(args: list[str], tag: str) -> bool:
+    return any(a == "--comment" and i + 1 < len(args) and args[i + 1] == tag for i, a in enumerate(args))
+
+
+def removal_input(save_output: str, tag: str, prefix: str) -> str | None:
+    """`iptables-restore --noflush` input that deletes every jump tagged `tag`
+    and every chain named `prefix*`, read from the current `iptables-save`.
+    None when there is nothing of ours."""
+    tables: dict[str, list[str]] = {}
+    chains: dict[str, list[str]] = {}
+    table = ""
+    for line in save_output.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":") and line[1:].startswith(prefix):
+            chains.setdefault(table, []).append(line[1:].split()[0])
+        elif line.startswith("-A "):
+            args = shlex.split(line)
+            if not args[1].startswith(prefix) and _tagged(args, tag):
+                tables.setdefault(table, []).append("-D " + line[3:])
+    if not tables and not chains:
+        return None
+    out = []
+    for t in dict.fromkeys([*tables, *chains]):
+        out += [f"*{t}", *tables.get(t, [])]
+        out += [f"-F {c}" for c in chains.get(t, [])] + [f"-X {c}" for c in chains.get(t, [])]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def normalize_save(save_output: str) -> list[str]:
+    """iptables-save without its timestamps and packet counters: what must be
+    identical before a lab starts and after it stops."""
+    return [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in save_output.splitlines()
+            if line and not line.startswith("#")]
+
+
+# ---------------------------------------------------------------- effects
+
+
+def _restore(cmd: str, text: str) -> None:
+    proc.run([f"{cmd}-restore", "-w", "--noflush"], input=text)
+
+
+def remove_lab(lab: str, backends: list[str] | None = None) -> list[str]:
+    """Delete our chains and tagged jumps for `lab` in every backend (or the
+    ones named). Returns the backends that had any."""
+    cleaned = []
+    for cmd in backends or [f"iptables-{b}" for b in sorted(available_backends())]:
+        if not shutil.which(cmd):
+            continue
+        text = removal_input(save(cmd), lab_tag(lab), chain_prefix(lab))
+        if text is not None:
+            _restore(cmd, text)
+            cleaned.append(cmd)
+            log.info("%s: removed the rules of lab %s", cmd, lab)
+    return cleaned
 
 
 def _chain_exists(cmd: str, chain: str) -> bool:
     return proc.run([cmd, "-w", "-n", "-L", chain], check=False).returncode == 0
 
 
-def _present(cmd: str, chain: str, args: list[str]) -> bool:
-    return proc.run([cmd, "-w", "-C", chain, *args], check=False).returncode == 0
-
-
-def allow_bridged(ledger: Ledger, bridge: str, tag: str) -> bool:
-    """Add the ACCEPT rule if bridged frames would meet iptables. True if added."""
-    if not bridged_frames_hit_iptables():
-        return False
+def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
+    """Install the lab's rules (replacing any earlier copy). Records the backend."""
+    bridged = bridged_frames_hit_iptables()
+    if plan.uplink is None and not bridged:
+        return Ruleset(lab_tag(plan.name))
     try:
-        cmd = iptables()
+        cmd = iptables(plan.iptables_backend)
     except HostNetError as e:
+        if plan.uplink is not None:
+            raise
         log.warning("bridged frames go through iptables here, but %s: "
-                    "if guests cannot reach each other, allow forwarding on %s", e, bridge)
-        return False
-    chain = "DOCKER-USER" if _chain_exists(cmd, "DOCKER-USER") else "FORWARD"
-    args = rule_args(bridge, tag)
-    if _present(cmd, chain, args):
-        return False
-    proc.run([cmd, "-w", "-I", chain, "1", *args])
-    ledger.add({"kind": "iptables", "cmd": cmd, "chain": chain, "args": args})
-    log.info("%s: accept bridged traffic on %s in %s", cmd, bridge, chain)
-    return True
+                    "if guests cannot reach each other, allow forwarding on %s", e, plan.bridge)
+        return Ruleset(lab_tag(plan.name))
+    rs = lab_ruleset(plan, bridged, _chain_exists(cmd, "DOCKER-USER"))
+    remove_lab(plan.name, [cmd])
+    present = tables_in(save(cmd))
+    ledger.add({"kind": "firewall", "cmd": cmd, "lab": plan.name,
+                "new_tables": [c.table for c in rs.chains if c.table not in present]})
+    _restore(cmd, restore_input(rs))
+    rs = dataclasses.replace(rs, cmd=cmd)
+    log.info("%s: %s", cmd, "; ".join(f"{c.table} {c.name} <- {c.parent} ({len(c.rules)} rules)"
+                                      for c in rs.chains))
+    return rs
 
 
 def remove_recorded(ledger: Ledger) -> list[str]:
-    """Delete the rules in the ledger (only exact, still-present matches)."""
-    removed: list[str] = []
-    for e in [e for e in ledger.entries if e["kind"] == "iptables"]:
-        cmd = e.get("cmd", "iptables")
-        if ledger.is_current(e) and shutil.which(cmd) and _present(cmd, e["chain"], e["args"]):
-            proc.run([cmd, "-w", "-D", e["chain"], *e["args"]])
-            removed.append(e["chain"])
+    """Remove the rules of every lab in the ledger, from every backend: the
+    ledger says which labs, the tags say which rules."""
+    cleaned: list[str] = []
+    for e in [e for e in ledger.entries if e["kind"] in ("firewall", "iptables")]:
+        if ledger.is_current(e) and "lab" in e:
+            cleaned += remove_lab(e["lab"])
+            if e.get("cmd") == "iptables-nft":
+                _drop_empty_nft_tables(e.get("new_tables", []))
         ledger.drop(e)
-    return removed
+    return cleaned
 
 
-__all__ = ["allow_bridged", "bridged_frames_hit_iptables", "choose_backend", "iptables", "remove_recorded", "rule_args"]
+def tables_in(save_output: str) -> set[str]:
+    return {line[1:].strip() for line in save_output.splitlines() if line.startswith("*")}
+
+
+def empty_table(save_output: str, table: str) -> bool:
+    """Pure: the table holds no rule, no user chain and no DROP policy."""
+    lines, inside = [], False
+    for line in save_output.splitlines():
+        if line.startswith("*"):
+            inside = line[1:].strip() == table
+        elif inside and line != "COMMIT" and not line.startswith("#"):
+            lines.append(line)
+    builtin = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+    return all(line.startswith(":") and line[1:].split()[0] in builtin and line.split()[1] == "ACCEPT"
+               for line in lines)
+
+
+def _drop_empty_nft_tables(tables: list[str]) -> None:
+    """iptables-nft creates a table (nat, mangle) on first use and leaves it
+    behind, empty: delete the ones bridgelab brought in, if still empty, so
+    `iptables-save` reads as before. (The legacy backend cannot: a table is a
+    kernel module there, and stays loaded.)"""
+    if not tables or not shutil.which("nft"):
+        return
+    current = save("iptables-nft")
+    for table in tables:
+        if table in tables_in(current) and empty_table(current, table):
+            proc.run(["nft", "delete", "table", "ip", table], check=False)
+
+
+def rule_counters(cmd: str, table: str, chain: str) -> list[int]:
+    """Packets matched by each rule of `chain`, in order."""
+    out = proc.run([cmd, "-w", "-t", table, "-L", chain, "-n", "-v", "-x"], check=False).stdout
+    return [int(line.split()[0]) for line in out.splitlines()[2:] if line.strip()]
+
+
+# ---------------------------------------------------------------- other firewalls
+
+
+def host_firewalls(saves: dict[str, str], nft_tables: str) -> list[str]:
+    """Pure: which host firewall managers are active ('firewalld', 'ufw')."""
+    found = []
+    if re.search(r"^table inet firewalld\b", nft_tables, re.MULTILINE):
+        found.append("firewalld")
+    if any(":ufw-" in s for s in saves.values()):
+        found.append("ufw")
+    return found
+
+
+def firewall_hints(managers: list[str], plan: LabPlan) -> list[str]:
+    """The exact commands that let lab traffic through each manager."""
+    br, up = plan.bridge, plan.uplink.interface if plan.uplink else None
+    hints = []
+    if "firewalld" in managers:
+        # firewalld filters in its own nft table: an ACCEPT in iptables is not
+        # final there, so its zones must let the lab through.
+        hints.append(f"firewalld: firewall-cmd --zone=trusted --add-interface={br} "
+                     f"(and again with --permanent to keep it)")
+        if plan.uplink is not None and plan.uplink.mode == "proxy-arp":
+            hints.append("firewalld: firewall-cmd --permanent --new-policy bridgelab-lan && "
+                         "firewall-cmd --permanent --policy bridgelab-lan --add-ingress-zone "
+                         f"$(firewall-cmd --get-zone-of-interface={up}) && firewall-cmd --permanent --policy "
+                         "bridgelab-lan --add-egress-zone trusted && firewall-cmd --permanent --policy "
+                         "bridgelab-lan --set-target ACCEPT && firewall-cmd --reload")
+    if "ufw" in managers:
+        hints.append(f"ufw: ufw route allow in on {br}" + (f" out on {up}" if up else ""))
+        if up:
+            hints.append(f"ufw: ufw route allow in on {up} out on {br}")
+    return hints
+
+
+def detect_host_firewalls() -> list[str]:
+    saves = {b: save(f"iptables-{b}") for b in available_backends()}
+    tables = proc.run(["nft", "list", "tables"], check=False).stdout if shutil.which("nft") else ""
+    return host_firewalls(saves, tables)
+
+
+__all__ = ["Ruleset", "apply", "bridged_frames_hit_iptables", "choose_backend", "chain_prefix", "detect_host_firewalls",
+           "firewall_hints", "host_firewalls", "iptables", "lab_ruleset", "lab_tag", "normalize_save",
+           "remove_lab", "remove_recorded", "removal_input", "restore_input", "rule_counters"]

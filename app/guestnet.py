@@ -51,15 +51,25 @@ def _active_with(console: Console, iface: str, name: str, cfg: nmcli.NetConfig) 
     """Is `name` the active profile on `iface`, with exactly the wanted address live?"""
     active = nmcli.parse_terse(console.check(nmcli.active_profile_cmd(iface), NMCLI_TIMEOUT))
     live = nmcli.parse_addresses(console.check(nmcli.addresses_cmd(iface)))
-    return active.get("GENERAL.CONNECTION") == name and live == [cfg.address]
+    return active.get("GENERAL.CONNECTION") == name and _address_ok(live, cfg)
+
+
+def _address_ok(live: list[ipaddress.IPv4Interface], cfg: nmcli.NetConfig) -> bool:
+    return bool(live) if cfg.side_nic else live == [cfg.address]
 
 
 def verify(console: Console, cfg: nmcli.NetConfig, iface: str | None = None) -> str:
-    """The address must be live on the NIC with that MAC, and be its only IPv4."""
+    """The address must be live on the NIC with that MAC, and be its only IPv4;
+    a side NIC needs an address and must not carry a default route."""
     iface = iface or find_iface(console, cfg.mac)
     live = nmcli.parse_addresses(console.check(nmcli.addresses_cmd(iface)))
-    if live != [cfg.address]:
-        raise NetworkConfigError(f"{iface} has {[str(a) for a in live]}, expected [{cfg.address}]")
+    if not _address_ok(live, cfg):
+        expected = "a DHCP address" if cfg.side_nic else f"[{cfg.address}]"
+        raise NetworkConfigError(f"{iface} has {[str(a) for a in live]}, expected {expected}")
+    if cfg.side_nic:
+        defaults = nmcli.parse_default_devices(console.check(nmcli.default_routes_cmd()))
+        if iface in defaults:
+            raise NetworkConfigError(f"{iface} (user-mode NIC) carries a default route: {defaults}")
     return iface
 
 
@@ -74,3 +84,9 @@ def ping_all(console: Console, targets: list[ipaddress.IPv4Address]) -> dict[str
 def neighbour(console: Console, ip: ipaddress.IPv4Address) -> str:
     """The guest's ARP state for ip: 'resolved', 'failed' or 'none'."""
     return nmcli.parse_neighbour(console.check(nmcli.neighbour_cmd(str(ip))))
+
+
+def route_get(console: Console, ip: ipaddress.IPv4Address) -> str | None:
+    """The guest's `ip route get` for ip, or None when it has no route."""
+    rc, out = console.run(nmcli.route_get_cmd(str(ip)))
+    return out.strip() if rc == 0 else None

@@ -170,14 +170,14 @@ class HostNet:
             raise HostNetError(f"{ifname} is a {state.kind}, expected a {kind}")
         return state
 
-    def ensure_bridge(self, ifname: str, address: ipaddress.IPv4Interface, mac: str) -> LinkState:
+    def ensure_bridge(self, ifname: str, address: ipaddress.IPv4Interface | None, mac: str) -> LinkState:
         state = self._existing(ifname, "bridge", with_addresses=True)
         if state is None:
             # Guest<->guest frames crossing iptables on Docker hosts are handled
             # in firewall.py: a per-bridge nf_call_iptables=0 cannot override
             # the global br_netfilter sysctl.
             state = self._create(ifname, "bridge", kind="bridge", address=mac, br_stp_state=0)
-        if str(address) not in state.addresses:
+        if address is not None and str(address) not in state.addresses:
             try:
                 self.ipr.addr("add", index=state.index, address=str(address.ip), prefixlen=address.network.prefixlen)
             except NetlinkError as e:
@@ -259,7 +259,7 @@ def sweep(ledger: Ledger, owner: str) -> tuple[list[int], list[str]]:
     return killed, removed
 
 
-def apply(net: HostNet, bridge: str, address: ipaddress.IPv4Interface, bridge_mac: str,
+def apply(net: HostNet, bridge: str, address: ipaddress.IPv4Interface | None, bridge_mac: str,
           taps: Iterable[str]) -> dict[str, LinkState]:
     """Converge the bridge and its taps; returns the state of each link."""
     br = net.ensure_bridge(bridge, address, bridge_mac)

@@ -23,16 +23,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from . import declared, firewall, guestnet, hostnet
+from . import declared, firewall, guestnet, hostnet, selftest, uplink
 from .agent import AgentUnavailable, GuestAgent
 from .console import Console, quote, strip_escapes
 from .errors import (BridgelabError, ConsoleTimeout, FieldIssue, GuestBusy, HostNetError, ImageError,
                      SpecError, UnknownGuest)
 from .guest import GuestProcess, tail
 from .images import Image, resolve_image
-from .nmcli import NetConfig
+from .nmcli import NetConfig, side_nic
 from .plan import GuestPlan, HostFacts, LabPlan, check_new_ip, make_plan
-from .schemas import (AddGuest, ExecRequest, ExecResult, FailedGuest, GuestView, MeshPair, MeshReport,
+from .schemas import (AddGuest, ExecRequest, ExecResult, FailedGuest, GuestView, MeshPair, MeshReport, UplinkProbe,
                       NetworkRequest, WaitResult)
 from .spec import Lab, own_net_problems, parse_lab_data
 
@@ -135,6 +135,10 @@ class LabRunner:
         self._topology = asyncio.Lock()  # add/remove: one at a time
         self._announced = False
         self._stopping = False
+        self.firewall_hints: list[str] = []
+        self.ruleset = firewall.Ruleset(firewall.lab_tag(plan.name))
+        self._probe_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ host side (sync)
 
@@ -152,15 +156,17 @@ class LabRunner:
 
     def setup_host(self) -> None:
         assert self.ledger is not None, "lock() first"
-        firewall.remove_recorded(self.ledger)
-        hostnet.sweep(self.ledger, self._owner())
+        self._sweep()
         net = hostnet.HostNet(self.ledger, self._owner())
         try:
             hostnet.apply(net, self.plan.bridge, self.plan.bridge_address, self.plan.bridge_mac,
                           [g.tap for g in self.plan.guests])
-            firewall.allow_bridged(self.ledger, self.plan.bridge, self._owner())
+            self.ruleset = firewall.apply(self.ledger, self.plan)
+            uplink.apply(self.ledger, self.plan)
+            self._warn_host_firewalls()
         except BaseException:
             firewall.remove_recorded(self.ledger)
+            uplink.teardown(self.ledger)
             net.teardown()
             raise
         finally:
@@ -173,11 +179,31 @@ class LabRunner:
         assert self.ledger is not None
         return GuestRuntime(plan=g, process=GuestProcess(g, self.ledger), on_change=self._notify)
 
+    def _sweep(self) -> None:
+        """What a killed run left: its processes, rules, routes, sysctls, links.
+        Rules are also swept by tag, in case the ledger itself was lost."""
+        assert self.ledger is not None
+        hostnet.kill_recorded_processes(self.ledger)
+        firewall.remove_recorded(self.ledger)
+        firewall.remove_lab(self.plan.name)
+        uplink.teardown(self.ledger)
+        hostnet.sweep(self.ledger, self._owner())
+
+    def _warn_host_firewalls(self) -> None:
+        if self.plan.uplink is None and not firewall.bridged_frames_hit_iptables():
+            return
+        managers = firewall.detect_host_firewalls()
+        self.firewall_hints = firewall.firewall_hints(managers, self.plan)
+        for hint in self.firewall_hints:
+            log.warning("%s is active and may drop lab traffic; if the self-test fails at netfilter, run: %s",
+                        hint.split(":", 1)[0], hint.split(": ", 1)[1])
+
     def teardown_host(self) -> None:
         if self.ledger is None:
             return
         hostnet.kill_recorded_processes(self.ledger)
         firewall.remove_recorded(self.ledger)
+        uplink.teardown(self.ledger)
         net = hostnet.HostNet(self.ledger, self._owner())
         try:
             net.teardown()
@@ -205,6 +231,14 @@ class LabRunner:
             net.ensure_tap(tap, bridge)
         finally:
             net.close()
+
+    def _move_route(self, old: ipaddress.IPv4Address | None, new: ipaddress.IPv4Address | None) -> None:
+        """proxy-arp: the /32 route follows a guest's address."""
+        assert self.ledger is not None
+        if old is not None:
+            uplink.remove_guest_route(self.ledger, old)
+        if new is not None:
+            uplink.add_guest_route(self.ledger, new, self.plan.bridge)
 
     def _remove_tap(self, tap: str) -> None:
         assert self.ledger is not None
@@ -276,6 +310,8 @@ class LabRunner:
             await self._login(g)
             g.enter(State.configuring)
             g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())
+            if g.plan.user_nic is not None:
+                await self._in_thread(guestnet.configure, g.console, side_nic(g.plan.user_nic.mac))
             g.stage("configured")
         except asyncio.CancelledError:
             raise
@@ -317,7 +353,7 @@ class LabRunner:
     def _peers(self, g: GuestRuntime) -> list[ipaddress.IPv4Address]:
         others = [o.plan.ip.ip for o in self.guests.values()
                   if o is not g and o.state in (State.verifying, State.ready)]
-        return [self.plan.bridge_address.ip, *others]
+        return [self.plan.host_address.ip, *others]
 
     async def _verify_mesh(self, g: GuestRuntime) -> None:
         if g.state is not State.verifying:
@@ -345,6 +381,26 @@ class LabRunner:
                  else f"{g.plan.name} {g.state.value.upper()}" + (f" ({g.reason})" if g.reason else "")
                  for g in self.guests.values()]
         log.info("lab %s ready: %s (API: GET /guests)", self.plan.name, ", ".join(parts))
+        if self.plan.uplink is not None:
+            task = asyncio.create_task(self._log_uplink_selftest())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _log_uplink_selftest(self) -> None:
+        up = self.plan.uplink
+        assert up is not None
+        if up.target is None:
+            log.info("uplink %s on %s: no self-test target (no gateway; set uplink.target)", up.mode, up.interface)
+            return
+        for g in [g for g in self.guests.values() if g.state is State.ready]:
+            try:
+                probe = await self.probe_uplink(g)
+            except BridgelabError as e:  # the guest got busy or went away meanwhile
+                log.info("uplink self-test from %s skipped: %s", g.plan.name, e)
+                continue
+            if probe is not None and probe.ok:
+                log.info("uplink self-test: %s reaches %s (%s on %s)", g.plan.name, up.target, up.mode,
+                         up.interface)
 
     # ------------------------------------------------------------ API operations
 
@@ -437,13 +493,13 @@ class LabRunner:
 
     async def set_network(self, name: str, req: NetworkRequest) -> GuestRuntime:
         g = self.get(name)
-        bridge_net = self.plan.bridge_address.network
-        prefix = req.prefix or bridge_net.prefixlen
-        gateway = req.gateway or self.plan.bridge_address.ip
+        subnet = self.plan.subnet
+        prefix = req.prefix or subnet.prefixlen
+        gateway = req.gateway or self.plan.default_gateway
         issues = [FieldIssue("ip", p) for p in check_new_ip(self.plan, name, req.ip)]
-        if req.gateway is not None and req.gateway not in bridge_net:
-            issues.append(FieldIssue("gateway", f"gateway {req.gateway} is not on {bridge_net}"))
-        elif not issues:
+        if req.gateway is not None and req.gateway not in subnet:
+            issues.append(FieldIssue("gateway", f"gateway {req.gateway} is not on {subnet}"))
+        elif not issues and gateway is not None:
             issues += [FieldIssue(f, m) for f, m in own_net_problems(req.ip, prefix, gateway)]
         if issues:
             raise SpecError(issues)
@@ -451,9 +507,12 @@ class LabRunner:
             self._require_shell(g)
             # Reserve the address in the plan before the first await, so two
             # concurrent requests can never pick the same IP.
+            old_ip = g.plan.ip.ip
             new = dataclasses.replace(g.plan, ip=ipaddress.IPv4Interface(f"{req.ip}/{prefix}"),
                                       gateway=gateway, dns=tuple(req.dns))
             self._replace_plan(new)
+            if self.plan.proxy_arp and old_ip != req.ip:
+                await self._in_thread(self._move_route, old_ip, req.ip)
             g.enter(State.configuring)
             try:
                 g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())
@@ -532,6 +591,8 @@ class LabRunner:
                 raise SpecError([_rebase(i, len(data["guests"]) - 1) for i in e.issues]) from None
             new = next(p for p in plan.guests if p.name == req.name)
             await self._in_thread(self._add_tap, new.tap)
+            if self.plan.proxy_arp:
+                await self._in_thread(self._move_route, None, new.ip.ip)
             self.plan = dataclasses.replace(self.plan, guests=(*self.plan.guests, new))
             self.source = dataclasses.replace(self.source, images=images)
             self.spec = declared.freeze(lab, self.plan)
@@ -549,6 +610,8 @@ class LabRunner:
             async with self._operating(g):
                 await self._stop_one(g)
                 await self._in_thread(self._remove_tap, g.plan.tap)
+                if self.plan.proxy_arp:
+                    await self._in_thread(self._move_route, g.plan.ip.ip, None)
                 del self.guests[name]
                 self.plan = dataclasses.replace(self.plan, guests=tuple(p for p in self.plan.guests
                                                                         if p.name != name))
@@ -567,11 +630,43 @@ class LabRunner:
         skipped = [g.plan.name for g in self.guests.values() if g.state is not State.ready]
         results = await asyncio.gather(*(self._mesh_from(g) for g in sources))
         pairs = [p for r in results for p in r]
-        return MeshReport(ok=bool(pairs) and all(p.ok for p in pairs), pairs=pairs, skipped=skipped)
+        probes = [p for g in sources if (p := await self.probe_uplink(g)) is not None]
+        return MeshReport(ok=bool(pairs) and all(p.ok for p in pairs) and all(p.ok for p in probes),
+                          pairs=pairs, uplink=probes, skipped=skipped)
+
+    async def probe_uplink(self, g: GuestRuntime) -> UplinkProbe | None:
+        """The guest pings the uplink's target; on failure, find the layer.
+        One probe at a time: the evidence includes host-wide rule counters."""
+        up = self.plan.uplink
+        if up is None or up.target is None:
+            return None
+        target = up.target
+        async with self._probe_lock, g.exec_lock:
+            console = self._require_shell(g)
+            before = await self._in_thread(selftest.counters, self.plan, self.ruleset)
+            reached = await self._in_thread(guestnet.ping_all, console, [target])
+            if reached.get(str(target)):
+                return UplinkProbe(source=g.plan.name, target=str(target), ok=True, layer="ok",
+                                   detail=f"ping answered through {up.mode} on {up.interface}")
+            after = await self._in_thread(selftest.counters, self.plan, self.ruleset)
+            ev = await self._in_thread(self._uplink_evidence, console, target, before, after)
+        layer, detail = selftest.diagnose(ev, self.plan, target, self.firewall_hints)
+        log.warning("uplink self-test: %s cannot reach %s: %s: %s", g.plan.name, target, layer, detail)
+        return UplinkProbe(source=g.plan.name, target=str(target), ok=False, layer=layer, detail=detail)
+
+    def _uplink_evidence(self, console: Console, target: ipaddress.IPv4Address,
+                         before: selftest.Counters, after: selftest.Counters) -> selftest.Evidence:
+        route = guestnet.route_get(console, target)
+        hop = selftest.next_hop(route, target) if route is not None else target
+        forwarding, proxy_arp = selftest.host_side(self.plan)
+        return selftest.Evidence(
+            guest_route=route, next_hop_arp=guestnet.neighbour(console, hop) if route is not None else "none",
+            ip_forward=forwarding, host_route_dev=selftest.host_route_dev(target), before=before, after=after,
+            host_reaches_target=selftest.host_reaches(target), uplink_proxy_arp=proxy_arp)
 
     async def _mesh_from(self, g: GuestRuntime) -> list[MeshPair]:
         targets: list[tuple[str, ipaddress.IPv4Address, GuestRuntime | None]] = [
-            ("bridge", self.plan.bridge_address.ip, None)]
+            ("bridge" if self.plan.bridge_address else "host", self.plan.host_address.ip, None)]
         targets += [(o.plan.name, o.plan.ip.ip, o) for o in self.guests.values() if o is not g]
         async with g.exec_lock:
             console = self._require_shell(g)
@@ -621,6 +716,8 @@ class LabRunner:
     async def stop(self) -> None:
         """Power every guest down in parallel, bounded; quit or kill the rest."""
         self._stopping = True
+        for t in self._background:
+            t.cancel()
         await asyncio.gather(*(self._stop_one(g) for g in self.guests.values()))
         self._settled.set()
 
@@ -660,16 +757,23 @@ class LabRunner:
         p = g.plan
         return GuestView(
             name=p.name, state=g.state.value, arch=p.arch, accel=p.accel,
-            ip=str(p.ip.ip), prefix=p.ip.network.prefixlen, gateway=str(p.gateway),
+            ip=str(p.ip.ip), prefix=p.ip.network.prefixlen, gateway=str(p.gateway) if p.gateway else None,
             dns=[str(d) for d in p.dns], mac=p.mac, tap=p.tap, pid=g.process.pid,
             timestamps=dict(g.timestamps), stages=dict(g.stages), reason=g.reason, mesh=dict(g.mesh),
-            changed=g.changed, console_tail=console_tail(p.paths.console_log))
+            changed=g.changed, console_tail=console_tail(p.paths.console_log),
+            ssh=f"127.0.0.1:{p.user_nic.ssh_port}" if p.user_nic else None)
 
     def summary(self) -> dict[str, Any]:
         states: dict[str, int] = {}
         for g in self.guests.values():
             states[g.state.value] = states.get(g.state.value, 0) + 1
-        return {"lab": self.plan.name, "bridge": self.plan.bridge, "address": str(self.plan.bridge_address),
+        up = self.plan.uplink
+        uplink_view = None if up is None else {
+            "mode": up.mode, "interface": up.interface, "reason": up.reason,
+            "lan": str(up.lan) if up.lan else None, "gateway": str(up.gateway) if up.gateway else None,
+            "target": str(up.target) if up.target else None, "firewall_hints": self.firewall_hints}
+        return {"lab": self.plan.name, "bridge": self.plan.bridge, "address": str(self.plan.host_address),
+                "uplink": uplink_view,
                 "started_at": self.started_at, "settled": self._settled.is_set(), "states": states}
 
 

@@ -22,6 +22,9 @@ PROFILE_FIELDS = (
     "ipv4.addresses",
     "ipv4.gateway",
     "ipv4.dns",
+    "ipv4.never-default",
+    "ipv4.ignore-auto-dns",
+    "ipv6.method",
     "connection.autoconnect",
     "connection.autoconnect-priority",
 )
@@ -34,9 +37,18 @@ _PING = re.compile(r"^(ok|fail) (\S+)$", re.MULTILINE)
 @dataclass(frozen=True)
 class NetConfig:
     mac: str
-    address: ipaddress.IPv4Interface
+    address: ipaddress.IPv4Interface | None  # None: DHCP (the user-mode NIC)
     gateway: ipaddress.IPv4Address | None
     dns: tuple[ipaddress.IPv4Address, ...] = ()
+
+    @property
+    def side_nic(self) -> bool:
+        """A DHCP NIC that must never own the default route or DNS."""
+        return self.address is None
+
+
+def side_nic(mac: str) -> NetConfig:
+    return NetConfig(mac=mac, address=None, gateway=None)
 
 
 def profile_name(mac: str) -> str:
@@ -71,6 +83,18 @@ def parse_terse(output: str) -> dict[str, str]:
 
 
 def desired_settings(cfg: NetConfig) -> dict[str, str]:
+    if cfg.side_nic:
+        # qemu's user network answers DHCP; its default route and DNS would
+        # steal the guest's traffic from the bridge, so both are refused.
+        return {
+            "802-3-ethernet.mac-address": cfg.mac.upper(),
+            "ipv4.method": "auto",
+            "ipv4.never-default": "yes",
+            "ipv4.ignore-auto-dns": "yes",
+            "ipv6.method": "disabled",
+            "connection.autoconnect": "yes",
+            "connection.autoconnect-priority": PRIORITY,
+        }
     return {
         "802-3-ethernet.mac-address": cfg.mac.upper(),
         "ipv4.method": "manual",
@@ -124,6 +148,19 @@ def addresses_cmd(iface: str) -> str:
 
 def parse_addresses(output: str) -> list[ipaddress.IPv4Interface]:
     return [ipaddress.IPv4Interface(a) for a in _INET.findall(output)]
+
+
+def route_get_cmd(ip: str) -> str:
+    return f"ip -4 route get {quote(ip)}"
+
+
+def default_routes_cmd() -> str:
+    return "ip -4 route show default"
+
+
+def parse_default_devices(output: str) -> list[str]:
+    """The devices of `ip route show default` lines."""
+    return [line.split(" dev ", 1)[1].split()[0] for line in output.splitlines() if " dev " in line]
 
 
 def ping_cmd(targets: list[str], deadline: int = 5) -> str:

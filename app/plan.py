@@ -14,7 +14,7 @@ from typing import Mapping
 
 from .errors import FieldIssue, SpecError
 from .images import BootStyle, Image
-from .spec import Accel, Arch, Guest, Lab, Login, ip_problems
+from .spec import Accel, Arch, Guest, Lab, Login, Uplink, UplinkMode, ip_problems
 
 # sun_path in struct sockaddr_un is 108 bytes including the NUL.
 UNIX_PATH_MAX = 107
@@ -23,9 +23,38 @@ BOOT_TIMEOUT = {"tcg": 600.0, "kvm": 120.0}
 
 
 @dataclass(frozen=True)
+class UplinkFacts:
+    """What the host's uplink interface looks like (read by uplink.detect)."""
+
+    interface: str
+    address: ipaddress.IPv4Interface | None  # the host's first IPv4 address on it
+    gateway: ipaddress.IPv4Address | None  # the default route's gateway, when it goes out here
+    wireless: bool  # /sys/class/net/IF/wireless exists
+    detected: bool  # picked as the default route's interface (not named in the lab file)
+
+
+@dataclass(frozen=True)
 class HostFacts:
     arch: str  # platform.machine(), e.g. "x86_64"
     kvm: bool  # /dev/kvm is usable
+    uplink: UplinkFacts | None = None  # read only when the lab has an uplink
+
+
+@dataclass(frozen=True)
+class UplinkPlan:
+    mode: str  # "nat" | "proxy-arp"
+    interface: str
+    reason: str  # why this mode and interface, for the logs and the API
+    lan: ipaddress.IPv4Interface | None  # the host's address on the uplink
+    gateway: ipaddress.IPv4Address | None
+    target: ipaddress.IPv4Address | None  # what the self-test pings
+
+
+@dataclass(frozen=True)
+class UserNicPlan:
+    mac: str
+    ssh_port: int
+    restrict: bool
 
 
 @dataclass(frozen=True)
@@ -47,7 +76,7 @@ class GuestPlan:
     cpus: int
     memory_mib: int
     ip: ipaddress.IPv4Interface
-    gateway: ipaddress.IPv4Address
+    gateway: ipaddress.IPv4Address | None
     dns: tuple[ipaddress.IPv4Address, ...]
     mac: str
     tap: str
@@ -57,16 +86,35 @@ class GuestPlan:
     qemu_args: tuple[str, ...]
     boot_timeout: float
     paths: GuestPaths
+    user_nic: UserNicPlan | None = None
 
 
 @dataclass(frozen=True)
 class LabPlan:
     name: str
     bridge: str
-    bridge_address: ipaddress.IPv4Interface
+    bridge_address: ipaddress.IPv4Interface | None  # None with proxy-arp: the bridge carries no address
+    host_address: ipaddress.IPv4Interface  # the host as guests see it, and the guests' network
     bridge_mac: str
     state_dir: Path
     guests: tuple[GuestPlan, ...] = field(default=())
+    uplink: UplinkPlan | None = None
+    iptables_backend: str | None = None  # from the lab file; None: detect
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return self.host_address.network
+
+    @property
+    def default_gateway(self) -> ipaddress.IPv4Address | None:
+        """The bridge address, or with proxy-arp the LAN's gateway."""
+        if self.bridge_address is not None:
+            return self.bridge_address.ip
+        return self.uplink.gateway if self.uplink else None
+
+    @property
+    def proxy_arp(self) -> bool:
+        return self.uplink is not None and self.uplink.mode == "proxy-arp"
 
     def guest(self, name: str) -> GuestPlan | None:
         return next((g for g in self.guests if g.name == name), None)
@@ -110,11 +158,70 @@ def resolve_accel(g: Guest, host: HostFacts) -> tuple[str, str | None]:
     return g.accel.value, None
 
 
-def allocate_ips(lab: Lab) -> list[ipaddress.IPv4Address | None]:
+def allocate_ips(lab: Lab, host_address: ipaddress.IPv4Interface) -> list[ipaddress.IPv4Address | None]:
     """Explicit IPs stay; the rest get the lowest free host addresses, in guest order."""
-    taken = {lab.bridge.address.ip} | {g.ip for g in lab.guests if g.ip is not None}
-    pool = (ip for ip in lab.bridge.address.network.hosts() if ip not in taken)
+    taken = {host_address.ip} | {g.ip for g in lab.guests if g.ip is not None}
+    pool = (ip for ip in host_address.network.hosts() if ip not in taken)
     return [g.ip if g.ip is not None else next(pool, None) for g in lab.guests]
+
+
+def choose_uplink_mode(uplink: Uplink, facts: UplinkFacts) -> tuple[str, str]:
+    """Pure: (mode, reason) for an uplink that is not `none`."""
+    where = (f"{facts.interface} (the default route's interface)" if facts.detected
+             else f"{facts.interface} (named in the lab file)")
+    kind = "wireless" if facts.wireless else "wired"
+    if uplink.mode is UplinkMode.nat:
+        return "nat", f"mode nat on {where}"
+    if uplink.mode is UplinkMode.proxy_arp:
+        return "proxy-arp", f"mode proxy-arp on {where}"
+    if uplink.lan_reachable:
+        why = ("a wireless NIC cannot be a bridge port, so the host answers ARP for the guests"
+               if facts.wireless else "bridging the host's NIC would take its address away; proxy-ARP leaves it")
+        return "proxy-arp", f"auto: {where} is {kind} and lan_reachable is set: {why}"
+    return "nat", f"auto: {where} is {kind} and lan_reachable is not set: guests share the host's address"
+
+
+def plan_uplink(lab: Lab, facts: UplinkFacts | None) -> tuple[UplinkPlan | None, list[FieldIssue]]:
+    if lab.uplink.mode is UplinkMode.none:
+        return None, []
+    if facts is None:
+        return None, [FieldIssue("uplink", "the uplink interface was not inspected")]
+    mode, reason = choose_uplink_mode(lab.uplink, facts)
+    issues = []
+    where = "uplink.interface" if lab.uplink.interface else "uplink"
+    if facts.interface == lab.bridge.name:
+        issues.append(FieldIssue(where, f"{facts.interface} is the lab's own bridge"))
+    if mode == "proxy-arp" and facts.address is None:
+        issues.append(FieldIssue(where, f"{facts.interface} has no IPv4 address: proxy-arp puts guests on its LAN"))
+    bridge = lab.bridge.address
+    if bridge is not None and facts.address is not None and bridge.network.overlaps(facts.address.network):
+        issues.append(FieldIssue("bridge.address", f"{bridge.network} overlaps the uplink's LAN "
+                                                   f"{facts.address.network} on {facts.interface}"))
+    target = lab.uplink.target or facts.gateway
+    return UplinkPlan(mode=mode, interface=facts.interface, reason=reason, lan=facts.address,
+                      gateway=facts.gateway, target=target), issues
+
+
+def derive_ssh_port(lab: str, guest: str, taken: set[int]) -> int:
+    """Stable per lab+guest in 20000-29999; the next free one on a clash."""
+    port = 20000 + int.from_bytes(_digest("ssh", lab, guest)[:4], "big") % 10000
+    while port in taken:
+        port = 20000 + (port - 19999) % 10000
+    return port
+
+
+def plan_user_nics(lab: Lab) -> list[UserNicPlan | None]:
+    taken = {g.user_nic.ssh_port for g in lab.guests if g.user_nic and g.user_nic.ssh_port}
+    out: list[UserNicPlan | None] = []
+    for g in lab.guests:
+        if g.user_nic is None:
+            out.append(None)
+            continue
+        port = g.user_nic.ssh_port or derive_ssh_port(lab.name, g.name, taken)
+        taken.add(port)
+        out.append(UserNicPlan(mac=derive_mac(lab.name, g.name + "\0user"), ssh_port=port,
+                               restrict=g.user_nic.restrict))
+    return out
 
 
 def guest_paths(state_dir: Path, name: str) -> GuestPaths:
@@ -126,9 +233,17 @@ def guest_paths(state_dir: Path, name: str) -> GuestPaths:
 
 def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir: Path) -> LabPlan:
     """`images` maps each guest's `image` reference to the resolved image."""
-    issues: list[FieldIssue] = []
-    ips = allocate_ips(lab)
-    bridge_prefix = lab.bridge.address.network.prefixlen
+    uplink, issues = plan_uplink(lab, host.uplink)
+    if lab.bridge.address is not None:
+        host_address = lab.bridge.address
+    elif uplink is not None and uplink.lan is not None:
+        host_address = uplink.lan  # proxy-arp: guests live on the uplink's LAN
+    else:
+        raise SpecError(issues or [FieldIssue("bridge.address", "required unless the uplink is proxy-arp")])
+    default_gateway = host_address.ip if lab.bridge.address is not None else (uplink.gateway if uplink else None)
+    ips = allocate_ips(lab, host_address)
+    user_nics = plan_user_nics(lab)
+    bridge_prefix = host_address.network.prefixlen
     macs: dict[str, int] = {}
     taps: dict[str, int] = {lab.bridge.name: -1}
     guests: list[GuestPlan] = []
@@ -145,8 +260,14 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
         taps.setdefault(tap, i)
         ip = ips[i]
         if ip is None:
-            issues.append(FieldIssue(f"{at}.ip", f"no free address left in {lab.bridge.address.network}"))
+            issues.append(FieldIssue(f"{at}.ip", f"no free address left in {host_address.network}"))
             continue
+        if lab.bridge.address is None:  # proxy-arp: the spec could not check against the LAN
+            issues += [FieldIssue(f"{at}.ip", m) for m in ip_problems(ip, host_address)]
+            if ip == default_gateway:
+                issues.append(FieldIssue(f"{at}.ip", f"{ip} is the LAN gateway"))
+            if g.gateway is not None and g.gateway not in host_address.network:
+                issues.append(FieldIssue(f"{at}.gateway", f"{g.gateway} is not on the LAN {host_address.network}"))
         accel, problem = resolve_accel(g, host)
         if problem:
             issues.append(FieldIssue(f"{at}.accel", problem))
@@ -165,24 +286,27 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
         append = " ".join(a for a in (image.append, g.append or "") if a)
         guests.append(GuestPlan(
             name=g.name, arch=g.arch, accel=accel, cpus=g.cpus, memory_mib=g.memory,
-            ip=ipaddress.IPv4Interface(f"{ip}/{g.prefix or bridge_prefix}"), gateway=g.gateway or lab.bridge.address.ip,
+            ip=ipaddress.IPv4Interface(f"{ip}/{g.prefix or bridge_prefix}"), gateway=g.gateway or default_gateway,
             dns=tuple(g.dns), mac=mac, tap=tap, login=g.login or image.login, image=image,
             append=append, qemu_args=tuple(g.qemu_args),
-            boot_timeout=g.boot_timeout or BOOT_TIMEOUT[accel], paths=paths))
+            boot_timeout=g.boot_timeout or BOOT_TIMEOUT[accel], paths=paths, user_nic=user_nics[i]))
     if issues:
         raise SpecError(issues)
     return LabPlan(name=lab.name, bridge=lab.bridge.name, bridge_address=lab.bridge.address,
-                   bridge_mac=derive_bridge_mac(lab.name), state_dir=state_dir, guests=tuple(guests))
+                   host_address=host_address, bridge_mac=derive_bridge_mac(lab.name), state_dir=state_dir,
+                   guests=tuple(guests), uplink=uplink,
+                   iptables_backend=None if lab.firewall.backend == "auto" else lab.firewall.backend)
 
 
 def check_new_ip(plan: LabPlan, guest: str, ip: ipaddress.IPv4Address) -> list[str]:
     """Why `guest` may not move to `ip` (empty when it may)."""
-    problems = ip_problems(ip, plan.bridge_address)
+    problems = ip_problems(ip, plan.host_address)
     for g in plan.guests:
         if g.name != guest and g.ip.ip == ip:
             problems.append(f"{ip} is already used by guest {g.name}")
     return problems
 
 
-__all__ = ["BootStyle", "GuestPlan", "HostFacts", "LabPlan", "check_new_ip", "derive_mac", "derive_tap",
+__all__ = ["BootStyle", "GuestPlan", "HostFacts", "LabPlan", "UplinkFacts", "UplinkPlan", "UserNicPlan",
+           "choose_uplink_mode", "check_new_ip", "derive_mac", "derive_tap",
            "make_plan", "allocate_ips"]

@@ -82,11 +82,23 @@ def argv(g: GuestPlan) -> list[str]:
         "-netdev", f"tap,id=net0,ifname={g.tap},script=no,downscript=no"
                    + (",vhost=on" if g.accel == "kvm" else ""),
         "-device", f"virtio-net-{bus},netdev=net0,mac={g.mac}",
+        *_user_nic_args(g, bus),
         "-object", "rng-random,filename=/dev/urandom,id=rng0",
         "-device", f"virtio-rng-{bus},rng=rng0",
         *_boot_args(g, facts),
         *g.qemu_args,
     ]
+
+
+def _user_nic_args(g: GuestPlan, bus: str) -> list[str]:
+    """A second NIC on qemu's user network, only for ssh from the host: the
+    forward binds 127.0.0.1, never every interface as the seed's `hostfwd=tcp::PORT-:22` did."""
+    if g.user_nic is None:
+        return []
+    n = g.user_nic
+    return ["-netdev", f"user,id=net1,restrict={'on' if n.restrict else 'off'},"
+                       f"hostfwd=tcp:127.0.0.1:{n.ssh_port}-:22",
+            "-device", f"virtio-net-{bus},netdev=net1,mac={n.mac}"]
 
 
 def overlay_argv(g: GuestPlan) -> list[str]:

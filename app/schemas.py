@@ -30,7 +30,7 @@ class GuestView(BaseModel):
     accel: str
     ip: str
     prefix: int
-    gateway: str
+    gateway: str | None
     dns: list[str]
     mac: str
     tap: str
@@ -43,6 +43,7 @@ class GuestView(BaseModel):
     mesh: dict[str, bool] = Field(description="last mesh check from this guest: target IP -> reachable")
     changed: bool | None = Field(description="whether the last network configuration changed anything")
     console_tail: str
+    ssh: str | None = Field(default=None, description="host address of the user-mode NIC's ssh forward")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "name": "rv1", "state": "ready", "arch": "riscv64", "accel": "tcg", "ip": "10.198.101.1", "prefix": 24,
@@ -53,11 +54,22 @@ class GuestView(BaseModel):
         "console_tail": "bridgelab login: root"}]})
 
 
+class UplinkView(BaseModel):
+    mode: Literal["nat", "proxy-arp"]
+    interface: str
+    reason: str = Field(description="why this mode and interface (auto mode explains its choice)")
+    lan: str | None = Field(description="the host's address on the uplink")
+    gateway: str | None
+    target: str | None = Field(description="what the self-test pings beyond the uplink")
+    firewall_hints: list[str] = Field(description="commands to run when firewalld or ufw would drop lab traffic")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     lab: str
     bridge: str
-    address: str
+    address: str = Field(description="the host's address as the guests see it")
+    uplink: UplinkView | None
     started_at: float
     settled: bool
     states: dict[str, int]
@@ -120,9 +132,21 @@ class MeshPair(BaseModel):
     detail: str
 
 
+class UplinkProbe(BaseModel):
+    source: str
+    target: str
+    ok: bool
+    layer: Literal["ok", "guest", "l2", "netfilter", "nat_route"] = Field(
+        description="where the path to the target breaks: in the guest, at L2 (ARP), in netfilter, "
+                    "or in forwarding/NAT/routing")
+    detail: str
+
+
 class MeshReport(BaseModel):
     ok: bool
     pairs: list[MeshPair]
+    uplink: list[UplinkProbe] = Field(default_factory=list,
+                                      description="each guest to the uplink's self-test target, when there is one")
     skipped: list[str] = Field(description="guests that are not ready and so were not sources")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -115,7 +115,8 @@ class Login(_Model):
 
 class Bridge(_Model):
     name: IfName = "br0"
-    address: ipaddress.IPv4Interface
+    address: ipaddress.IPv4Interface | None = Field(
+        default=None, description="the host's address on the bridge; required unless the uplink is proxy-arp")
 
     @field_validator("address", mode="before")
     @classmethod
@@ -126,13 +127,55 @@ class Bridge(_Model):
 
     @field_validator("address")
     @classmethod
-    def _usable(cls, v: ipaddress.IPv4Interface) -> ipaddress.IPv4Interface:
+    def _usable(cls, v: ipaddress.IPv4Interface | None) -> ipaddress.IPv4Interface | None:
+        if v is None:
+            return v
         net = v.network
         if net.prefixlen > 30:
             raise ValueError(f"/{net.prefixlen} leaves no room for guests; use /30 or shorter")
         if v.ip in (net.network_address, net.broadcast_address):
             raise ValueError(f"{v.ip} is the network or broadcast address of {net}")
         return v
+
+
+class UplinkMode(str, Enum):
+    none = "none"
+    nat = "nat"
+    proxy_arp = "proxy-arp"
+    auto = "auto"
+
+
+class Uplink(_Model):
+    """How guests reach beyond the host."""
+
+    mode: UplinkMode = UplinkMode.none
+    interface: IfName | None = Field(default=None, description="default: the interface of the default route")
+    lan_reachable: bool = Field(
+        default=False, description="auto mode: guests take addresses on the uplink's LAN (proxy-arp) "
+                                   "so that LAN hosts reach them directly; otherwise NAT")
+    target: ipaddress.IPv4Address | None = Field(
+        default=None, description="what the self-test pings beyond the uplink; default: the uplink's gateway")
+
+    @property
+    def lan_addresses(self) -> bool:
+        """Do guests live on the uplink's LAN (proxy-arp) rather than the bridge subnet?"""
+        return self.mode is UplinkMode.proxy_arp or (self.mode is UplinkMode.auto and self.lan_reachable)
+
+
+class Firewall(_Model):
+    backend: Literal["auto", "nft", "legacy"] = Field(
+        default="auto", description="iptables backend; auto picks the one holding the host's rules. "
+                                    "$BRIDGELAB_IPTABLES overrides this")
+
+
+class UserNic(_Model):
+    """A second NIC on qemu user networking, only to reach the guest's ssh from the host."""
+
+    ssh_port: int | None = Field(default=None, ge=1024, le=65535,
+                                 description="host port on 127.0.0.1 forwarded to the guest's port 22; "
+                                             "default: derived from the lab and guest names")
+    restrict: bool = Field(default=True, description="isolate the guest from the host and the outside "
+                                                     "through this NIC (forwarded ports still work)")
 
 
 class Guest(_Model):
@@ -152,6 +195,12 @@ class Guest(_Model):
     accel: Accel = Accel.auto
     qemu_args: list[SafeStr] = Field(default_factory=list)
     boot_timeout: float | None = Field(default=None, gt=0, le=3600)
+    user_nic: UserNic | None = None
+
+    @field_validator("user_nic", mode="before")
+    @classmethod
+    def _user_nic_shorthand(cls, v: Any) -> Any:
+        return {} if v is True else None if v is False else v
 
     @field_validator("name")
     @classmethod
@@ -174,6 +223,8 @@ class Guest(_Model):
 class Lab(_Model):
     name: str = "bridgelab"
     bridge: Bridge
+    uplink: Uplink = Uplink()
+    firewall: Firewall = Firewall()
     guests: list[Guest] = Field(min_length=1)
 
     @field_validator("name")
@@ -227,10 +278,10 @@ def cross_check(bridge: Bridge | None, guests: list[tuple[int, Guest]]) -> list[
     """Checks that involve more than one field: duplicates and subnet membership.
     Runs on whatever validated, so one bad field does not hide the others."""
     issues: list[FieldIssue] = []
-    seen: dict[str, dict[Any, int]] = {"name": {}, "ip": {}, "mac": {}, "tap": {}}
+    seen: dict[str, dict[Any, int]] = {"name": {}, "ip": {}, "mac": {}, "tap": {}, "user_nic.ssh_port": {}}
     for i, g in guests:
         for field in seen:
-            value = getattr(g, field)
+            value = g.user_nic.ssh_port if field == "user_nic.ssh_port" and g.user_nic else getattr(g, field, None)
             if value is None:
                 continue
             if value in seen[field]:
@@ -242,6 +293,8 @@ def cross_check(bridge: Bridge | None, guests: list[tuple[int, Guest]]) -> list[
             continue
         if g.tap is not None and g.tap == bridge.name:
             issues.append(FieldIssue(f"guests[{i}].tap", f"{g.tap} is the bridge's name"))
+        if bridge.address is None:
+            continue  # guests live on the uplink's LAN: checked against it when planning
         if g.ip is not None:
             issues += [FieldIssue(f"guests[{i}].ip", m) for m in ip_problems(g.ip, bridge.address)]
         if g.gateway is not None and g.gateway not in bridge.address.network:
@@ -251,6 +304,22 @@ def cross_check(bridge: Bridge | None, guests: list[tuple[int, Guest]]) -> list[
             issues += [FieldIssue(f"guests[{i}].{f}", m) for f, m in own_net_problems(
                 g.ip, g.prefix, g.gateway or bridge.address.ip)]
     return issues
+
+
+def uplink_issues(lab: Lab) -> list[FieldIssue]:
+    """Where guests get their addresses follows from the uplink mode."""
+    if lab.uplink.lan_addresses:
+        issues = [FieldIssue(f"guests[{i}].ip", "with a proxy-arp uplink every guest needs an explicit ip "
+                                                "on the uplink's LAN (bridgelab cannot know which are free)")
+                  for i, g in enumerate(lab.guests) if g.ip is None]
+        if lab.bridge.address is not None:
+            issues.append(FieldIssue("bridge.address", "not used with a proxy-arp uplink: guests take addresses "
+                                                       "on the uplink's LAN; remove it"))
+        return issues
+    if lab.bridge.address is None:
+        return [FieldIssue("bridge.address", "required (for example 10.198.101.114/24) unless the uplink "
+                                             "is proxy-arp")]
+    return []
 
 
 def _valid_parts(data: dict[str, Any]) -> tuple[Bridge | None, list[tuple[int, Guest]]]:
@@ -313,7 +382,7 @@ def parse_lab_data(data: Any) -> Lab:
     except ValidationError as err:
         issues += pydantic_issues(err) + cross_check(*_valid_parts(data))
         raise SpecError(_dedupe(issues)) from None
-    issues += cross_check(lab.bridge, list(enumerate(lab.guests)))
+    issues += uplink_issues(lab) + cross_check(lab.bridge, list(enumerate(lab.guests)))
     if issues:
         raise SpecError(_dedupe(issues))
     return lab
@@ -332,7 +401,7 @@ def _dedupe(issues: list[FieldIssue]) -> list[FieldIssue]:
 
 
 __all__ = [
-    "Accel", "Arch", "Bridge", "Guest", "Lab", "Login", "IFNAMSIZ",
+    "Accel", "Arch", "Bridge", "Firewall", "Guest", "Lab", "Login", "IFNAMSIZ", "Uplink", "UplinkMode", "UserNic",
     "RESERVED_QEMU_OPTIONS", "load_lab_text", "parse_lab_data", "ip_problems", "normalize_mac",
     "parse_memory_mib", "has_control_chars",
 ]

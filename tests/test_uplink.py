@@ -1,0 +1,324 @@
+"""Uplink plumbing on real kernel objects: NAT and proxy-ARP, both iptables
+backends, under a hostile (Docker-like) firewall, with exact restoration.
+
+The topology, all in throwaway namespaces (never the machine's real NIC):
+
+    guest netns g1, g2 --veth-- [bridge in "host" netns] --up0 veth-- "lan" netns
+                                                                    10.77.0.1 (router)
+                                                                    10.77.0.50 (LAN host)
+
+Guests here are network namespaces behind veths: the host side (bridge,
+rules, sysctls, routes) is what is under test, and it cannot tell them from
+taps. The same modes with real riscv64 guests are in test_uplink_vm.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from pyroute2 import netns as pr_netns
+
+from bridgelab import firewall, hostnet, uplink
+from bridgelab.plan import HostFacts, LabPlan, make_plan
+from bridgelab.spec import parse_lab_data
+
+from .conftest import delete_netns, make_netns
+from .test_plan import image
+
+pytestmark = pytest.mark.netns
+
+LAN_ROUTER, LAN_HOST, HOST_UP = "10.77.0.1", "10.77.0.50", "10.77.0.10"
+
+
+def sh(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, check=check)
+
+
+@dataclass
+class Topology:
+    host: str
+    lan: str
+    guests: list[str] = field(default_factory=list)
+
+    def namespaces(self) -> list[str]:
+        return [self.host, self.lan, *self.guests]
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    t = Topology(host=make_netns("blu-h"), lan=make_netns("blu-l"))
+    try:
+        subprocess.run(["ip", "-n", t.host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
+                        "netns", t.lan], check=True)
+        for a in (f"{LAN_ROUTER}/24", f"{LAN_HOST}/24"):
+            subprocess.run(["ip", "-n", t.lan, "addr", "add", a, "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", t.lan, "link", "set", "eth0", "up"], check=True)
+        subprocess.run(["ip", "-n", t.host, "addr", "add", f"{HOST_UP}/24", "dev", "up0"], check=True)
+        subprocess.run(["ip", "-n", t.host, "link", "set", "up0", "up"], check=True)
+        subprocess.run(["ip", "-n", t.host, "route", "add", "default", "via", LAN_ROUTER], check=True)
+        yield t
+    finally:
+        for ns in t.namespaces():
+            delete_netns(ns)
+
+
+def add_guest(t: Topology, i: int, addr: str, gateway: str, bridge: str = "br0") -> str:
+    g = make_netns(f"blu-g{i}")
+    t.guests.append(g)
+    subprocess.run(["ip", "-n", t.host, "link", "add", f"vg{i}", "type", "veth", "peer", "name", "eth0",
+                    "netns", g], check=True)
+    subprocess.run(["ip", "-n", t.host, "link", "set", f"vg{i}", "master", bridge, "up"], check=True)
+    subprocess.run(["ip", "-n", g, "addr", "add", addr, "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", g, "link", "set", "eth0", "up"], check=True)
+    subprocess.run(["ip", "-n", g, "route", "add", "default", "via", gateway], check=True)
+    return g
+
+
+def hostile_firewall(ns: str, ipt: str) -> None:
+    """What Docker leaves: FORWARD policy DROP, FORWARD jumping to DOCKER-USER
+    first, and its own NAT chain."""
+    sh(ns, ipt, "-w", "-P", "FORWARD", "DROP")
+    sh(ns, ipt, "-w", "-N", "DOCKER-USER")
+    sh(ns, ipt, "-w", "-A", "DOCKER-USER", "-j", "RETURN")
+    sh(ns, ipt, "-w", "-A", "FORWARD", "-j", "DOCKER-USER")
+    sh(ns, ipt, "-w", "-t", "nat", "-N", "DOCKER")
+    sh(ns, ipt, "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0",
+       "-j", "MASQUERADE")
+
+
+def host_state(ns: str) -> dict[str, object]:
+    """Everything teardown must restore, read with the system's tools."""
+    saves = {b: firewall.normalize_save(sh(ns, f"iptables-{b}-save", check=False).stdout)
+             for b in ("nft", "legacy")}
+    sysctls = {k: sh(ns, "sysctl", "-n", k).stdout.strip()
+               for k in ("net.ipv4.ip_forward", "net.ipv4.conf.up0.proxy_arp", "net.ipv4.conf.up0.forwarding")}
+    routes = sh(ns, "ip", "-4", "route", "show", "table", "all").stdout
+    return {"iptables": saves, "sysctls": sysctls, "routes": routes}
+
+
+def ping(ns: str, target: str, source: str | None = None) -> bool:
+    src = ["-I", source] if source else []
+    return sh(ns, "ping", "-n", "-c", "1", "-w", "3", *src, target, check=False).returncode == 0
+
+
+def seen_source(lan: str, sender: str, target: str) -> str:
+    """The source address of an ICMP echo request as the LAN sees it: a raw
+    socket in the lan netns, while `sender` pings `target`."""
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", lan, sys.executable, "-c",
+         "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP);s.settimeout(10)\n"
+         "while True:\n"
+         " d,a=s.recvfrom(2048)\n"
+         " if d[20]==8: print(a[0],flush=True);break"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # the socket is open before the echo leaves
+        assert ping(sender, target)
+        out, _ = listener.communicate(timeout=10)
+        return out.strip()
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+
+
+class Lab:
+    """bridgelab's host side for one plan, run inside the host netns."""
+
+    def __init__(self, t: Topology, plan: LabPlan, state: Path):
+        self.t, self.plan = t, plan
+        self.ledger = hostnet.Ledger(state / "ledger.json")
+
+    def up(self) -> firewall.Ruleset:
+        pr_netns.pushns(self.t.host)
+        try:
+            net = hostnet.HostNet(self.ledger, "bridgelab test")
+            try:
+                hostnet.apply(net, self.plan.bridge, self.plan.bridge_address, self.plan.bridge_mac, [])
+            finally:
+                net.close()
+            rs = firewall.apply(self.ledger, self.plan)
+            uplink.apply(self.ledger, self.plan)
+            return rs
+        finally:
+            pr_netns.popns()
+
+    def down(self) -> None:
+        pr_netns.pushns(self.t.host)
+        try:
+            firewall.remove_recorded(self.ledger)
+            uplink.teardown(self.ledger)
+            net = hostnet.HostNet(self.ledger, "bridgelab test")
+            try:
+                net.teardown()
+            finally:
+                net.close()
+        finally:
+            pr_netns.popns()
+
+
+def plan_in(t: Topology, lab: dict[str, object], state: Path) -> LabPlan:
+    spec = parse_lab_data(lab)
+    pr_netns.pushns(t.host)
+    try:
+        facts = uplink.detect(spec.uplink.interface) if spec.uplink.mode.value != "none" else None
+    finally:
+        pr_netns.popns()
+    return make_plan(spec, {g.image: image(g.arch) for g in spec.guests},
+                     HostFacts(arch="x86_64", kvm=False, uplink=facts), state)
+
+
+def nat_lab(**uplink_extra: object) -> dict[str, object]:
+    return {"name": "upt", "bridge": {"name": "br0", "address": "10.198.101.254/24"},
+            "uplink": {"mode": "nat", **uplink_extra},
+            "guests": [{"name": "a", "image": "i", "ip": "10.198.101.1"},
+                       {"name": "b", "image": "i", "ip": "10.198.101.2"}]}
+
+
+def proxy_lab() -> dict[str, object]:
+    return {"name": "upt", "bridge": {"name": "br0"}, "uplink": {"mode": "proxy-arp", "interface": "up0"},
+            "guests": [{"name": "a", "image": "i", "ip": "10.77.0.201"},
+                       {"name": "b", "image": "i", "ip": "10.77.0.202"}]}
+
+
+def br_netfilter_on(ns: str) -> bool:
+    return sh(ns, "cat", str(firewall.BRIDGE_NF), check=False).stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_nat_under_a_hostile_firewall(topo, tmp_path, backend, monkeypatch):
+    monkeypatch.delenv("BRIDGELAB_IPTABLES", raising=False)
+    ipt = f"iptables-{backend}"
+    hostile_firewall(topo.host, ipt)
+    sh(topo.host, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")  # as on a host without Docker: ours to change
+    before = host_state(topo.host)
+    plan = plan_in(topo, nat_lab(), tmp_path)  # the interface is detected from the default route
+    assert plan.uplink is not None and plan.uplink.interface == "up0" and "default route" in plan.uplink.reason
+    assert plan.uplink.target == ipaddress.IPv4Address(LAN_ROUTER)
+    lab = Lab(topo, plan, tmp_path)
+    rs = lab.up()
+    try:
+        assert rs.cmd == ipt, "rules must go where the host's DROP lives"
+        g1 = add_guest(topo, 1, "10.198.101.1/24", "10.198.101.254")
+        g2 = add_guest(topo, 2, "10.198.101.2/24", "10.198.101.254")
+        assert seen_source(topo.lan, g1, LAN_HOST) == HOST_UP, "the LAN must see the host's uplink address"
+        assert ping(g2, LAN_HOST)
+        if br_netfilter_on(topo.host):
+            assert ping(g1, "10.198.101.2"), "bridged guest<->guest through FORWARD DROP"
+        # Our jump sits in DOCKER-USER, and the policy is still DROP.
+        save = sh(topo.host, f"{ipt}-save").stdout
+        assert ":FORWARD DROP" in save
+        assert f'-A DOCKER-USER -m comment --comment "bridgelab lab=upt" -j {firewall.chain_prefix("upt")}FWD' \
+            in save
+        # Applying again (a restart) replaces, never duplicates.
+        lab.up()
+        assert sh(topo.host, f"{ipt}-save").stdout.count("lab=upt\" -j MASQUERADE") == 1
+    finally:
+        lab.down()
+    assert host_state(topo.host) == before
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_proxy_arp_puts_guests_on_the_lan(topo, tmp_path, backend, monkeypatch):
+    monkeypatch.setenv("BRIDGELAB_IPTABLES", backend)
+    hostile_firewall(topo.host, f"iptables-{backend}")
+    sh(topo.host, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+    before = host_state(topo.host)
+    plan = plan_in(topo, proxy_lab(), tmp_path)
+    assert plan.bridge_address is None and str(plan.host_address) == f"{HOST_UP}/24"
+    assert all(g.gateway == ipaddress.IPv4Address(LAN_ROUTER) for g in plan.guests)
+    lab = Lab(topo, plan, tmp_path)
+    lab.up()
+    try:
+        # The uplink is a plain veth, not a bridge port: as on Wi-Fi.
+        assert "master" not in sh(topo.host, "ip", "link", "show", "up0").stdout
+        g1 = add_guest(topo, 1, "10.77.0.201/24", LAN_ROUTER)
+        g2 = add_guest(topo, 2, "10.77.0.202/24", LAN_ROUTER)
+        assert ping(topo.lan, "10.77.0.201", source=LAN_HOST), "a LAN host reaches a guest directly"
+        assert seen_source(topo.lan, g2, LAN_HOST) == "10.77.0.202", "no NAT: the LAN sees the guest itself"
+        assert ping(g1, HOST_UP), "the guest reaches the host at its LAN address"
+        if br_netfilter_on(topo.host):
+            assert ping(g1, "10.77.0.202")
+        assert sh(topo.host, "sysctl", "-n", "net.ipv4.conf.up0.proxy_arp").stdout.strip() == "1"
+        assert "10.77.0.201 dev br0" in sh(topo.host, "ip", "-4", "route").stdout
+    finally:
+        lab.down()
+    assert host_state(topo.host) == before
+
+
+def test_nat_on_a_host_without_rules_leaves_iptables_save_empty(topo, tmp_path, monkeypatch):
+    """iptables-nft creates the nat table on first use; bridgelab deletes it
+    again when it brought it in and it is empty. (With the legacy backend a
+    table is a kernel module that stays loaded: not undoable, so not tested.)"""
+    monkeypatch.setenv("BRIDGELAB_IPTABLES", "nft")
+    before = host_state(topo.host)
+    assert before["iptables"] == {"nft": [], "legacy": []}
+    lab = Lab(topo, plan_in(topo, nat_lab(interface="up0"), tmp_path), tmp_path)
+    lab.up()
+    try:
+        g1 = add_guest(topo, 1, "10.198.101.1/24", "10.198.101.254")
+        assert seen_source(topo.lan, g1, LAN_HOST) == HOST_UP
+    finally:
+        lab.down()
+    assert host_state(topo.host) == before
+
+
+def test_a_killed_runs_rules_are_swept_even_without_its_ledger(topo, tmp_path, monkeypatch):
+    monkeypatch.delenv("BRIDGELAB_IPTABLES", raising=False)
+    plan = plan_in(topo, nat_lab(interface="up0"), tmp_path)
+    Lab(topo, plan, tmp_path).up()
+    (tmp_path / "ledger.json").unlink()  # the state volume was lost with the container
+    pr_netns.pushns(topo.host)
+    try:
+        assert firewall.remove_lab("upt")
+        assert not firewall.remove_lab("upt")  # nothing left to remove
+    finally:
+        pr_netns.popns()
+    for backend in ("nft", "legacy"):
+        save = sh(topo.host, f"iptables-{backend}-save").stdout
+        assert "bridgelab" not in save and "BL-" not in save
+    # Without the ledger nobody knows that the (now empty) tables were new:
+    # they stay, empty and with ACCEPT policies.
+    assert all(firewall.empty_table(sh(topo.host, "iptables-nft-save").stdout, t) for t in ("filter", "nat"))
+
+
+def test_sysctl_changed_by_someone_else_is_left_alone(topo, tmp_path):
+    pr_netns.pushns(topo.host)
+    try:
+        ledger = hostnet.Ledger(tmp_path / "ledger.json")
+        # A new netns inherits the host's ip_forward: start from a known 0 (ours to change).
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("0\n")
+        assert uplink.set_sysctl(ledger, uplink.IP_FORWARD, "1")
+        assert not uplink.set_sysctl(ledger, "net/ipv4/conf/up0/forwarding", "1")  # ip_forward did it: no record
+        assert uplink.restore_sysctls(ledger) == [uplink.IP_FORWARD]
+        # A new netns inherits the host's ip_forward: start from a known 0 (ours to change).
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("0\n")
+        assert uplink.set_sysctl(ledger, "net/ipv4/conf/up0/proxy_arp", "1")
+        Path("/proc/sys/net/ipv4/conf/up0/proxy_arp").write_text("0\n")  # an admin changed it after us
+        assert uplink.restore_sysctls(ledger) == []
+        assert uplink.read_sysctl("net/ipv4/conf/up0/proxy_arp") == "0" and not ledger.entries
+    finally:
+        pr_netns.popns()
+
+
+def test_uplink_detection_and_errors(topo):
+    pr_netns.pushns(topo.host)
+    try:
+        facts = uplink.detect(None)
+        assert (facts.interface, str(facts.address), str(facts.gateway), facts.wireless, facts.detected) == \
+            ("up0", f"{HOST_UP}/24", LAN_ROUTER, False, True)
+        assert uplink.detect("up0").detected is False
+        with pytest.raises(Exception, match="does not exist"):
+            uplink.detect("nosuch0")
+        subprocess.run(["ip", "-n", topo.host, "route", "del", "default"], check=True)
+        with pytest.raises(Exception, match="no IPv4 default route"):
+            uplink.detect(None)
+    finally:
+        pr_netns.popns()
