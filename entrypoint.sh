@@ -58,5 +58,11 @@ legacy=$(iptables-legacy-save 2>/dev/null | grep -c '^-A' || true)
 bnf=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo "absent")
 say "host iptables: nft backend ${nft:-0} rules, legacy backend ${legacy:-0} rules; bridge-nf-call-iptables=$bnf"
 
+# Uplinks set ip_forward and proxy_arp (saved and restored at exit); Docker
+# mounts /proc/sys read-only unless compose.yaml has systempaths=unconfined.
+if [ ! -w /proc/sys/net/ipv4/ip_forward ]; then
+  say "note: /proc/sys is read-only here: labs with an uplink will fail to start (add 'systempaths=unconfined' to security_opt)"
+fi
+
 exec bridgelab serve --lab "$lab" --listen "127.0.0.1:${BRIDGELAB_PORT:-8700}" \
   --shutdown-timeout "${BRIDGELAB_SHUTDOWN_TIMEOUT:-30}"

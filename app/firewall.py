@@ -89,16 +89,18 @@ def save(cmd: str) -> str:
     return proc.run([f"{cmd}-save"], check=False).stdout
 
 
-def iptables(lab_choice: str | None = None) -> str:
-    """The iptables command for the host's backend: $BRIDGELAB_IPTABLES, else
-    the lab file's `firewall.backend`, else the backend holding the host's rules."""
+def iptables(lab_choice: str | None = None) -> tuple[str, str]:
+    """(iptables command, its current iptables-save) for the host's backend:
+    $BRIDGELAB_IPTABLES, else the lab file's `firewall.backend`, else the
+    backend holding the host's rules. Each backend is read once."""
     available = available_backends()
     env = os.environ.get("BRIDGELAB_IPTABLES")
     override, source = (env, "BRIDGELAB_IPTABLES") if env else (lab_choice, "firewall.backend")
-    rules = {} if override else {b: _rule_lines(save(f"iptables-{b}")) for b in available}
-    backend, reason = choose_backend(override, rules, available, source)
+    saves = {} if override else {b: save(f"iptables-{b}") for b in available}
+    backend, reason = choose_backend(override, {b: _rule_lines(t) for b, t in saves.items()}, available, source)
     log.info("iptables backend: %s (%s)", backend, reason)
-    return f"iptables-{backend}"
+    cmd = f"iptables-{backend}"
+    return cmd, saves[backend] if backend in saves else save(cmd)
 
 
 # ---------------------------------------------------------------- the rule set (pure)
@@ -240,8 +242,15 @@ def remove_lab(lab: str, backends: list[str] | None = None) -> list[str]:
     return cleaned
 
 
-def _chain_exists(cmd: str, chain: str) -> bool:
-    return proc.run([cmd, "-w", "-n", "-L", chain], check=False).returncode == 0
+def has_chain(save_output: str, table: str, chain: str) -> bool:
+    """Pure: does iptables-save output declare `chain` in `table`?"""
+    inside = False
+    for line in save_output.splitlines():
+        if line.startswith("*"):
+            inside = line[1:].strip() == table
+        elif inside and line.startswith(f":{chain} "):
+            return True
+    return False
 
 
 def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
@@ -250,19 +259,20 @@ def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
     if plan.uplink is None and not bridged:
         return Ruleset(lab_tag(plan.name))
     try:
-        cmd = iptables(plan.iptables_backend)
+        cmd, current = iptables(plan.iptables_backend)
     except HostNetError as e:
         if plan.uplink is not None:
             raise
         log.warning("bridged frames go through iptables here, but %s: "
                     "if guests cannot reach each other, allow forwarding on %s", e, plan.bridge)
         return Ruleset(lab_tag(plan.name))
-    rs = lab_ruleset(plan, bridged, _chain_exists(cmd, "DOCKER-USER"))
-    remove_lab(plan.name, [cmd])
-    present = tables_in(save(cmd))
+    rs = lab_ruleset(plan, bridged, docker_user=has_chain(current, "filter", "DOCKER-USER"))
+    present = tables_in(current)
     ledger.add({"kind": "firewall", "cmd": cmd, "lab": plan.name,
                 "new_tables": [c.table for c in rs.chains if c.table not in present]})
-    _restore(cmd, restore_input(rs))
+    # One iptables-restore: remove an earlier copy (a killed run's) and add.
+    stale = removal_input(current, rs.tag, chain_prefix(plan.name)) or ""
+    _restore(cmd, stale + restore_input(rs))
     rs = dataclasses.replace(rs, cmd=cmd)
     log.info("%s: %s", cmd, "; ".join(f"{c.table} {c.name} <- {c.parent} ({len(c.rules)} rules)"
                                       for c in rs.chains))

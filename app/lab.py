@@ -662,7 +662,8 @@ class LabRunner:
         return selftest.Evidence(
             guest_route=route, next_hop_arp=guestnet.neighbour(console, hop) if route is not None else "none",
             ip_forward=forwarding, host_route_dev=selftest.host_route_dev(target), before=before, after=after,
-            host_reaches_target=selftest.host_reaches(target), uplink_proxy_arp=proxy_arp)
+            host_reaches_target=selftest.host_reaches(target), uplink_proxy_arp=proxy_arp,
+            foreign_forward_drops=tuple(selftest.foreign_forward_drops()))
 
     async def _mesh_from(self, g: GuestRuntime) -> list[MeshPair]:
         targets: list[tuple[str, ipaddress.IPv4Address, GuestRuntime | None]] = [

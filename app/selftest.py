@@ -20,10 +20,12 @@ rules, read before and after the guest's ping.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import shutil
 import socket
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -52,6 +54,7 @@ class Evidence:
     after: Counters
     host_reaches_target: bool
     uplink_proxy_arp: bool
+    foreign_forward_drops: tuple[str, ...] = ()  # nftables tables, not iptables', that drop in forward
 
 
 def next_hop(route_get: str, target: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
@@ -90,6 +93,11 @@ def diagnose(ev: Evidence, plan: LabPlan, target: ipaddress.IPv4Address, hints: 
         return "netfilter", detail + ("; " + "; ".join(hints) if hints else "")
     if up.mode == "nat" and not _moved(ev.before.masquerade, ev.after.masquerade):
         return "nat_route", "packets were forwarded but MASQUERADE did not apply: the NAT rule is gone"
+    if ev.foreign_forward_drops:
+        detail = (f"bridgelab's ACCEPT passed the packets, but nftables table(s) "
+                  f"{', '.join(ev.foreign_forward_drops)} drop in their own forward hook (firewalld works this way); "
+                  "an iptables ACCEPT is not final there")
+        return "netfilter", detail + ("; " + "; ".join(hints) if hints else "")
     if not ev.host_reaches_target:
         return "nat_route", f"the host itself cannot reach {target}: the problem is beyond the uplink"
     if up.mode == "proxy-arp" and not ev.uplink_proxy_arp:
@@ -126,6 +134,38 @@ def host_route_dev(target: ipaddress.IPv4Address) -> str | None:
 
 def host_reaches(target: ipaddress.IPv4Address) -> bool:
     return proc.run(["ping", "-n", "-q", "-c", "1", "-w", "2", str(target)], check=False).returncode == 0
+
+
+# The tables iptables-nft itself uses: our ACCEPT rules live (or are
+# outranked by rules) there, and the counters already tell that story.
+_IPTABLES_TABLES = {("ip", "filter"), ("ip", "nat"), ("ip", "mangle"), ("ip", "raw"), ("ip", "security")}
+
+
+def forward_drops(ruleset: dict[str, Any]) -> list[str]:
+    """Pure: `family name` of nftables tables outside iptables' own whose
+    forward-hook chains drop (by policy or by rule), from `nft -j list ruleset`."""
+    items = ruleset.get("nftables", [])
+    chains = {(c["family"], c["table"], c["name"]): c for i in items if (c := i.get("chain"))}
+    dropping: set[tuple[str, str]] = set()
+    for key, c in chains.items():
+        if c.get("hook") == "forward" and c.get("policy") == "drop":
+            dropping.add(key[:2])
+    for i in items:
+        r = i.get("rule")
+        if r and chains.get((r["family"], r["table"], r["chain"]), {}).get("hook") == "forward":
+            if any("drop" in e or "reject" in e for e in r.get("expr", [])):
+                dropping.add((r["family"], r["table"]))
+    return sorted(f"{f} {t}" for f, t in dropping - _IPTABLES_TABLES)
+
+
+def foreign_forward_drops() -> list[str]:
+    if not shutil.which("nft"):
+        return []
+    out = proc.run(["nft", "-j", "list", "ruleset"], check=False).stdout
+    try:
+        return forward_drops(json.loads(out)) if out.strip() else []
+    except ValueError:
+        return []
 
 
 def host_side(plan: LabPlan) -> tuple[bool, bool]:

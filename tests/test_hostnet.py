@@ -235,14 +235,15 @@ def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, 
     """Docker's setup, reproduced in a netns: br_netfilter on (the netns
     default here) and FORWARD policy DROP. Two 'guests' (netns behind veths)
     on our bridge cannot ping each other until bridgelab adds its one tagged
-    rule; teardown removes exactly that rule and leaves the policy alone.
+    rules; teardown removes exactly those and leaves the policy alone.
     The DROP sits in either backend; bridgelab must find which on its own."""
     from bridgelab import firewall
+
+    from .test_plan import plan_of
 
     ns = in_netns
     ipt = f"iptables-{backend}"
     monkeypatch.delenv("BRIDGELAB_IPTABLES", raising=False)
-    firewall.iptables.cache_clear()
     if _ns_sh(ns, "cat", str(firewall.BRIDGE_NF), check=False).stdout.strip() != "1":
         pytest.skip("br_netfilter is not active in this kernel; bridged frames never see iptables here")
     _ns_sh(ns, ipt, "-w", "-P", "FORWARD", "DROP")
@@ -265,16 +266,16 @@ def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, 
         def ping() -> bool:
             return _ns_sh(guests[0], "ping", "-c", "1", "-w", "2", "10.198.101.2", check=False).returncode == 0
         assert not ping(), "FORWARD DROP should cut bridged traffic (the problem being fixed)"
-        assert firewall.allow_bridged(ledger, "br0", "bridgelab lab=t")
-        assert firewall.iptables() == ipt
-        assert not firewall.allow_bridged(ledger, "br0", "bridgelab lab=t")  # -C: no duplicate
+        plan = plan_of([{"name": "a", "image": "i"}])
+        assert firewall.apply(ledger, plan).cmd == ipt
+        firewall.apply(ledger, plan)  # again, as a restart would: replaced, not duplicated
+        assert _ns_sh(ns, f"{ipt}-save").stdout.count('--comment "bridgelab lab=t" -j BL-') == 1
         assert ping()
-        assert firewall.remove_recorded(ledger) == ["FORWARD"]
-        rules = _ns_sh(ns, ipt, "-w", "-S", "FORWARD").stdout.splitlines()
-        assert rules == ["-P FORWARD DROP"]
+        assert firewall.remove_recorded(ledger) == [ipt]
+        rules = _ns_sh(ns, ipt, "-w", "-S").stdout.splitlines()
+        assert rules == ["-P INPUT ACCEPT", "-P FORWARD DROP", "-P OUTPUT ACCEPT"]
         assert not ping()
     finally:
-        firewall.iptables.cache_clear()
         for g in guests:
             subprocess.run(["ip", "netns", "del", g], check=False)
 

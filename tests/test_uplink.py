@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from pyroute2 import netns as pr_netns
@@ -108,9 +108,10 @@ def ping(ns: str, target: str, source: str | None = None) -> bool:
     return sh(ns, "ping", "-n", "-c", "1", "-w", "3", *src, target, check=False).returncode == 0
 
 
-def seen_source(lan: str, sender: str, target: str) -> str:
+def seen_source(lan: str, sender: str | Callable[[], bool], target: str) -> str:
     """The source address of an ICMP echo request as the LAN sees it: a raw
-    socket in the lan netns, while `sender` pings `target`."""
+    socket in the lan netns, while `sender` (a netns, or a function that
+    sends the ping) pings `target`."""
     listener = subprocess.Popen(
         ["ip", "netns", "exec", lan, sys.executable, "-c",
          "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP);s.settimeout(10)\n"
@@ -120,7 +121,7 @@ def seen_source(lan: str, sender: str, target: str) -> str:
         stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(0.3)  # the socket is open before the echo leaves
-        assert ping(sender, target)
+        assert sender() if callable(sender) else ping(sender, target)
         out, _ = listener.communicate(timeout=10)
         return out.strip()
     finally:

@@ -1,0 +1,209 @@
+"""Uplinks with real riscv64 guests: `bridgelab serve` runs in a "host" netns
+whose uplink veth leads to a "lan" netns (router 10.77.0.1, LAN host
+10.77.0.50). Never the machine's real NIC, never an outside address.
+
+Two labs boot side by side, each behind a Docker-like firewall (FORWARD
+policy DROP, DOCKER-USER, br_netfilter where the kernel has it):
+  nat    one guest with a user-mode ssh NIC; the hostile rules are in the
+         legacy backend and bridgelab must find that on its own;
+  proxy  two guests on the LAN's subnet; the hostile rules are in nft and
+         the lab file names the backend.
+The last test of each lab stops it and checks that iptables-save, the
+sysctls and the routes are exactly as before.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import yaml
+
+from bridgelab import firewall, images
+
+from .conftest import delete_netns, make_netns, stop_process
+from .test_uplink import HOST_UP, LAN_HOST, LAN_ROUTER, hostile_firewall, host_state, ping, seen_source, sh
+from .test_vm import RunningLab, _wait_settled
+
+pytestmark = pytest.mark.vm
+
+NAT_LAB = {"name": "upnat", "bridge": {"name": "br0", "address": "10.198.102.254/24"},
+           "uplink": {"mode": "auto", "target": LAN_HOST},
+           "guests": [{"name": "n1", "image": "debian-riscv64", "ip": "10.198.102.1", "user_nic": True}]}
+PROXY_LAB = {"name": "upproxy", "bridge": {"name": "br0"},
+             "uplink": {"mode": "auto", "lan_reachable": True, "target": LAN_HOST},
+             "firewall": {"backend": "nft"},
+             "guests": [{"name": "p1", "image": "debian-riscv64", "ip": "10.77.0.201"},
+                        {"name": "p2", "image": "debian-riscv64", "ip": "10.77.0.202"}]}
+
+
+@dataclass
+class UplinkLab:
+    lab: RunningLab
+    lan: str
+    before: dict[str, object]
+
+    def exec(self, guest: str, *argv: str, timeout: float = 60) -> dict[str, object]:
+        r = self.lab.api.post(f"/guests/{guest}/exec", json={"argv": list(argv), "timeout": timeout})
+        return r.raise_for_status().json()  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.lab.proc.poll() is None:
+            stop_process(self.lab.proc, 120)
+            assert self.lab.proc.returncode == 0, self.lab.log.read_text()[-3000:]
+
+
+def _start(tmp: Path, spec: dict[str, object], hostile_backend: str) -> UplinkLab:
+    tmp.mkdir(parents=True, exist_ok=True)
+    host, lan = make_netns("bluv-h"), make_netns("bluv-l")
+    subprocess.run(["ip", "-n", host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", lan],
+                   check=True)
+    for a in (f"{LAN_ROUTER}/24", f"{LAN_HOST}/24"):
+        subprocess.run(["ip", "-n", lan, "addr", "add", a, "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", lan, "link", "set", "eth0", "up"], check=True)
+    subprocess.run(["ip", "-n", host, "addr", "add", f"{HOST_UP}/24", "dev", "up0"], check=True)
+    subprocess.run(["ip", "-n", host, "link", "set", "up0", "up"], check=True)
+    subprocess.run(["ip", "-n", host, "route", "add", "default", "via", LAN_ROUTER], check=True)
+    hostile_firewall(host, f"iptables-{hostile_backend}")
+    sh(host, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")  # a host bridgelab must switch forwarding on
+    before = host_state(host)
+    lab_file = tmp / "lab.yaml"
+    lab_file.write_text(yaml.safe_dump(spec))
+    sock, log = tmp / "api.sock", tmp / "serve.log"
+    argv = ["ip", "netns", "exec", host, sys.executable, "-m", "bridgelab.cli", "serve",
+            "--lab", str(lab_file), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")]
+    env_free = {"env": {k: v for k, v in __import__("os").environ.items() if k != "BRIDGELAB_IPTABLES"}}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **env_free)
+    api = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://bridgelab", timeout=600)
+    return UplinkLab(RunningLab(host, proc, api, tmp / "s", log, argv), lan, before)
+
+
+@pytest.fixture(scope="module")
+def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, UplinkLab]]:
+    images.build_image("debian-riscv64")
+    started: dict[str, UplinkLab] = {}
+    try:
+        # Both labs boot at once: the suite's time is the slower one's, not the sum.
+        started["nat"] = _start(tmp_path_factory.mktemp("upnat"), NAT_LAB, "legacy")
+        started["proxy"] = _start(tmp_path_factory.mktemp("upproxy"), PROXY_LAB, "nft")
+        for u in started.values():
+            _wait_settled(u.lab)
+        yield started
+    finally:
+        for u in started.values():
+            stop_process(u.lab.proc, 120)
+            u.lab.api.close()
+            delete_netns(u.lab.ns)
+            delete_netns(u.lan)
+
+
+def _ready(u: UplinkLab) -> dict[str, dict[str, object]]:
+    g = u.lab.guests()
+    assert all(x["state"] == "ready" for x in g.values()), {k: (v["state"], v["reason"]) for k, v in g.items()}
+    return g
+
+
+# ---------------------------------------------------------------- nat
+
+
+def test_auto_picks_nat_on_a_wired_uplink_and_says_why(labs):
+    up = labs["nat"].lab.api.get("/healthz").json()["uplink"]
+    assert (up["mode"], up["interface"], up["target"]) == ("nat", "up0", LAN_HOST)
+    assert "wired" in up["reason"] and "default route" in up["reason"]
+    assert "legacy" in labs["nat"].lab.log.read_text().split("iptables backend:", 1)[1].splitlines()[0]
+
+
+def test_nat_guest_reaches_the_lan_as_the_host(labs):
+    u = labs["nat"]
+    _ready(u)
+    src = seen_source(u.lan, lambda: u.exec("n1", "ping", "-n", "-c", "1", "-w", "5", LAN_HOST)["exit_code"] == 0,
+                      LAN_HOST)
+    assert src == HOST_UP
+
+
+def test_user_nic_forwards_ssh_and_never_takes_the_default_route(labs):
+    u = labs["nat"]
+    g = _ready(u)["n1"]
+    host, port = str(g["ssh"]).split(":")
+    assert host == "127.0.0.1"
+    banner = sh(u.lab.ns, sys.executable, "-c",
+                f"import socket;s=socket.create_connection(('127.0.0.1',{port}),30);s.settimeout(60);"
+                "print(s.recv(64).decode(errors='replace'))").stdout
+    assert banner.startswith("SSH-2.0-OpenSSH"), banner
+    defaults = str(u.exec("n1", "ip", "-4", "route", "show", "default")["output"]).strip().splitlines()
+    assert defaults and all("via 10.198.102.254" in line for line in defaults), defaults
+    addrs = u.exec("n1", "ip", "-4", "-o", "addr")["output"]
+    assert "10.0.2.15/24" in str(addrs), addrs  # the user NIC did get its DHCP address
+
+
+def test_mesh_self_test_reports_the_uplink(labs):
+    report = labs["nat"].lab.api.post("/mesh").json()
+    assert report["ok"], report
+    assert [(p["source"], p["target"], p["layer"]) for p in report["uplink"]] == [("n1", LAN_HOST, "ok")]
+
+
+def test_self_test_names_nat_when_masquerade_is_gone(labs):
+    u = labs["nat"]
+    chain = firewall.chain_prefix("upnat") + "NAT"
+    saved = sh(u.lab.ns, "iptables-legacy", "-w", "-t", "nat", "-S", chain).stdout.splitlines()
+    rule = next(line for line in saved if "MASQUERADE" in line)
+    sh(u.lab.ns, "iptables-legacy", "-w", "-t", "nat", "-F", chain)
+    try:
+        probe = u.lab.api.post("/mesh").json()["uplink"][0]
+        assert (probe["ok"], probe["layer"]) == (False, "nat_route") and "MASQUERADE" in probe["detail"], probe
+    finally:
+        sh(u.lab.ns, "iptables-legacy", "-w", "-t", "nat", *__import__("shlex").split(rule))
+
+
+def test_nat_lab_stops_and_leaves_the_host_as_found(labs):
+    u = labs["nat"]
+    u.stop()
+    assert host_state(u.lab.ns) == u.before
+
+
+# ---------------------------------------------------------------- proxy-arp
+
+
+def test_auto_picks_proxy_arp_when_the_lab_wants_lan_reachable_guests(labs):
+    up = labs["proxy"].lab.api.get("/healthz").json()["uplink"]
+    assert up["mode"] == "proxy-arp" and "lan_reachable" in up["reason"]
+    g = _ready(labs["proxy"])
+    assert (g["p1"]["ip"], g["p1"]["prefix"], g["p1"]["gateway"]) == ("10.77.0.201", 24, LAN_ROUTER)
+
+
+def test_lan_host_and_proxy_arp_guests_reach_each_other_directly(labs):
+    u = labs["proxy"]
+    _ready(u)
+    assert "master" not in sh(u.lab.ns, "ip", "link", "show", "up0").stdout  # not a bridge port, as on Wi-Fi
+    assert ping(u.lan, "10.77.0.201", source=LAN_HOST) and ping(u.lan, "10.77.0.202", source=LAN_HOST)
+    src = seen_source(u.lan, lambda: u.exec("p2", "ping", "-n", "-c", "1", "-w", "5", LAN_HOST)["exit_code"] == 0,
+                      LAN_HOST)
+    assert src == "10.77.0.202", "no NAT: the LAN sees the guest's own address"
+    report = u.lab.api.post("/mesh").json()
+    assert report["ok"], report  # guest<->guest across the DROP policy, and both to the LAN host
+    assert {p["layer"] for p in report["uplink"]} == {"ok"}
+
+
+def test_self_test_names_netfilter_when_another_table_drops(labs):
+    """firewalld's way: its own nftables table with a forward hook. An
+    ACCEPT in iptables is not final there."""
+    u = labs["proxy"]
+    sh(u.lab.ns, "nft", "add table inet blfwtest")
+    sh(u.lab.ns, "nft", "add chain inet blfwtest blfwd { type filter hook forward priority 10 ; policy drop ; }")
+    try:
+        probes = u.lab.api.post("/mesh").json()["uplink"]
+        assert [p["layer"] for p in probes] == ["netfilter", "netfilter"], probes
+    finally:
+        sh(u.lab.ns, "nft", "delete table inet blfwtest")
+
+
+def test_proxy_lab_stops_and_restores_sysctls_routes_and_rules(labs):
+    u = labs["proxy"]
+    u.stop()
+    assert host_state(u.lab.ns) == u.before
