@@ -209,9 +209,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def print_table(guests: list[dict[str, Any]]) -> None:
-    print(f"{'NAME':16} {'STATE':12} {'IP':16} {'MAC':18} {'TAP':16} REASON")
+    print(f"{'NAME':16} {'STATE':12} {'IP':16} {'MAC':18} {'TAP':16} {'SSH':16} REASON")
     for g in guests:
-        print(f"{g['name']:16} {g['state']:12} {g['ip']:16} {g['mac']:18} {g['tap']:16} {g['reason'] or ''}")
+        print(f"{g['name']:16} {g['state']:12} {g['ip']:16} {g['mac']:18} {g['tap']:16} {g.get('ssh') or '-':16} "
+              f"{g['reason'] or ''}")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -309,6 +310,10 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     for p in report["pairs"]:
         mark = "ok  " if p["ok"] else "FAIL"
         print(f"{mark} {p['source']:12} -> {p['target']:12} {p['target_ip']:16} {p['diagnosis']}"
+              + ("" if p["ok"] else f": {p['detail']}"))
+    for p in report.get("uplink", []):
+        mark = "ok  " if p["ok"] else "FAIL"
+        print(f"{mark} {p['source']:12} -> {'uplink':12} {p['target']:16} {p['layer']}"
               + ("" if p["ok"] else f": {p['detail']}"))
     for name in report["skipped"]:
         print(f"skip {name}: not ready")

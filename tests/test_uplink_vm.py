@@ -127,7 +127,7 @@ def test_nat_guest_reaches_the_lan_as_the_host(labs):
     assert src == HOST_UP
 
 
-def test_user_nic_forwards_ssh_and_never_takes_the_default_route(labs):
+def test_user_nic_forwards_ssh_and_never_takes_the_default_route(labs, tmp_path):
     u = labs["nat"]
     g = _ready(u)["n1"]
     host, port = str(g["ssh"]).split(":")
@@ -136,6 +136,17 @@ def test_user_nic_forwards_ssh_and_never_takes_the_default_route(labs):
                 f"import socket;s=socket.create_connection(('127.0.0.1',{port}),30);s.settimeout(60);"
                 "print(s.recv(64).decode(errors='replace'))").stdout
     assert banner.startswith("SSH-2.0-OpenSSH"), banner
+    # The README's way in: a key installed through exec (argv, no shell on
+    # the host side), then a real ssh login through the forward.
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    install = u.exec("n1", "sh", "-c", 'mkdir -p ~/.ssh && printf "%s\\n" "$1" >> ~/.ssh/authorized_keys', "sh",
+                     (tmp_path / "id.pub").read_text().strip())
+    assert install["exit_code"] == 0, install
+    login = sh(u.lab.ns, "ssh", "-i", str(key), "-p", port, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+               "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=60", "root@127.0.0.1", "hostname",
+               check=False)
+    assert login.returncode == 0 and login.stdout.strip(), login.stderr
     defaults = str(u.exec("n1", "ip", "-4", "route", "show", "default")["output"]).strip().splitlines()
     assert defaults and all("via 10.198.102.254" in line for line in defaults), defaults
     addrs = u.exec("n1", "ip", "-4", "-o", "addr")["output"]
@@ -146,6 +157,8 @@ def test_mesh_self_test_reports_the_uplink(labs):
     report = labs["nat"].lab.api.post("/mesh").json()
     assert report["ok"], report
     assert [(p["source"], p["target"], p["layer"]) for p in report["uplink"]] == [("n1", LAN_HOST, "ok")]
+    cli = labs["nat"].lab.cli("mesh")
+    assert cli.returncode == 0 and f"ok   n1           -> uplink       {LAN_HOST}" in cli.stdout, cli.stdout
 
 
 def test_self_test_names_nat_when_masquerade_is_gone(labs):
