@@ -37,8 +37,15 @@ class AgentResult:
     truncated: bool
 
 
+# qemu-guest-agent runs as a root system service with almost no environment
+# (no HOME: `~` would not expand); a command gets what a root login would have,
+# so the agent and the console paths behave alike.
+EXEC_ENV = ["HOME=/root", "USER=root", "LOGNAME=root", "SHELL=/bin/sh", "LANG=C.UTF-8",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
 def exec_args(argv: list[str]) -> dict[str, Any]:
-    return {"path": argv[0], "arg": argv[1:], "capture-output": True}
+    return {"path": argv[0], "arg": argv[1:], "env": EXEC_ENV, "capture-output": True}
 
 
 def decode_status(status: dict[str, Any]) -> tuple[bool, int | None, bytes, bytes, bool]:

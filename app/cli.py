@@ -160,8 +160,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     plan = load_plan(args.lab, args.state_dir)
+    if plan.uplink is not None:
+        up = plan.uplink
+        print(f"uplink: {up.mode} via {up.interface} ({up.reason}); self-test target {up.target or 'none'}")
     for g in plan.guests:
-        print(f"{g.name}: {g.arch.value} {g.accel} ip={g.ip} mac={g.mac} tap={g.tap} image={g.image.name}")
+        ssh = f" ssh=127.0.0.1:{g.user_nic.ssh_port}" if g.user_nic else ""
+        print(f"{g.name}: {g.arch.value} {g.accel} ip={g.ip} gateway={g.gateway} mac={g.mac} tap={g.tap} "
+              f"image={g.image.name}{ssh}")
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridgelab.agent import AgentUnavailable, GuestAgent, decode_status
+from bridgelab.agent import EXEC_ENV, AgentUnavailable, GuestAgent, decode_status
 
 
 def serve(path: Path, polls_before_exit: int = 2, stale: bytes = b'{"return": {}}\n{"garbage') -> list[dict]:
@@ -64,7 +64,8 @@ def test_exec_syncs_past_stale_bytes_and_separates_streams(tmp_path):
     assert (r.exit_code, r.stdout, r.stderr, r.timed_out, r.truncated) == (3, b"out\nout\nout\n", b"err\n", False,
                                                                           True)
     assert seen[1] == {"execute": "guest-exec", "arguments": {"path": "sh", "arg": ["-c", "x; y"],
-                                                              "capture-output": True}}
+                                                              "env": EXEC_ENV, "capture-output": True}}
+    assert "HOME=/root" in EXEC_ENV  # the agent's own environment has none: `~` would not expand
 
 
 def test_timeout_kills_the_guest_process(tmp_path):
@@ -75,7 +76,8 @@ def test_timeout_kills_the_guest_process(tmp_path):
     finally:
         agent.close()
     assert r.timed_out and r.exit_code is None
-    assert seen[-1]["arguments"] == {"path": "kill", "arg": ["-KILL", "4242"], "capture-output": True}
+    assert seen[-1]["arguments"] == {"path": "kill", "arg": ["-KILL", "4242"], "env": EXEC_ENV,
+                                     "capture-output": True}
 
 
 def test_no_agent_is_unavailable_not_a_hang(tmp_path):

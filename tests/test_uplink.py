@@ -323,3 +323,31 @@ def test_uplink_detection_and_errors(topo):
             uplink.detect(None)
     finally:
         pr_netns.popns()
+
+
+def _junk_image(tmp_path: Path) -> Path:
+    img = tmp_path / "img"
+    img.mkdir()
+    for f in ("vmlinuz", "disk.qcow2"):
+        (img / f).write_bytes(b"not an image")
+    (img / "manifest.yaml").write_text(
+        "name: junk\narch: riscv64\nboot: {style: kernel, kernel: vmlinuz}\ndisk: disk.qcow2\n"
+        "login: {user: root, password: pw}\n")
+    return img
+
+
+def test_cli_reports_the_auto_choice_and_refuses_a_missing_uplink(topo, tmp_path):
+    img = _junk_image(tmp_path)
+    lab = tmp_path / "lab.yaml"
+    cli = [sys.executable, "-m", "bridgelab.cli"]
+    lab.write_text(f"name: t\nbridge: {{address: 10.198.101.114/24}}\nuplink: {{mode: auto}}\n"
+                   f"guests:\n  - {{name: a, image: {img}, user_nic: {{ssh_port: 2222}}}}\n")
+    shown = sh(topo.host, *cli, "validate", "--lab", str(lab))
+    assert "uplink: nat via up0 (auto: up0 (the default route's interface) is wired" in shown.stdout
+    assert "ssh=127.0.0.1:2222" in shown.stdout and "gateway=10.198.101.114" in shown.stdout
+    lab.write_text(f"name: t\nbridge: {{address: 10.198.101.114/24}}\nuplink: {{mode: nat, interface: wlan9}}\n"
+                   f"guests:\n  - {{name: a, image: {img}}}\n")
+    served = sh(topo.host, *cli, "serve", "--lab", str(lab), "--state-dir", str(tmp_path / "s"),
+                "--listen", f"unix:{tmp_path}/api.sock", check=False)
+    assert served.returncode == 2 and "uplink.interface" in served.stderr and "wlan9 does not exist" in served.stderr
+    assert "br0" not in sh(topo.host, "ip", "-o", "link").stdout and not (tmp_path / "s" / "ledger.json").exists()
