@@ -58,10 +58,16 @@ legacy=$(iptables-legacy-save 2>/dev/null | grep -c '^-A' || true)
 bnf=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo "absent")
 say "host iptables: nft backend ${nft:-0} rules, legacy backend ${legacy:-0} rules; bridge-nf-call-iptables=$bnf"
 
-# Uplinks set ip_forward and proxy_arp (saved and restored at exit); Docker
-# mounts /proc/sys read-only unless compose.yaml has systempaths=unconfined.
+# Uplinks set net.ipv4.ip_forward and proxy_arp (each saved first and
+# restored at exit). Docker mounts /proc/sys read-only, and compose v1 cannot
+# ask for `systempaths=unconfined`; with SYS_ADMIN the net subtree alone (the
+# host's, with network_mode: host) is made writable, nothing else in /proc/sys.
 if [ ! -w /proc/sys/net/ipv4/ip_forward ]; then
-  say "note: /proc/sys is read-only here: labs with an uplink will fail to start (add 'systempaths=unconfined' to security_opt)"
+  if mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net; then
+    say "made /proc/sys/net writable for uplink sysctls"
+  else
+    say "note: /proc/sys/net is read-only here: labs with an uplink will fail to start"
+  fi
 fi
 
 exec bridgelab serve --lab "$lab" --listen "127.0.0.1:${BRIDGELAB_PORT:-8700}" \

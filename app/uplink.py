@@ -88,8 +88,8 @@ def set_sysctl(ledger: Ledger, key: str, value: str) -> bool:
     try:
         _sysctl_file(key).write_text(value + "\n")
     except OSError as e:
-        hint = (" (/proc/sys is read-only in this container: add `security_opt: [systempaths=unconfined]`)"
-                if e.errno == errno.EROFS else "")
+        hint = (" (/proc/sys is read-only here; in a container, the entrypoint remounts /proc/sys/net "
+                "read-write, which needs SYS_ADMIN)" if e.errno == errno.EROFS else "")
         raise HostNetError(f"cannot set {key}={value}: {e.strerror}{hint}") from None
     log.info("sysctl %s: %s -> %s", key.replace("/", "."), old, value)
     return True

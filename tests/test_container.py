@@ -114,8 +114,12 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
             time.sleep(1)
         return guests
 
+    def saves() -> str:
+        return sh("iptables-nft-save").stdout + sh("iptables-legacy-save").stdout
+
     def rule_count() -> int:
-        return sh("iptables", "-w", "-S").stdout.count(f"bridgelab lab={lab_name}")
+        """Tagged jumps into the lab's chains, in either backend: 0 or 1, never duplicated."""
+        return sum(1 for line in saves().splitlines() if f"bridgelab lab={lab_name}" in line and "-j BL-" in line)
 
     try:
         guests = up_until_settled()
@@ -128,6 +132,12 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
             assert sh("ping", "-n", "-q", "-c", "1", "-w", "5", g["ip"], check=False).returncode == 0
         assert f"lab {lab_name} ready: rv1 " in logs
         taps = [g["tap"] for g in guests]
+        # Uplink sysctls need /proc/sys/net writable, and nothing else in /proc/sys.
+        # (access(2) only: this lab has no uplink and must not change the host.)
+        probe = "test -w /proc/sys/net/ipv4/ip_forward && echo net; test -w /proc/sys/kernel/hostname && echo kernel"
+        writable = sh(*compose, "exec", "-T", "bridgelab", "sh", "-c", probe, env=env, check=False,
+                      cwd=ROOT).stdout.split()
+        assert writable == ["net"], writable
 
         # `docker kill` leaves the host objects behind; the next `up` sweeps
         # them from the ledger in the state volume and converges, no duplicates.
@@ -155,7 +165,7 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         assert down.returncode == 0, down.stderr
         links = sh("ip", "-o", "link", "show").stdout
         assert bridge not in links and not any(t in links for t in taps)
-        assert rule_count() == 0
+        assert rule_count() == 0 and f"bridgelab lab={lab_name}" not in saves()
         assert _lab_processes(lab_name) == []
         for name in ("rv1", "rv2"):  # guests powered off cleanly: overlays must check clean
             check = sh(DOCKER, "run", "--rm", "-v", f"{lab_name}_bridgelab-state:/s",
