@@ -301,6 +301,8 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
 def check_new_ip(plan: LabPlan, guest: str, ip: ipaddress.IPv4Address) -> list[str]:
     """Why `guest` may not move to `ip` (empty when it may)."""
     problems = ip_problems(ip, plan.host_address)
+    if plan.bridge_address is None and ip == plan.default_gateway:
+        problems.append(f"{ip} is the LAN gateway")
     for g in plan.guests:
         if g.name != guest and g.ip.ip == ip:
             problems.append(f"{ip} is already used by guest {g.name}")

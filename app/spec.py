@@ -355,7 +355,7 @@ def ip_problems(ip: ipaddress.IPv4Address, bridge: ipaddress.IPv4Interface) -> l
     if ip not in net:
         return [f"{ip} is outside the bridge subnet {net}"]
     if ip == bridge.ip:
-        return [f"{ip} is the bridge's own address"]
+        return [f"{ip} is the host's own address (the bridge's own, or the uplink's with proxy-arp)"]
     if ip in (net.network_address, net.broadcast_address):
         return [f"{ip} is the network or broadcast address of {net}"]
     return []

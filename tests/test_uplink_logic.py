@@ -219,3 +219,16 @@ def test_foreign_nftables_forward_drops_are_found_but_iptables_own_are_not():
     layer, detail = selftest.diagnose(evidence(foreign_forward_drops=("inet firewalld",)), p,
                                       ipaddress.IPv4Address("192.168.1.1"), ["firewalld: firewall-cmd x"])
     assert layer == "netfilter" and "inet firewalld" in detail and "firewall-cmd" in detail
+
+
+def test_a_proxy_arp_guest_cannot_move_onto_the_lan_gateway_or_off_the_lan():
+    from bridgelab.plan import check_new_ip
+
+    p = plan(lab({"mode": "proxy-arp"}, bridge={"name": "br0"},
+                 guests=[{"name": "a", "image": "i", "ip": "192.168.1.201"},
+                         {"name": "b", "image": "i", "ip": "192.168.1.202"}]))
+    assert check_new_ip(p, "a", ipaddress.IPv4Address("192.168.1.203")) == []
+    assert "LAN gateway" in check_new_ip(p, "a", ipaddress.IPv4Address("192.168.1.1"))[0]
+    assert "host's own" in check_new_ip(p, "a", ipaddress.IPv4Address("192.168.1.23"))[0]
+    assert "outside" in check_new_ip(p, "a", ipaddress.IPv4Address("10.0.0.5"))[0]
+    assert "used by guest b" in check_new_ip(p, "a", ipaddress.IPv4Address("192.168.1.202"))[0]
