@@ -242,15 +242,19 @@ def remove_lab(lab: str, backends: list[str] | None = None) -> list[str]:
     return cleaned
 
 
-def has_chain(save_output: str, table: str, chain: str) -> bool:
-    """Pure: does iptables-save output declare `chain` in `table`?"""
-    inside = False
+def table_lines(save_output: str, table: str) -> list[str]:
+    """Pure: the chain and rule lines of one table in iptables-save output."""
+    lines, inside = [], False
     for line in save_output.splitlines():
         if line.startswith("*"):
             inside = line[1:].strip() == table
-        elif inside and line.startswith(f":{chain} "):
-            return True
-    return False
+        elif inside and line != "COMMIT" and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def has_chain(save_output: str, table: str, chain: str) -> bool:
+    return any(line.startswith(f":{chain} ") for line in table_lines(save_output, table))
 
 
 def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
@@ -298,15 +302,9 @@ def tables_in(save_output: str) -> set[str]:
 
 def empty_table(save_output: str, table: str) -> bool:
     """Pure: the table holds no rule, no user chain and no DROP policy."""
-    lines, inside = [], False
-    for line in save_output.splitlines():
-        if line.startswith("*"):
-            inside = line[1:].strip() == table
-        elif inside and line != "COMMIT" and not line.startswith("#"):
-            lines.append(line)
     builtin = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
     return all(line.startswith(":") and line[1:].split()[0] in builtin and line.split()[1] == "ACCEPT"
-               for line in lines)
+               for line in table_lines(save_output, table))
 
 
 def _drop_empty_nft_tables(tables: list[str]) -> None:

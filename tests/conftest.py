@@ -6,6 +6,7 @@ import os
 import secrets
 import signal
 import subprocess
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -61,3 +62,16 @@ def links_in(ns: str) -> dict[str, str]:
     import json
     out = subprocess.run(["ip", "-n", ns, "-d", "-j", "link", "show"], check=True, capture_output=True, text=True)
     return {link["ifname"]: (link.get("linkinfo") or {}).get("info_kind", "") for link in json.loads(out.stdout)}
+
+
+def junk_image(tmp_path: Path) -> Path:
+    """An image directory whose manifest is valid but whose files are not
+    images: enough to plan and start a lab whose guest then fails at once."""
+    img = tmp_path / "img"
+    img.mkdir()
+    for f in ("vmlinuz", "disk.qcow2"):
+        (img / f).write_bytes(b"not an image")
+    (img / "manifest.yaml").write_text(
+        "name: junk\narch: riscv64\nboot: {style: kernel, kernel: vmlinuz}\ndisk: disk.qcow2\n"
+        "login: {user: root, password: pw}\n")
+    return img

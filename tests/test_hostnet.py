@@ -17,7 +17,7 @@ from bridgelab import hostnet
 from bridgelab.errors import HostNetError
 from bridgelab.plan import derive_bridge_mac
 
-from .conftest import links_in
+from .conftest import junk_image, links_in
 
 pytestmark = pytest.mark.netns
 ADDR = ipaddress.IPv4Interface("10.198.101.114/24")
@@ -189,13 +189,7 @@ def test_status_and_down_are_api_clients_and_down_cleans_up(netns_name, tmp_path
     """A daemon whose only guest cannot even get an overlay (its base disk is
     not a qcow2): the daemon keeps serving, `status` reports the failure, and
     `down` stops it and removes the bridge and tap."""
-    img = tmp_path / "img"
-    img.mkdir()
-    for f in ("vmlinuz", "disk.qcow2"):
-        (img / f).write_bytes(b"not an image")
-    (img / "manifest.yaml").write_text(
-        "name: junk\narch: riscv64\nboot: {style: kernel, kernel: vmlinuz}\ndisk: disk.qcow2\n"
-        "login: {user: root, password: pw}\n")
+    img = junk_image(tmp_path)
     lab = tmp_path / "lab.yaml"
     lab.write_text(f"name: t\nbridge: {{address: 10.198.101.114/24}}\nguests:\n  - {{name: a, image: {img}}}\n")
     sock = f"unix:{tmp_path}/api.sock"

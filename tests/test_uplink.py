@@ -29,7 +29,7 @@ from bridgelab import firewall, hostnet, uplink
 from bridgelab.plan import HostFacts, LabPlan, make_plan
 from bridgelab.spec import parse_lab_data
 
-from .conftest import delete_netns, make_netns
+from .conftest import delete_netns, junk_image, make_netns
 from .test_plan import image
 
 pytestmark = pytest.mark.netns
@@ -325,19 +325,8 @@ def test_uplink_detection_and_errors(topo):
         pr_netns.popns()
 
 
-def _junk_image(tmp_path: Path) -> Path:
-    img = tmp_path / "img"
-    img.mkdir()
-    for f in ("vmlinuz", "disk.qcow2"):
-        (img / f).write_bytes(b"not an image")
-    (img / "manifest.yaml").write_text(
-        "name: junk\narch: riscv64\nboot: {style: kernel, kernel: vmlinuz}\ndisk: disk.qcow2\n"
-        "login: {user: root, password: pw}\n")
-    return img
-
-
 def test_cli_reports_the_auto_choice_and_refuses_a_missing_uplink(topo, tmp_path):
-    img = _junk_image(tmp_path)
+    img = junk_image(tmp_path)
     lab = tmp_path / "lab.yaml"
     cli = [sys.executable, "-m", "bridgelab.cli"]
     lab.write_text(f"name: t\nbridge: {{address: 10.198.101.114/24}}\nuplink: {{mode: auto}}\n"
