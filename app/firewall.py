@@ -89,18 +89,19 @@ def save(cmd: str) -> str:
     return proc.run([f"{cmd}-save"], check=False).stdout
 
 
-def iptables(lab_choice: str | None = None) -> tuple[str, str]:
-    """(iptables command, its current iptables-save) for the host's backend:
-    $BRIDGELAB_IPTABLES, else the lab file's `firewall.backend`, else the
-    backend holding the host's rules. Each backend is read once."""
-    available = available_backends()
+def read_saves() -> dict[str, str]:
+    """`iptables-save` of every installed backend, keyed by backend name."""
+    return {b: save(f"iptables-{b}") for b in sorted(available_backends())}
+
+
+def iptables(lab_choice: str | None, saves: dict[str, str]) -> str:
+    """The iptables command for the host's backend: $BRIDGELAB_IPTABLES, else
+    the lab file's `firewall.backend`, else the backend holding the host's rules."""
     env = os.environ.get("BRIDGELAB_IPTABLES")
     override, source = (env, "BRIDGELAB_IPTABLES") if env else (lab_choice, "firewall.backend")
-    saves = {} if override else {b: save(f"iptables-{b}") for b in available}
-    backend, reason = choose_backend(override, {b: _rule_lines(t) for b, t in saves.items()}, available, source)
+    backend, reason = choose_backend(override, {b: _rule_lines(t) for b, t in saves.items()}, set(saves), source)
     log.info("iptables backend: %s (%s)", backend, reason)
-    cmd = f"iptables-{backend}"
-    return cmd, saves[backend] if backend in saves else save(cmd)
+    return f"iptables-{backend}"
 
 
 # ---------------------------------------------------------------- the rule set (pure)
@@ -127,6 +128,7 @@ class Ruleset:
     tag: str
     chains: tuple[Chain, ...] = field(default=())
     cmd: str | None = None  # the iptables it went into, once installed
+    managers: tuple[str, ...] = ()  # firewalld / ufw, found on the host when the rules went in
 
     def chain(self, table: str) -> Chain | None:
         return next((c for c in self.chains if c.table == table), None)
@@ -232,8 +234,6 @@ def remove_lab(lab: str, backends: list[str] | None = None) -> list[str]:
     ones named). Returns the backends that had any."""
     cleaned = []
     for cmd in backends or [f"iptables-{b}" for b in sorted(available_backends())]:
-        if not shutil.which(cmd):
-            continue
         text = removal_input(save(cmd), lab_tag(lab), chain_prefix(lab))
         if text is not None:
             _restore(cmd, text)
@@ -258,26 +258,35 @@ def has_chain(save_output: str, table: str, chain: str) -> bool:
 
 
 def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
-    """Install the lab's rules (replacing any earlier copy). Records the backend."""
+    """Sweep the lab's earlier rules (a killed run's, found by tag) from every
+    backend, then install what it needs. Each backend's iptables-save is read
+    once; the chosen backend gets a single iptables-restore (sweep + install)."""
+    saves = read_saves()
+    tag, prefix = lab_tag(plan.name), chain_prefix(plan.name)
+    stale = {f"iptables-{b}": removal_input(text, tag, prefix) for b, text in saves.items()}
     bridged = bridged_frames_hit_iptables()
-    if plan.uplink is None and not bridged:
-        return Ruleset(lab_tag(plan.name))
-    try:
-        cmd, current = iptables(plan.iptables_backend)
-    except HostNetError as e:
-        if plan.uplink is not None:
-            raise
-        log.warning("bridged frames go through iptables here, but %s: "
-                    "if guests cannot reach each other, allow forwarding on %s", e, plan.bridge)
-        return Ruleset(lab_tag(plan.name))
+    cmd = None
+    if plan.uplink is not None or bridged:
+        try:
+            cmd = iptables(plan.iptables_backend, saves)
+        except HostNetError as e:
+            if plan.uplink is not None:
+                raise
+            log.warning("bridged frames go through iptables here, but %s: "
+                        "if guests cannot reach each other, allow forwarding on %s", e, plan.bridge)
+    for other, text in stale.items():
+        if text is not None and other != cmd:
+            _restore(other, text)
+            log.info("%s: removed the rules of an earlier run of lab %s", other, plan.name)
+    if cmd is None:
+        return Ruleset(tag)
+    current = saves.get(cmd.removeprefix("iptables-")) or save(cmd)
     rs = lab_ruleset(plan, bridged, docker_user=has_chain(current, "filter", "DOCKER-USER"))
     present = tables_in(current)
     ledger.add({"kind": "firewall", "cmd": cmd, "lab": plan.name,
                 "new_tables": [c.table for c in rs.chains if c.table not in present]})
-    # One iptables-restore: remove an earlier copy (a killed run's) and add.
-    stale = removal_input(current, rs.tag, chain_prefix(plan.name)) or ""
-    _restore(cmd, stale + restore_input(rs))
-    rs = dataclasses.replace(rs, cmd=cmd)
+    _restore(cmd, (stale.get(cmd) or "") + restore_input(rs))
+    rs = dataclasses.replace(rs, cmd=cmd, managers=tuple(host_firewalls(saves, _nft_tables())))
     log.info("%s: %s", cmd, "; ".join(f"{c.table} {c.name} <- {c.parent} ({len(c.rules)} rules)"
                                       for c in rs.chains))
     return rs
@@ -361,12 +370,10 @@ def firewall_hints(managers: list[str], plan: LabPlan) -> list[str]:
     return hints
 
 
-def detect_host_firewalls() -> list[str]:
-    saves = {b: save(f"iptables-{b}") for b in available_backends()}
-    tables = proc.run(["nft", "list", "tables"], check=False).stdout if shutil.which("nft") else ""
-    return host_firewalls(saves, tables)
+def _nft_tables() -> str:
+    return proc.run(["nft", "list", "tables"], check=False).stdout if shutil.which("nft") else ""
 
 
-__all__ = ["Ruleset", "apply", "bridged_frames_hit_iptables", "choose_backend", "chain_prefix", "detect_host_firewalls",
-           "firewall_hints", "host_firewalls", "iptables", "lab_ruleset", "lab_tag", "normalize_save",
-           "remove_lab", "remove_recorded", "removal_input", "restore_input", "rule_counters"]
+__all__ = ["Ruleset", "apply", "bridged_frames_hit_iptables", "chain_prefix", "choose_backend", "firewall_hints",
+           "host_firewalls", "iptables", "lab_ruleset", "lab_tag", "normalize_save", "read_saves", "remove_lab",
+           "remove_recorded", "removal_input", "restore_input", "rule_counters"]

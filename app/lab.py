@@ -181,22 +181,17 @@ class LabRunner:
 
     def _sweep(self) -> None:
         """What a killed run left: its processes, rules, routes, sysctls, links.
-        Rules are also swept by tag, in case the ledger itself was lost."""
+        (firewall.apply also sweeps rules by tag, in case the ledger was lost.)"""
         assert self.ledger is not None
         hostnet.kill_recorded_processes(self.ledger)
         firewall.remove_recorded(self.ledger)
-        firewall.remove_lab(self.plan.name)
         uplink.teardown(self.ledger)
         hostnet.sweep(self.ledger, self._owner())
 
     def _warn_host_firewalls(self) -> None:
-        if self.plan.uplink is None and not firewall.bridged_frames_hit_iptables():
-            return
-        managers = firewall.detect_host_firewalls()
-        self.firewall_hints = firewall.firewall_hints(managers, self.plan)
+        self.firewall_hints = firewall.firewall_hints(list(self.ruleset.managers), self.plan)
         for hint in self.firewall_hints:
-            log.warning("%s is active and may drop lab traffic; if the self-test fails at netfilter, run: %s",
-                        hint.split(":", 1)[0], hint.split(": ", 1)[1])
+            log.warning("a host firewall may drop lab traffic; if the self-test fails at netfilter: %s", hint)
 
     def teardown_host(self) -> None:
         if self.ledger is None:
