@@ -1,7 +1,9 @@
-"""Shared fixtures: throwaway network namespaces, owned and removed by name."""
+"""Shared fixtures: the host-state guard, and throwaway network namespaces,
+owned and removed by name, also when a fixture's setup fails halfway."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -12,12 +14,49 @@ from typing import Iterator
 import pytest
 from pyroute2 import netns as pr_netns
 
+from . import hoststate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_left_as_found(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The whole run must leave the host exactly as it found it (hoststate.py
+    lists what is compared). Daemons the tests start keep their default state
+    and token, and iptables-legacy its lock, in this run's temporary
+    directory, so a test that forgets a --state-dir cannot write to /run."""
+    if os.geteuid() != 0:  # without root no test can change the host
+        yield
+        return
+    session = tmp_path_factory.mktemp("session")
+    env = pytest.MonkeyPatch()
+    env.setenv("BRIDGELAB_STATE_DIR", str(session / "state"))
+    env.setenv("XTABLES_LOCKFILE", str(session / "xtables.lock"))
+    before = hoststate.capture()
+    yield
+    env.undo()
+    changed = hoststate.differences(before, hoststate.capture())
+    if changed:
+        pytest.fail("the test run left the host changed:\n  " + "\n  ".join(changed), pytrace=False)
+
 
 def make_netns(prefix: str) -> str:
     name = f"{prefix}-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    except BaseException:
+        delete_netns(name)
+        raise
     return name
+
+
+@contextlib.contextmanager
+def netns(prefix: str) -> Iterator[str]:
+    """A fresh netns for the duration; for fixtures that stack several things."""
+    name = make_netns(prefix)
+    try:
+        yield name
+    finally:
+        delete_netns(name)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -39,11 +78,8 @@ def delete_netns(name: str) -> None:
 def netns_name() -> Iterator[str]:
     if os.geteuid() != 0:
         pytest.fail("network namespace tests need root (run the README's test command as root)")
-    name = make_netns("blt")
-    try:
+    with netns("blt") as name:
         yield name
-    finally:
-        delete_netns(name)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ taps. The same modes with real riscv64 guests are in test_uplink_vm.py.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from bridgelab import firewall, hostnet, uplink
 from bridgelab.plan import HostFacts, LabPlan, make_plan
 from bridgelab.spec import parse_lab_data
 
-from .conftest import delete_netns, junk_image, make_netns
+from .conftest import delete_netns, junk_image, make_netns, netns
 from .test_plan import image
 
 pytestmark = pytest.mark.netns
@@ -47,14 +48,12 @@ class Topology:
     lan: str
     guests: list[str] = field(default_factory=list)
 
-    def namespaces(self) -> list[str]:
-        return [self.host, self.lan, *self.guests]
-
 
 @pytest.fixture
 def topo() -> Iterator[Topology]:
-    t = Topology(host=make_netns("blu-h"), lan=make_netns("blu-l"))
-    try:
+    with contextlib.ExitStack() as stack:
+        t = Topology(host=stack.enter_context(netns("blu-h")), lan=stack.enter_context(netns("blu-l")))
+        stack.callback(lambda: [delete_netns(g) for g in t.guests])
         subprocess.run(["ip", "-n", t.host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
                         "netns", t.lan], check=True)
         for a in (f"{LAN_ROUTER}/24", f"{LAN_HOST}/24"):
@@ -64,9 +63,6 @@ def topo() -> Iterator[Topology]:
         subprocess.run(["ip", "-n", t.host, "link", "set", "up0", "up"], check=True)
         subprocess.run(["ip", "-n", t.host, "route", "add", "default", "via", LAN_ROUTER], check=True)
         yield t
-    finally:
-        for ns in t.namespaces():
-            delete_netns(ns)
 
 
 def add_guest(t: Topology, i: int, addr: str, gateway: str, bridge: str = "br0") -> str:

@@ -14,6 +14,7 @@ sysctls and the routes are exactly as before.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import yaml
 
 from bridgelab import firewall, images
 
-from .conftest import delete_netns, make_netns, stop_process
+from .conftest import netns, stop_process
 from .test_uplink import HOST_UP, LAN_HOST, LAN_ROUTER, hostile_firewall, host_state, ping, seen_source, sh
 from .test_vm import RunningLab, _wait_settled
 
@@ -58,9 +59,11 @@ class UplinkLab:
             assert self.lab.proc.returncode == 0, self.lab.log.read_text()[-3000:]
 
 
-def _start(tmp: Path, spec: dict[str, object], hostile_backend: str) -> UplinkLab:
+def _start(stack: contextlib.ExitStack, tmp: Path, spec: dict[str, object], hostile_backend: str) -> UplinkLab:
+    """Everything made is handed to `stack` as soon as it exists, so a setup
+    that fails halfway still removes it."""
     tmp.mkdir(parents=True, exist_ok=True)
-    host, lan = make_netns("bluv-h"), make_netns("bluv-l")
+    host, lan = stack.enter_context(netns("bluv-h")), stack.enter_context(netns("bluv-l"))
     subprocess.run(["ip", "-n", host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", lan],
                    check=True)
     for a in (f"{LAN_ROUTER}/24", f"{LAN_HOST}/24"):
@@ -80,27 +83,22 @@ def _start(tmp: Path, spec: dict[str, object], hostile_backend: str) -> UplinkLa
     env_free = {"env": {k: v for k, v in __import__("os").environ.items() if k != "BRIDGELAB_IPTABLES"}}
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **env_free)
-    api = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://bridgelab", timeout=600)
+    stack.callback(stop_process, proc, 120)
+    api = stack.enter_context(httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://bridgelab",
+                                           timeout=600))
     return UplinkLab(RunningLab(host, proc, api, tmp / "s", log, argv), lan, before)
 
 
 @pytest.fixture(scope="module")
 def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, UplinkLab]]:
     images.build_image("debian-riscv64")
-    started: dict[str, UplinkLab] = {}
-    try:
+    with contextlib.ExitStack() as stack:
         # Both labs boot at once: the suite's time is the slower one's, not the sum.
-        started["nat"] = _start(tmp_path_factory.mktemp("upnat"), NAT_LAB, "legacy")
-        started["proxy"] = _start(tmp_path_factory.mktemp("upproxy"), PROXY_LAB, "nft")
+        started = {"nat": _start(stack, tmp_path_factory.mktemp("upnat"), NAT_LAB, "legacy"),
+                   "proxy": _start(stack, tmp_path_factory.mktemp("upproxy"), PROXY_LAB, "nft")}
         for u in started.values():
             _wait_settled(u.lab)
         yield started
-    finally:
-        for u in started.values():
-            stop_process(u.lab.proc, 120)
-            u.lab.api.close()
-            delete_netns(u.lab.ns)
-            delete_netns(u.lan)
 
 
 def _ready(u: UplinkLab) -> dict[str, dict[str, object]]:

@@ -7,6 +7,7 @@ others. Host-side checks use iproute2/ping, not bridgelab's own code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import yaml
 
 from bridgelab import images
 
-from .conftest import delete_netns, links_in, make_netns, stop_process
+from .conftest import links_in, netns, stop_process
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,22 +90,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
                            "qemu_args": ["-device", "no-such-device"]})
     lab_file = tmp / "lab.yaml"
     lab_file.write_text(yaml.safe_dump(spec))
-    ns = make_netns("blvm")
-    log = tmp / "serve.log"
-    sock = tmp / "api.sock"
-    argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
-            "--lab", str(lab_file), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    api = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://bridgelab", timeout=600)
-    running = RunningLab(ns, proc, api, tmp / "s", log, argv)
-    try:
+    with contextlib.ExitStack() as stack:
+        ns = stack.enter_context(netns("blvm"))
+        log = tmp / "serve.log"
+        sock = tmp / "api.sock"
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
+                "--lab", str(lab_file), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")]
+        api = stack.enter_context(httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
+                                               base_url="http://bridgelab", timeout=600))
+        with open(log, "wb") as out:
+            running = RunningLab(ns, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), api, tmp / "s",
+                                 log, argv)
+        stack.callback(lambda: stop_process(running.proc, 120))  # the current daemon, after restarts
         _wait_settled(running)
         yield running
-    finally:
-        stop_process(running.proc, 120)
-        api.close()
-        delete_netns(ns)
 
 
 def test_guests_come_up_ready_and_a_broken_one_fails_alone(lab):
