@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import AuthError, BridgelabError
+from .settings import state_root
 
 TOKEN_ENV = "BRIDGELAB_TOKEN"
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
 
 
 def default_token_file() -> Path:
-    return Path(os.environ.get("BRIDGELAB_STATE_DIR", "/run/bridgelab")) / "api-token"
+    return state_root() / "api-token"
 
 
 def is_loopback_listen(listen: str) -> bool:

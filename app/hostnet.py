@@ -49,6 +49,16 @@ def proc_start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def is_running(pid: int, start_time: int) -> bool:
+    """The recorded process still exists and has not exited (a zombie only
+    waits for its parent to reap it)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return int(fields[19]) == start_time and fields[0] != "Z"
+
+
 class Ledger:
     """Created objects, one JSON object per line.
 
@@ -91,6 +101,12 @@ class Ledger:
     def is_current(self, e: dict[str, Any]) -> bool:
         return e.get("boot_id") == self._ids[0] and e.get("netns") == netns_id()
 
+    def other_netns(self) -> set[int]:
+        """Network namespaces (by inode) of this boot's entries recorded
+        elsewhere: acting from here would drop them unacted on."""
+        here = netns_id()
+        return {e["netns"] for e in self.entries if e.get("boot_id") == self._ids[0] and e.get("netns") != here}
+
 
 @dataclass(frozen=True)
 class LinkState:
@@ -104,9 +120,9 @@ class LinkState:
 class HostNet:
     """Bridge and taps in the current network namespace."""
 
-    def __init__(self, ledger: Ledger, owner: str):
+    def __init__(self, ledger: Ledger, owner: str = ""):
         self.ledger = ledger
-        self.owner = owner  # shown as the links' alias, for humans reading `ip link`
+        self.owner = owner  # set as the alias of links it creates, for humans reading `ip link`
         self.ipr = IPRoute()
 
     def close(self) -> None:
@@ -226,37 +242,27 @@ class HostNet:
         return removed
 
 
-def kill_recorded_processes(ledger: Ledger, grace: float = 5.0) -> list[int]:
-    """Kill processes a killed run left behind (qemu), if PID and start time match."""
-    killed = []
+def kill_recorded_processes(ledger: Ledger, grace: float = 5.0) -> list[str]:
+    """Kill processes a killed run left behind (qemu), if PID and start time
+    match. All are asked (SIGTERM) at once, then each gets the same grace."""
+    alive = []
     for e in [e for e in ledger.entries if e["kind"] == "process"]:
-        pid = e["pid"]
-        if ledger.is_current(e) and proc_start_time(pid) == e["start_time"]:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while proc_start_time(pid) == e["start_time"] and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if proc_start_time(pid) == e["start_time"]:
-                os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-            log.info("killed leftover process %d (%s)", pid, e.get("what", ""))
+        if ledger.is_current(e) and is_running(e["pid"], e["start_time"]):
+            os.kill(e["pid"], signal.SIGTERM)
+            alive.append(e)
+        else:
+            ledger.drop(e)
+    deadline = time.monotonic() + grace
+    while any(is_running(e["pid"], e["start_time"]) for e in alive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = []
+    for e in alive:
+        if is_running(e["pid"], e["start_time"]):
+            os.kill(e["pid"], signal.SIGKILL)
+        killed.append(f"{e.get('what') or 'process'} (pid {e['pid']})")
+        log.info("killed leftover process %d (%s)", e["pid"], e.get("what", ""))
         ledger.drop(e)
     return killed
-
-
-def sweep(ledger: Ledger, owner: str) -> tuple[list[int], list[str]]:
-    """Undo whatever a previous run recorded and did not clean up."""
-    if not ledger.entries:
-        return [], []
-    killed = kill_recorded_processes(ledger)
-    net = HostNet(ledger, owner)
-    try:
-        removed = net.teardown()
-    finally:
-        net.close()
-    if killed or removed:
-        log.warning("swept a previous run: killed %s, removed %s", killed, removed)
-    return killed, removed
 
 
 def apply(net: HostNet, bridge: str, address: ipaddress.IPv4Interface | None, bridge_mac: str,

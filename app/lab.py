@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import ipaddress
 import logging
-import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +21,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from . import declared, firewall, guestnet, hostnet, selftest, uplink
+from . import declared, firewall, guestnet, hostnet, hostside, selftest, uplink
 from .agent import AgentUnavailable, GuestAgent
 from .console import Console, quote, strip_escapes
 from .errors import (BridgelabError, ConsoleTimeout, FieldIssue, GuestBusy, HostNetError, ImageError,
                      SpecError, UnknownGuest)
 from .guest import GuestProcess, tail
 from .images import Image, resolve_image
+from .lablock import LabLock
 from .nmcli import NetConfig, side_nic
 from .plan import GuestPlan, HostFacts, LabPlan, check_new_ip, make_plan
 from .schemas import (AddGuest, ExecRequest, ExecResult, FailedGuest, GuestView, MeshPair, MeshReport, UplinkProbe,
@@ -127,7 +126,7 @@ class LabRunner:
         self.ledger: hostnet.Ledger | None = None  # opened once the lab is locked
         self.guests: dict[str, GuestRuntime] = {}
         self.started_at = time.time()
-        self._lock_fd: int | None = None
+        self._lock = LabLock(plan.name, plan.state_dir)
         # Consoles block in threads; exec runs in parallel across guests.
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="console")
         self._settled = asyncio.Event()
@@ -143,15 +142,8 @@ class LabRunner:
     # ------------------------------------------------------------ host side (sync)
 
     def lock(self) -> None:
-        """One daemon per lab: an flock on the state directory."""
-        self.plan.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.plan.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise HostNetError(f"another bridgelab owns lab {self.plan.name} ({self.plan.state_dir})") from None
-        self._lock_fd = fd
+        """One daemon per lab (see lablock); the ledger is read under the lock."""
+        self._lock.acquire()
         self.ledger = hostnet.Ledger(self.plan.state_dir / "ledger.json")
 
     def setup_host(self) -> None:
@@ -165,15 +157,23 @@ class LabRunner:
             uplink.apply(self.ledger, self.plan)
             self._warn_host_firewalls()
         except BaseException:
-            firewall.remove_recorded(self.ledger)
-            uplink.teardown(self.ledger)
-            net.teardown()
+            hostside.undo_recorded(self.ledger)
             raise
         finally:
             net.close()
         for g in self.plan.guests:
             self.guests[g.name] = self._runtime(g)
         self._persist()
+        self._forget_undeclared_guests()
+
+    def _forget_undeclared_guests(self) -> None:
+        """State of guests no longer declared (a removal cut short by a kill)."""
+        declared_dirs = {g.paths.dir for g in self.plan.guests}
+        guests_dir = self.plan.state_dir / "guests"
+        for d in sorted(guests_dir.iterdir()) if guests_dir.is_dir() else []:
+            if d.is_dir() and d not in declared_dirs:
+                shutil.rmtree(d, ignore_errors=True)
+                log.info("removed the state of guest %s, which is no longer declared", d.name)
 
     def _runtime(self, g: GuestPlan) -> GuestRuntime:
         assert self.ledger is not None
@@ -183,10 +183,8 @@ class LabRunner:
         """What a killed run left: its processes, rules, routes, sysctls, links.
         (firewall.apply also sweeps rules by tag, in case the ledger was lost.)"""
         assert self.ledger is not None
-        hostnet.kill_recorded_processes(self.ledger)
-        firewall.remove_recorded(self.ledger)
-        uplink.teardown(self.ledger)
-        hostnet.sweep(self.ledger, self._owner())
+        if undone := hostside.undo_recorded(self.ledger):
+            log.warning("swept what an earlier run of lab %s left: %s", self.plan.name, "; ".join(undone.lines()))
 
     def _warn_host_firewalls(self) -> None:
         self.firewall_hints = firewall.firewall_hints(list(self.ruleset.managers), self.plan)
@@ -196,14 +194,7 @@ class LabRunner:
     def teardown_host(self) -> None:
         if self.ledger is None:
             return
-        hostnet.kill_recorded_processes(self.ledger)
-        firewall.remove_recorded(self.ledger)
-        uplink.teardown(self.ledger)
-        net = hostnet.HostNet(self.ledger, self._owner())
-        try:
-            net.teardown()
-        finally:
-            net.close()
+        hostside.undo_recorded(self.ledger)
         if not self.ledger.entries:
             self.ledger.path.unlink(missing_ok=True)
         # Overlays stay for inspection (and `qemu-img check`); the next start
@@ -212,9 +203,10 @@ class LabRunner:
             for f in (g.paths.console_sock, g.paths.qmp_sock, g.paths.agent_sock):
                 f.unlink(missing_ok=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._lock.release()
 
     def _owner(self) -> str:
-        return f"bridgelab lab={self.plan.name}"
+        return firewall.lab_tag(self.plan.name)  # links carry the rules' tag as their alias
 
     def _add_tap(self, tap: str) -> None:
         assert self.ledger is not None
@@ -599,21 +591,23 @@ class LabRunner:
             return g
 
     async def remove_guest(self, name: str) -> None:
-        """Power the guest down, remove its tap and its state; forget it."""
+        """Forget the guest in the declared state first, then power it down and
+        remove its tap and its state: a daemon killed halfway comes back
+        without it, and the next start sweeps what the removal left."""
         async with self._topology:
             g = self.get(name)
             async with self._operating(g):
-                await self._stop_one(g)
-                await self._in_thread(self._remove_tap, g.plan.tap)
-                if self.plan.proxy_arp:
-                    await self._in_thread(self._move_route, g.plan.ip.ip, None)
-                del self.guests[name]
                 self.plan = dataclasses.replace(self.plan, guests=tuple(p for p in self.plan.guests
                                                                         if p.name != name))
                 self.spec = self.spec.model_copy(update={"guests": [s for s in self.spec.guests
                                                                     if s.name != name]})
                 self.stopped_by_request.discard(name)
                 self._persist()
+                await self._stop_one(g)
+                await self._in_thread(self._remove_tap, g.plan.tap)
+                if self.plan.proxy_arp:
+                    await self._in_thread(self._move_route, g.plan.ip.ip, None)
+                del self.guests[name]
                 shutil.rmtree(g.plan.paths.dir, ignore_errors=True)
                 log.info("removed guest %s", name)
                 self._notify()

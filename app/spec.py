@@ -230,9 +230,14 @@ class Lab(_Model):
     @field_validator("name")
     @classmethod
     def _lab_name(cls, v: str) -> str:
-        if not _GUEST_NAME.match(v):
-            raise ValueError(f"invalid lab name {v!r}: 1-32 of a-z 0-9 '-'")
+        if problem := lab_name_problem(v):
+            raise ValueError(problem)
         return v
+
+
+def lab_name_problem(name: str) -> str | None:
+    """Lab names become link aliases, rule tags and directory names."""
+    return None if _GUEST_NAME.match(name) else f"invalid lab name {name[:40]!r}: 1-32 of a-z 0-9 '-'"
 
 
 # ---------------------------------------------------------------- validation

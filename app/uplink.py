@@ -96,7 +96,8 @@ def set_sysctl(ledger: Ledger, key: str, value: str) -> bool:
 
 
 def restore_sysctls(ledger: Ledger) -> list[str]:
-    """Put back every recorded sysctl, newest first (ip_forward last)."""
+    """Put back every recorded sysctl, newest first (ip_forward last).
+    Returns `key=old value` for each one restored."""
     restored = []
     for e in reversed([e for e in ledger.entries if e["kind"] == "sysctl"]):
         key = e["key"]
@@ -107,7 +108,7 @@ def restore_sysctls(ledger: Ledger) -> list[str]:
         if now is not None and ledger.is_current(e):
             if now == e["new"]:
                 _sysctl_file(key).write_text(e["old"] + "\n")
-                restored.append(key)
+                restored.append(f"{key.replace('/', '.')}={e['old']}")
                 log.info("sysctl %s restored to %s", key.replace("/", "."), e["old"])
             else:
                 log.warning("sysctl %s is %s now, not the %s bridgelab set: leaving it to whoever changed it",
@@ -181,11 +182,10 @@ def apply(ledger: Ledger, plan: LabPlan) -> None:
     log.info("uplink %s via %s (%s)", up.mode, up.interface, up.reason)
 
 
-def teardown(ledger: Ledger) -> None:
-    """Routes, then sysctls (restored newest first)."""
-    for e in [e for e in ledger.entries if e["kind"] == "route"]:
-        remove_route(ledger, e)
-    restore_sysctls(ledger)
+def teardown(ledger: Ledger) -> tuple[list[str], list[str]]:
+    """Routes, then sysctls (restored newest first): what was removed and restored."""
+    routes = [str(e["dst"]) for e in [e for e in ledger.entries if e["kind"] == "route"] if remove_route(ledger, e)]
+    return routes, restore_sysctls(ledger)
 
 
 __all__ = ["add_guest_route", "apply", "detect", "is_wireless", "read_sysctl", "remove_guest_route",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridgelab import hostnet
+from bridgelab import hostnet, hostside
 from bridgelab.errors import HostNetError
 from bridgelab.plan import derive_bridge_mac
 
@@ -135,11 +135,11 @@ def test_killed_run_is_swept_at_next_start(netns_name, tmp_path):
     from pyroute2 import netns as pr_netns
     pr_netns.pushns(netns_name)
     try:
-        killed, removed = hostnet.sweep(hostnet.Ledger(ledger_path), "bridgelab test")
+        undone = hostside.undo_recorded(hostnet.Ledger(ledger_path))
     finally:
         pr_netns.popns()
-    assert killed == [leftover_pid]
-    assert sorted(removed) == sorted(["br0", *TAPS])
+    assert undone.killed == [f"qemu (pid {leftover_pid})"]
+    assert sorted(undone.links) == sorted(["br0", *TAPS])
     assert links_in(netns_name) == {"lo": ""}
     stat = Path(f"/proc/{leftover_pid}/stat")
     assert not stat.exists() or "Z" in stat.read_text().split()[2]  # gone, or a zombie awaiting its reaper
@@ -161,8 +161,7 @@ def test_sweep_never_touches_lookalikes(in_netns, tmp_path):
         ledger.entries.append({"kind": "process", "pid": sleeper.pid, "start_time": 1, "what": "reused pid",
                                "boot_id": hostnet.boot_id(), "netns": hostnet.netns_id()})
         ledger._rewrite()
-        killed, removed = hostnet.sweep(hostnet.Ledger(ledger_path), "bridgelab test")
-        assert (killed, removed) == ([], [])
+        assert not hostside.undo_recorded(hostnet.Ledger(ledger_path))
         assert sleeper.poll() is None
         assert links_in(ns) == {"lo": "", "br0": "bridge", "bltap0": "tun"}
         assert hostnet.Ledger(ledger_path).entries == []

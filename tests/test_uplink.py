@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import pytest
 from pyroute2 import netns as pr_netns
 
-from bridgelab import firewall, hostnet, uplink
+from bridgelab import firewall, hostnet, hostside, uplink
 from bridgelab.plan import HostFacts, LabPlan, make_plan
 from bridgelab.spec import parse_lab_data
 
@@ -150,13 +150,7 @@ class Lab:
     def down(self) -> None:
         pr_netns.pushns(self.t.host)
         try:
-            firewall.remove_recorded(self.ledger)
-            uplink.teardown(self.ledger)
-            net = hostnet.HostNet(self.ledger, "bridgelab test")
-            try:
-                net.teardown()
-            finally:
-                net.close()
+            hostside.undo_recorded(self.ledger)
         finally:
             pr_netns.popns()
 
@@ -303,7 +297,7 @@ def test_sysctl_changed_by_someone_else_is_left_alone(topo, tmp_path):
         Path("/proc/sys/net/ipv4/ip_forward").write_text("0\n")
         assert uplink.set_sysctl(ledger, uplink.IP_FORWARD, "1")
         assert not uplink.set_sysctl(ledger, "net/ipv4/conf/up0/forwarding", "1")  # ip_forward did it: no record
-        assert uplink.restore_sysctls(ledger) == [uplink.IP_FORWARD]
+        assert uplink.restore_sysctls(ledger) == ["net.ipv4.ip_forward=0"]
         # A new netns inherits the host's ip_forward: start from a known 0 (ours to change).
         Path("/proc/sys/net/ipv4/ip_forward").write_text("0\n")
         assert uplink.set_sysctl(ledger, "net/ipv4/conf/up0/proxy_arp", "1")
