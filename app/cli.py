@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import declared, images, uplink
+from . import cleanup, declared, hostcheck, images, uplink
 from .auth import TOKEN_ENV, Policy, client_token, default_token_file, load_or_create_token
 from .errors import BridgelabError, FieldIssue, HostNetError, ImageError, SpecError
 from .plan import HostFacts, LabPlan, make_plan
-from .spec import Lab, UplinkMode, load_lab_text
+from .settings import lab_state_dir
+from .spec import Lab, UplinkMode, lab_name_problem, load_lab_text
 
 if TYPE_CHECKING:
     from .lab import LabSource
@@ -40,10 +41,6 @@ def host_facts(lab: Lab | None = None) -> HostFacts:
     return HostFacts(arch=platform.machine(), kvm=os.access("/dev/kvm", os.R_OK | os.W_OK), uplink=facts)
 
 
-def default_state_dir(lab_name: str) -> Path:
-    return Path(os.environ.get("BRIDGELAB_STATE_DIR", "/run/bridgelab")) / lab_name
-
-
 def load_lab(lab_file: Path, state_dir: Path | None, resume: bool = False) -> tuple[LabPlan, "LabSource"]:
     """Everything that can be checked before touching the host: spec, images, plan.
     With `resume`, the lab as last declared (runtime changes) replaces the file's,
@@ -56,7 +53,7 @@ def load_lab(lab_file: Path, state_dir: Path | None, resume: bool = False) -> tu
         raise SpecError([FieldIssue("", f"cannot read {lab_file}: {e.strerror}")]) from None
     lab = load_lab_text(text)
     stopped: frozenset[str] = frozenset()
-    state = state_dir or default_state_dir(lab.name)
+    state = state_dir or lab_state_dir(lab.name)
     source = declared.source_hash(text)
     if resume and (found := declared.load(state, source)) is not None:
         log.info("resuming lab %s as last declared (%d guests, %d stopped)", lab.name, len(found.lab.guests),
@@ -117,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .api import create_app
     from .lab import LabRunner
 
+    hostcheck.preflight()
     plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
     token_file = args.token_file or default_token_file()
     policy = Policy.for_listen(args.listen, load_or_create_token(token_file, os.environ))
@@ -168,6 +166,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{g.name}: {g.arch.value} {g.accel} ip={g.ip} gateway={g.gateway} mac={g.mac} tap={g.tap} "
               f"image={g.image.name}{ssh}")
     return 0
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    hostcheck.preflight()
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove what dead daemons left; exit 0 when no leftover remains."""
+    hostcheck.preflight()
+    lab = None if args.all else lab_name(args.lab)
+    report = cleanup.cleanup(lab, args.state_dir)
+    for r in report.labs.values():
+        for line in ([r.skipped] if r.skipped else []) + r.removed:
+            print(f"lab {r.lab}: {line}")
+    if report.left:
+        print("still on this host:\n" + "\n".join(f"  {x}" for x in report.left))
+        return 1
+    print("nothing left by a dead bridgelab" + ("" if report.labs else " (nothing to clean up)"))
+    return 0
+
+
+def lab_name(ref: str) -> str:
+    """`--lab` of cleanup: a lab name, or a lab file to read the name from."""
+    path = Path(ref)
+    if "/" in ref or path.suffix in (".yaml", ".yml"):
+        try:
+            return load_lab_text(path.read_text()).name
+        except OSError as e:
+            raise SpecError([FieldIssue("", f"cannot read {path}: {e.strerror}")]) from None
+    if problem := lab_name_problem(ref):
+        raise SpecError([FieldIssue("--lab", problem)])
+    return ref
 
 
 # ---------------------------------------------------------------- API clients
@@ -467,6 +498,17 @@ def parser() -> argparse.ArgumentParser:
     lg = api_command("logs", cmd_logs, "the tail of a guest's serial console")
     lg.add_argument("name")
     lg.add_argument("-n", "--lines", type=int, default=100)
+
+    cl = sub.add_parser("cleanup", help="remove what a dead daemon left on this host (links, rules, routes, "
+                                        "sysctls, processes); exit 0 when nothing is left")
+    which = cl.add_mutually_exclusive_group(required=True)
+    which.add_argument("--lab", metavar="NAME|FILE", help="one lab, by name or lab file")
+    which.add_argument("--all", action="store_true", help="every lab on this host whose daemon is not running")
+    cl.add_argument("--state-dir", type=Path, help="with --lab: its state directory (default: "
+                                                    "$BRIDGELAB_STATE_DIR/<lab> or /run/bridgelab/<lab>)")
+    cl.set_defaults(fn=cmd_cleanup)
+    pf = sub.add_parser("preflight", help="check that this host can run a lab, before anything is created")
+    pf.set_defaults(fn=cmd_preflight)
 
     im = sub.add_parser("image", help="guest images").add_subparsers(dest="image_command", required=True)
     b = im.add_parser("build", help="build a recipe from images/ into the cache")
