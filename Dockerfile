@@ -40,7 +40,7 @@ RUN --mount=type=secret,id=ca \
 COPY app /src/app
 RUN /opt/bridgelab/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src && rm -rf /src
 COPY images /usr/share/bridgelab/images
-COPY lab.yaml /etc/bridgelab/lab.yaml
+COPY lab.yaml /etc/bridgelab/lab/lab.yaml
 COPY entrypoint.sh /usr/local/bin/entrypoint.sh
 
 ENV PATH=/opt/bridgelab/bin:$PATH \

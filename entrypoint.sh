@@ -1,17 +1,31 @@
 #!/bin/sh
 # Pre-flight checks for the bridgelab container, then exec the daemon so that
-# `docker stop` / `compose down` signals reach it directly.
+# `docker stop` / `compose down` signals reach it directly. With arguments
+# (`docker compose run --rm bridgelab bridgelab cleanup --all`), run those
+# instead, after the checks every command needs.
 set -eu
 
 fail() { echo "bridgelab: $*" >&2; exit 1; }
 say() { echo "bridgelab: $*"; }
 
-# Recipes: the image ships its own; a mounted images/ dir may add more.
-mkdir -p "$BRIDGELAB_IMAGES" "$BRIDGELAB_CACHE" "$BRIDGELAB_STATE_DIR"
-for r in /usr/share/bridgelab/images/*/; do
-  name=$(basename "$r")
-  [ -e "$BRIDGELAB_IMAGES/$name" ] || cp -r "$r" "$BRIDGELAB_IMAGES/$name"
-done
+# The iptables lock the container shares with the host (hostcheck.py): fails,
+# with the repair command, if an earlier compose file left a directory there.
+bridgelab preflight || exit 1
+
+# Uplinks set net.ipv4.ip_forward and proxy_arp (each saved first and
+# restored at exit or by cleanup). Docker mounts /proc/sys read-only, and
+# compose v1 cannot ask for `systempaths=unconfined`; with SYS_ADMIN the net
+# subtree alone (the host's, with network_mode: host) is made writable in
+# this container's mount namespace, nothing else in /proc/sys.
+if [ ! -w /proc/sys/net/ipv4/ip_forward ]; then
+  if mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net; then
+    say "made /proc/sys/net writable for uplink sysctls"
+  else
+    say "note: /proc/sys/net is read-only here: labs with an uplink will fail to start"
+  fi
+fi
+
+if [ $# -gt 0 ]; then exec "$@"; fi
 
 if [ ! -c /dev/net/tun ]; then
   mkdir -p /dev/net
@@ -31,8 +45,11 @@ else
   fail "cannot create a bridge ($(cat /tmp/bridge.err)): run 'modprobe bridge' on the host; the container needs NET_ADMIN and the host network"
 fi
 
-lab=${BRIDGELAB_LAB:-/etc/bridgelab/lab.yaml}
-[ -r "$lab" ] || fail "no lab file at $lab: mount one (compose does ./lab.yaml)"
+# compose.yaml mounts the lab file's directory (BRIDGELAB_LAB_DIR on the host).
+lab=${BRIDGELAB_LAB:-/etc/bridgelab/lab/${BRIDGELAB_LAB_FILE:-lab.yaml}}
+if [ ! -f "$lab" ]; then
+  fail "no lab file ${BRIDGELAB_LAB_FILE:-lab.yaml} in ${BRIDGELAB_LAB_DIR:-the lab directory} on the host. For a lab file elsewhere, set BRIDGELAB_LAB_DIR to its directory and BRIDGELAB_LAB_FILE to its name (relative to that directory)"
+fi
 
 if ! bridgelab validate --lab "$lab" >/dev/null 2>/tmp/validate.err; then
   if grep -q "bridgelab image build" /tmp/validate.err; then
@@ -57,18 +74,6 @@ nft=$(iptables-nft-save 2>/dev/null | grep -c '^-A' || true)
 legacy=$(iptables-legacy-save 2>/dev/null | grep -c '^-A' || true)
 bnf=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo "absent")
 say "host iptables: nft backend ${nft:-0} rules, legacy backend ${legacy:-0} rules; bridge-nf-call-iptables=$bnf"
-
-# Uplinks set net.ipv4.ip_forward and proxy_arp (each saved first and
-# restored at exit). Docker mounts /proc/sys read-only, and compose v1 cannot
-# ask for `systempaths=unconfined`; with SYS_ADMIN the net subtree alone (the
-# host's, with network_mode: host) is made writable, nothing else in /proc/sys.
-if [ ! -w /proc/sys/net/ipv4/ip_forward ]; then
-  if mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net; then
-    say "made /proc/sys/net writable for uplink sysctls"
-  else
-    say "note: /proc/sys/net is read-only here: labs with an uplink will fail to start"
-  fi
-fi
 
 exec bridgelab serve --lab "$lab" --listen "127.0.0.1:${BRIDGELAB_PORT:-8700}" \
   --shutdown-timeout "${BRIDGELAB_SHUTDOWN_TIMEOUT:-30}"

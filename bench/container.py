@@ -81,9 +81,8 @@ def host_clean(lab: str) -> bool:
 
 class Compose:
     def __init__(self, tmp: Path, lab: str, images_dir: Path) -> None:
-        self.env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(images_dir),
-                    "BRIDGELAB_LAB_FILE": str(tmp / "lab.yaml"), "BRIDGELAB_PORT": str(PORT),
-                    "COMPOSE_PROJECT_NAME": lab}
+        self.env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(images_dir), "BRIDGELAB_LAB_DIR": str(tmp),
+                    "BRIDGELAB_LAB_FILE": "lab.yaml", "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": lab}
         self.base = ["docker-compose", "-f", str(ROOT / "compose.yaml")]
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:

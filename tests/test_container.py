@@ -72,6 +72,10 @@ def _lab_processes(tag: str) -> list[str]:
     return found
 
 
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hoststate.path_kind(p) for p in sorted(root.rglob("*"))}
+
+
 def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
     images.build_image("debian-riscv64")  # no-op when cached
     cached = images.built_dir("debian-riscv64")
@@ -80,13 +84,17 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
     sh("cp", "-al", str(cached), str(img_dir / "cache" / "debian-riscv64" / cached.name))
     lab_name = f"blci{secrets.token_hex(2)}"
     bridge = f"{lab_name}-br"
-    (tmp_path / "lab.yaml").write_text(
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    (lab_dir / "lab.yaml").write_text(
         f"name: {lab_name}\nbridge: {{name: {bridge}, address: 10.213.77.1/24}}\n"
         "guests:\n  - {name: rv1, image: debian-riscv64}\n  - {name: rv2, image: debian-riscv64}\n")
-    env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(img_dir), "BRIDGELAB_LAB_FILE": str(tmp_path / "lab.yaml"),
+    env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(img_dir), "BRIDGELAB_LAB_DIR": str(lab_dir),
            "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": lab_name}
+    env.pop("XTABLES_LOCKFILE", None)  # the container must use the host's own lock, as for users
     compose = ["docker-compose", "-f", str(ROOT / "compose.yaml")]
     api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
+    host_paths = {"lab": tree(lab_dir), "images": tree(img_dir), "run": hoststate.run_paths()}
 
     def up_until_settled() -> list[dict]:
         up = sh(*compose, "up", "-d", "--no-build", env=env, check=False, cwd=ROOT)
@@ -110,6 +118,9 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         """Tagged jumps into the lab's chains, in either backend: 0 or 1, never duplicated."""
         return sum(1 for line in saves().splitlines() if f"bridgelab lab={lab_name}" in line and "-j BL-" in line)
 
+    def lab_links() -> str:
+        return sh("ip", "-o", "link", "show").stdout
+
     try:
         guests = up_until_settled()
         logs = sh(*compose, "logs", "--no-color", env=env, check=False, cwd=ROOT).stdout
@@ -131,35 +142,58 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         # `docker kill` leaves the host objects behind; the next `up` sweeps
         # them from the ledger in the state volume and converges, no duplicates.
         sh(*compose, "kill", env=env, cwd=ROOT)
-        assert bridge in sh("ip", "-o", "link", "show").stdout
+        assert bridge in lab_links()
         again = up_until_settled()
         assert [g["state"] for g in again] == ["ready", "ready"]
         assert [g["ip"] for g in again] == [g["ip"] for g in guests]
         assert rule_count() in (0, 1)
-        links = sh("ip", "-o", "link", "show").stdout
+        links = lab_links()
         assert links.count(f" {bridge}:") == 1 and all(links.count(f" {t}:") == 1 for t in taps)
 
-        # `restart` is a graceful stop (teardown) and a start (sweep finds nothing).
-        sh(*compose, "restart", env=env, cwd=ROOT)
+        # While the lab runs, cleanup in a second container (plain `docker
+        # run`: compose v1 cannot `run` next to a running host-network
+        # service) leaves it alone: the daemon's locks are seen across containers.
+        live = sh(DOCKER, "run", "--rm", "--network", "host", "--cap-add", "NET_ADMIN",
+                  "-v", f"{lab_name}_bridgelab-state:/var/lib/bridgelab/state", "-v", "/run:/host/run",
+                  "-e", "XTABLES_LOCKFILE=/host/run/xtables.lock", image, "bridgelab", "cleanup", "--all",
+                  check=False)
+        assert live.returncode == 0 and f"lab {lab_name}: its daemon is running: left alone" in live.stdout, \
+            live.stdout + live.stderr
+        assert all(f" {t}:" in lab_links() for t in taps)
+
+        # Killed again, this time cleaned up by `bridgelab cleanup` instead of
+        # another `up`, from a one-off container as the README says.
+        run = [*compose, "run", "--rm", "-T", "bridgelab", "bridgelab", "cleanup", "--all"]
+        sh(*compose, "kill", env=env, cwd=ROOT)
+        cleaned = sh(*run, env=env, check=False, cwd=ROOT)
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        assert f"lab {lab_name}: removed {bridge}" in cleaned.stdout, cleaned.stdout
+        links = lab_links()
+        assert bridge not in links and not any(t in links for t in taps)
+        assert rule_count() == 0 and f"bridgelab lab={lab_name}" not in saves()
+        again = sh(*run, env=env, check=False, cwd=ROOT)
+        assert again.returncode == 0 and "nothing to clean up" in again.stdout, again.stdout
+
+        # From the clean host, up once more: the graceful `down` below must
+        # then power both guests off cleanly.
         again = up_until_settled()
         assert [g["state"] for g in again] == ["ready", "ready"]
-        links = sh("ip", "-o", "link", "show").stdout
-        assert links.count(f" {bridge}:") == 1 and all(links.count(f" {t}:") == 1 for t in taps)
-        assert rule_count() in (0, 1)
     except BaseException:
         sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
         raise
     down = sh(*compose, "down", env=env, check=False, cwd=ROOT)
     try:
         assert down.returncode == 0, down.stderr
-        links = sh("ip", "-o", "link", "show").stdout
+        assert _lab_processes(lab_name) == []
+        links = lab_links()
         assert bridge not in links and not any(t in links for t in taps)
         assert rule_count() == 0 and f"bridgelab lab={lab_name}" not in saves()
-        assert _lab_processes(lab_name) == []
         for name in ("rv1", "rv2"):  # guests powered off cleanly: overlays must check clean
             check = sh(DOCKER, "run", "--rm", "-v", f"{lab_name}_bridgelab-state:/s",
                        "-v", f"{img_dir}:/var/lib/bridgelab/images:ro", "--entrypoint", "qemu-img",
                        image, "check", f"/s/{lab_name}/guests/{name}/overlay.qcow2", check=False)
             assert check.returncode == 0, (name, check.stdout, check.stderr)
+        # Nothing was created on the host through a bind mount.
+        assert {"lab": tree(lab_dir), "images": tree(img_dir), "run": hoststate.run_paths()} == host_paths
     finally:
         sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
