@@ -21,6 +21,7 @@ def start_serve(ns: str, tmp: Path, lab: Path, timeout: float = 10) -> tuple[sub
     """The daemon in `ns`, its API on tmp/api.sock, its log in tmp/serve.log."""
     sock = tmp / "api.sock"
     proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
-                             "--lab", str(lab), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")],
+                             "--lab", str(lab), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s"),
+                             "--token-file", str(tmp / "api-token")],
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "wb"))
     return proc, httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://b", timeout=timeout)

@@ -117,7 +117,8 @@ def native_cycle(tmp: Path, lab: str) -> dict[str, float]:
     env = dict(os.environ)
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "bridgelab.cli", "serve", "--lab", str(tmp / "lab.yaml"),
-                             "--listen", f"unix:{sock}", "--state-dir", str(tmp / "native-state")],
+                             "--listen", f"unix:{sock}", "--state-dir", str(tmp / "native-state"),
+                             "--token-file", str(tmp / "native-state" / "api-token")],
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "native.log", "wb"), env=env)
     api = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://b", timeout=10)
     try:

@@ -94,7 +94,8 @@ class Drill:
 
     def start(self) -> None:
         argv = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "bridgelab.cli", "serve", "--lab",
-                str(self.lab_file), "--listen", f"unix:{self.sock}", "--state-dir", str(self.state)]
+                str(self.lab_file), "--listen", f"unix:{self.sock}", "--state-dir", str(self.state),
+                "--token-file", str(self.state / "api-token")]  # never /run, outside the tests too
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
