@@ -135,13 +135,13 @@ def _from_ledger(name: str, state_dir: Path, result: LabResult) -> None:
         os.close(fd)
 
 
-def _remove_marked(links: list[MarkedLink], result: LabResult, report: Report) -> None:
-    """Taps first, then bridges; each re-checked at its index just before."""
+def _remove_marked(links: list[MarkedLink], result: LabResult) -> None:
+    """Taps first, then bridges; each re-checked at its index just before.
+    A held tap stays (and so does its bridge, which the kernel keeps as long
+    as it has a port): it is reported as left."""
     with IPRoute() as ipr:
         for link in sorted(links, key=lambda x: x.kind == "bridge"):
             if link.held:
-                report.left.append(f"tap {link.name} of lab {link.lab}: a process still holds it open "
-                                   f"(not recorded, so not killed; find it with: grep -l {link.name} /proc/*/cmdline)")
                 continue
             try:
                 msg = ipr.get_links(link.index)[0]
@@ -159,6 +159,7 @@ def _remove_marked(links: list[MarkedLink], result: LabResult, report: Report) -
 
 
 def _from_marks(names: set[str], only: str | None, report: Report) -> None:
+    """Labs known by their rules' tags (`names`) or their links' aliases."""
     links = marked_links()
     labs = {link.lab for link in links} | names
     for name in sorted(labs if only is None else labs & {only}):
@@ -166,13 +167,18 @@ def _from_marks(names: set[str], only: str | None, report: Report) -> None:
         if result.running:
             continue
         result.removed += [f"removed the lab's rules from {cmd} (found by tag)" for cmd in firewall.remove_lab(name)]
-        _remove_marked([link for link in links if link.lab == name], result, report)
+        _remove_marked([link for link in links if link.lab == name], result)
 
 
 def _still_there(only: str | None, live: set[str], dirs: dict[str, Path]) -> list[str]:
     left = [f"{d / LEDGER} of lab {name}" for name, d in dirs.items() if name not in live and (d / LEDGER).is_file()]
-    left += [f"{link.kind} {link.name} of lab {link.lab}" for link in marked_links()
-             if link.lab not in live and (only is None or link.lab == only)]
+    for link in marked_links():
+        if link.lab in live or (only is not None and link.lab != only):
+            continue
+        what = "tap" if link.kind == "tun" else "bridge"
+        left.append(f"{what} {link.name} of lab {link.lab}" + (
+            ": a process still holds it open (not recorded, so not killed; find it with: "
+            f"grep -l {link.name} /proc/*/cmdline)" if link.held else ""))
     for backend, text in firewall.read_saves().items():
         left += [f"iptables-{backend}: rules of lab {name}" for name in sorted(tagged_labs(text))
                  if name not in live and (only is None or name == only)]
@@ -194,7 +200,7 @@ def cleanup(lab: str | None = None, state_dir: Path | None = None) -> Report:
             _from_ledger(name, d, report.lab(name))
     _from_marks(tagged, lab, report)
     live = {r.lab for r in report.labs.values() if r.running}
-    report.left = sorted(set(report.left) | set(_still_there(lab, live, dirs)))
+    report.left = _still_there(lab, live, dirs)
     report.labs = {k: v for k, v in report.labs.items() if v.removed or v.skipped}
     return report
 

@@ -57,18 +57,19 @@ def saves(ns: str) -> str:
                                             + in_ns(ns, "iptables-legacy-save").stdout))
 
 
-def kill(p: subprocess.Popen[str]) -> None:
-    p.send_signal(signal.SIGKILL)  # the daemon this test started, by its PID
-    p.wait()
+def killed_lab(ns: str, tmp: Path, state: Path) -> str:
+    """A lab whose daemon was SIGKILLed once it settled; its tap's name."""
+    daemon = serve(ns, tmp, state)
+    try:
+        return str(wait_settled(ns, tmp)["tap"])
+    finally:
+        daemon.send_signal(signal.SIGKILL)  # the daemon this test started, by its PID
+        daemon.wait()
 
 
 def test_cleanup_removes_what_a_killed_daemon_left_and_says_so(netns_name, tmp_path):
     state = tmp_path / "s"
-    daemon = serve(netns_name, tmp_path, state)
-    try:
-        tap = wait_settled(netns_name, tmp_path)["tap"]
-    finally:
-        kill(daemon)
+    tap = killed_lab(netns_name, tmp_path, state)
     assert set(links_in(netns_name)) == {"lo", "t-br", tap} and (state / "ledger.json").exists()
     p = in_ns(netns_name, *CLI, "cleanup", "--lab", "t", "--state-dir", str(state))
     assert p.returncode == 0, p.stdout + p.stderr
@@ -139,11 +140,7 @@ def test_cleanup_without_a_ledger_goes_by_marks_and_tags_only(netns_name, tmp_pa
     look-alike with another alias, a link without one, and a tap a process
     still holds are not."""
     state = tmp_path / "s"
-    daemon = serve(netns_name, tmp_path, state)
-    try:
-        tap = wait_settled(netns_name, tmp_path)["tap"]
-    finally:
-        kill(daemon)
+    tap = killed_lab(netns_name, tmp_path, state)
     for argv in (["link", "add", "userbr", "type", "bridge"],
                  ["link", "add", "otherbr", "type", "bridge"], ["link", "set", "otherbr", "alias", "bridgelab lab=x y"],
                  ["tuntap", "add", "heldtap", "mode", "tap"], ["link", "set", "heldtap", "alias", "bridgelab lab=h"]):
@@ -178,11 +175,7 @@ def test_cleanup_refuses_a_bad_lab_name_and_a_ledger_of_another_netns(netns_name
     p = subprocess.run([*CLI, "cleanup", "--lab", "Bad;name"], capture_output=True, text=True)
     assert p.returncode == 2 and "invalid lab name" in p.stderr, p.stderr
     state = tmp_path / "s"
-    daemon = serve(netns_name, tmp_path, state)
-    try:
-        wait_settled(netns_name, tmp_path)
-    finally:
-        kill(daemon)
+    killed_lab(netns_name, tmp_path, state)
     # From this test's own namespace, the ledger is not about here: it must be kept, untouched.
     ledger = (state / "ledger.json").read_text()
     p = subprocess.run([*CLI, "cleanup", "--lab", "t", "--state-dir", str(state)], capture_output=True, text=True)
