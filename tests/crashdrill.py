@@ -204,9 +204,10 @@ class Drill:
         taps = {g["tap"] for g in guests.values()}
         if set(links_in(self.ns)) != {"lo", BRIDGE, *taps}:
             found.append(f"links {sorted(links_in(self.ns))}, expected lo, {BRIDGE} and taps {sorted(taps)}")
-        pids = self.qemu_pids()
-        if len(pids) != len(expected) or sorted(g["pid"] for g in guests.values()) != pids:
-            found.append(f"qemu processes {pids}, expected one per guest: {[g['pid'] for g in guests.values()]}")
+        pids, reported = self.qemu_pids(), sorted(g["pid"] or 0 for g in guests.values())
+        if len(pids) != len(expected) or reported != pids:
+            found.append(f"qemu processes {pids}, expected one per declared guest ({len(expected)}), "
+                         f"the ones the API reports: {reported}")
         if survivors := sorted(set(before) & set(pids)):
             found.append(f"qemu of the killed run still running: {survivors}")
         recorded = sorted((e["kind"], e.get("ifname") or e.get("pid") or e.get("cmd")) for e in self.ledger())

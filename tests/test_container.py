@@ -122,6 +122,24 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         return sh("ip", "-o", "link", "show").stdout
 
     try:
+        # Start-up refusals, before anything is created: a lab file that is
+        # not there, and a directory where the host's iptables lock belongs
+        # (made here under a test directory of the host's /run, never at
+        # /run/xtables.lock itself, which the host's iptables-legacy uses).
+        missing = sh(*compose, "run", "--rm", "-T", "bridgelab", env={**env, "BRIDGELAB_LAB_FILE": "nope.yaml"},
+                     check=False, cwd=ROOT)
+        assert missing.returncode == 1 and f"no lab file nope.yaml in {lab_dir}" in missing.stderr, missing.stderr
+        bad_lock = Path("/run") / f"{lab_name}-test" / "xtables.lock"
+        bad_lock.mkdir(parents=True)
+        try:
+            refused = sh(*compose, "run", "--rm", "-T", "-e", f"XTABLES_LOCKFILE=/host{bad_lock}", "bridgelab",
+                         "bridgelab", "cleanup", "--all", env=env, check=False, cwd=ROOT)
+        finally:
+            bad_lock.rmdir()
+            bad_lock.parent.rmdir()
+        assert refused.returncode == 1 and f"sudo rmdir {bad_lock}" in refused.stderr, refused.stderr
+        assert sh("ip", "-o", "link", "show").stdout.count(bridge) == 0
+
         guests = up_until_settled()
         logs = sh(*compose, "logs", "--no-color", env=env, check=False, cwd=ROOT).stdout
         assert [g["state"] for g in guests] == ["ready", "ready"], logs[-4000:]
