@@ -184,7 +184,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if report.left:
         print("still on this host:\n" + "\n".join(f"  {x}" for x in report.left))
         return 1
-    print("nothing left by a dead bridgelab" + ("" if report.labs else " (nothing to clean up)"))
+    print("done: nothing a dead daemon left remains" if report.labs else "nothing to clean up")
     return 0
 
 

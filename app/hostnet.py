@@ -39,24 +39,26 @@ def netns_id() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (after the command name, which may hold spaces)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def proc_start_time(pid: int) -> int | None:
     """Start time in clock ticks since boot (field 22 of /proc/PID/stat):
     with the PID it identifies a process even after PID reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def is_running(pid: int, start_time: int) -> bool:
     """The recorded process still exists and has not exited (a zombie only
     waits for its parent to reap it)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return int(fields[19]) == start_time and fields[0] != "Z"
+    fields = _stat(pid)
+    return fields is not None and int(fields[19]) == start_time and fields[0] != "Z"
 
 
 class Ledger:
