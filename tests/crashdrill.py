@@ -9,7 +9,8 @@ everything it creates live there, and `close()` removes them.
 The moments are the guest states of bring-up (booting, login, configuring,
 verifying, ready) and the middle of three runtime changes: adding a guest
 (while it boots), `PUT /guests/{name}/network` (while it configures) and
-removing a guest (while it powers off).
+removing a guest (while it powers off). After each converged restart a
+SIGTERM must leave nothing behind.
 """
 
 from __future__ import annotations
@@ -263,20 +264,16 @@ def _ensure_ready(d: Drill) -> Guests:
 
 
 def _bring_up_until(d: Drill, state: str) -> tuple[Guests, dict[str, str]]:
-    """A fresh bring-up (the running daemon is SIGKILLed first: at `ready`),
-    stopped by the kill when some guest is in `state`."""
-    if d.running():
-        expected = ready_ips(_ensure_ready(d))
-        d.kill()
-    else:
-        expected = {g["name"]: "" for g in yaml.safe_load(d.lab_file.read_text())["guests"]}
+    """A start of the stopped daemon, cut off by the kill as soon as a guest
+    is in `state`. The API already lists every declared guest with its address."""
+    assert not d.running(), "each scenario starts with the daemon stopped"
     d.start()
     if state == "booting":
         guests = d.wait_for("every qemu started", lambda g: all("qemu_started" in x["stages"] and x["state"] ==
                                                                 "booting" for x in g.values()))
     else:
         guests = d.wait_for(f"a guest in {state}", lambda g: any(x["state"] == state for x in g.values()))
-    return guests, {n: ip or guests[n]["ip"] for n, ip in expected.items()}
+    return guests, ready_ips(guests)
 
 
 def kill_during_bring_up(state: str) -> Callable[[Drill], tuple[str, dict[str, str]]]:
@@ -315,8 +312,9 @@ def kill_mid_add(d: Drill) -> tuple[str, dict[str, str]]:
     return f"{name} booting", {**expected, name: added["ip"]}
 
 
-# In this order each scenario starts from where the previous one left the
-# lab, and the removal and the addition keep it at two guests.
+# Each scenario starts from the lab as the previous one declared it (the
+# daemon resumes the declared state): the removal and the addition keep it
+# at two guests.
 SCENARIOS: dict[str, Callable[[Drill], tuple[str, dict[str, str]]]] = {
     "booting": kill_during_bring_up("booting"),
     "login": kill_during_bring_up("login"),
@@ -330,10 +328,13 @@ SCENARIOS: dict[str, Callable[[Drill], tuple[str, dict[str, str]]]] = {
 
 
 def run(d: Drill, scenario: str) -> Outcome:
+    """Kill, restart, check the convergence, then SIGTERM and check that
+    nothing is left: the next scenario starts from a stopped daemon."""
     killed_at, expected = SCENARIOS[scenario](d)
     before = d.qemu_pids()
     left = d.kill()
     ready_after, problems = d.restart_and_check(expected, before)
+    problems += d.clean_after_sigterm()
     return Outcome(scenario, killed_at, left, expected, ready_after, problems)
 
 
