@@ -3,8 +3,9 @@
 `capture()` reads the host's state with the system's own tools, never
 bridgelab's code; `differences()` says what changed, section by section:
 
-- links, addresses and routes in the root network namespace, and the list of
-  named network namespaces;
+- links, addresses and routes in the root network namespace (without the
+  IPv6 link-local ones the kernel adds when a link first has carrier), and
+  the list of named network namespaces;
 - iptables-save of both backends and `nft list ruleset`, without counters;
 - the sysctls bridgelab may write (ip_forward, proxy_arp, proxy_delay) and
   the br_netfilter switch it reads;
@@ -54,16 +55,24 @@ def links(ns: str | None = None) -> dict[str, str]:
     return {x["ifname"]: (x.get("linkinfo") or {}).get("info_kind", "") for x in _ip_json(ns, "-d", "link", "show")}
 
 
+# What the kernel configures by itself when a link first has carrier (IPv6
+# link-local addresses and the routes that follow them), as docker0 does the
+# first time a container uses it: not configuration anyone set.
+_AUTOCONF_ROUTES = ("fe80::/64 ", "local fe80:", "multicast ff00::/8 ")
+
+
 def addresses(ns: str | None = None) -> dict[str, list[str]]:
-    return {x["ifname"]: sorted(f"{a['local']}/{a['prefixlen']}" for a in x.get("addr_info", []))
+    return {x["ifname"]: sorted(f"{a['local']}/{a['prefixlen']}" for a in x.get("addr_info", [])
+                                if not (a.get("family") == "inet6" and a.get("scope") == "link"))
             for x in _ip_json(ns, "addr", "show")}
 
 
 def routes(ns: str | None = None) -> list[str]:
-    """Without `linkdown`: carrier comes and goes (docker0 while a container
-    runs), the route does not."""
-    return sorted(line.replace(" linkdown", "").strip()
-                  for line in _out(["ip", "route", "show", "table", "all"], ns).splitlines())
+    """Without `linkdown` (carrier comes and goes, the route does not) and
+    without the kernel's IPv6 link-local autoconfiguration."""
+    lines = (line.replace(" linkdown", "").strip()
+             for line in _out(["ip", "route", "show", "table", "all"], ns).splitlines())
+    return sorted(line for line in lines if not line.startswith(_AUTOCONF_ROUTES))
 
 
 def iptables(backend: str, ns: str | None = None) -> list[str]:

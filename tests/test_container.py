@@ -207,7 +207,7 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         assert bridge not in links and not any(t in links for t in taps)
         assert rule_count() == 0 and f"bridgelab lab={lab_name}" not in saves()
         for name in ("rv1", "rv2"):  # guests powered off cleanly: overlays must check clean
-            check = sh(DOCKER, "run", "--rm", "-v", f"{lab_name}_bridgelab-state:/s",
+            check = sh(DOCKER, "run", "--rm", "--network", "none", "-v", f"{lab_name}_bridgelab-state:/s",
                        "-v", f"{img_dir}:/var/lib/bridgelab/images:ro", "--entrypoint", "qemu-img",
                        image, "check", f"/s/{lab_name}/guests/{name}/overlay.qcow2", check=False)
             assert check.returncode == 0, (name, check.stdout, check.stderr)

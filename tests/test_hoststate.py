@@ -5,6 +5,7 @@ then put back."""
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -39,6 +40,25 @@ def test_the_guard_sees_links_addresses_routes_rules_and_sysctls(netns_name):
     # An emptied nft chain stays behind, and legacy tables stay loaded: the
     # guard reports what the tools show, not what one would like to see.
     assert [d for d in hoststate.differences(before, after) if not d.startswith(("nftables", "iptables"))] == []
+
+
+@pytest.mark.netns
+def test_the_guard_ignores_what_the_kernel_configures_when_a_link_gets_carrier(netns_name):
+    """docker0's first container gives it carrier, and the kernel an IPv6
+    link-local address and its routes: not a change anyone made."""
+    ns = netns_name
+    ns_do(ns, "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb")
+    quiet = hoststate.capture(ns)
+    ns_do(ns, "ip", "link", "set", "va", "up")
+    ns_do(ns, "ip", "link", "set", "vb", "up")
+    deadline = time.monotonic() + 10
+    while "fe80::" not in subprocess.run(["ip", "-n", ns, "-6", "addr", "show", "dev", "va"], capture_output=True,
+                                         text=True).stdout:
+        assert time.monotonic() < deadline, "no link-local address appeared"
+        time.sleep(0.1)
+    assert hoststate.differences(quiet, hoststate.capture(ns)) == []
+    ns_do(ns, "ip", "addr", "add", "fd00:9::1/64", "dev", "va")  # one that somebody set is seen
+    assert "addresses: va: [] -> ['fd00:9::1/64']" in hoststate.differences(quiet, hoststate.capture(ns))
 
 
 def test_the_guard_tells_an_absent_lock_from_a_file_and_a_directory(tmp_path):
