@@ -29,15 +29,13 @@ import time
 from pathlib import Path
 
 import httpx
-from pyroute2 import netns as pr_netns
-
+from bridgelab.cli.main import load_plan
+from bridgelab.guest.console import Console
+from bridgelab.guest.process import GuestProcess
+from bridgelab.host.links import Ledger
+from bridgelab.model.plan import GuestPlan, LabPlan
 from common import fresh_ns, start_serve
-
-from bridgelab.cli import load_plan
-from bridgelab.console import Console
-from bridgelab.guest import GuestProcess
-from bridgelab.hostnet import Ledger
-from bridgelab.plan import GuestPlan, LabPlan
+from pyroute2 import netns as pr_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "two-riscv64.yaml"

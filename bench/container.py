@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 
 import httpx
-
-from bridgelab import images
-from bridgelab.plan import derive_tap
+from bridgelab.model import images
+from bridgelab.model.plan import derive_tap
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = "/usr/bin/docker"

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the drill lives with the tests that assert it
 
-from bridgelab import images  # noqa: E402
+from bridgelab.model import images  # noqa: E402
+
 from tests.crashdrill import SCENARIOS, Drill, Outcome, run  # noqa: E402
 
 

@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bridgelab.host import links
 from pyroute2 import netns as pr_netns
-
-from bridgelab import hostnet
 
 ADDR = ipaddress.IPv4Interface("10.198.101.114/24")
 
@@ -43,10 +42,10 @@ def steps(taps: int) -> list[list[str]]:
 def run_bridgelab(ns: str, taps: int, ledger_dir: Path) -> float:
     pr_netns.pushns(ns)
     try:
-        ledger = hostnet.Ledger(ledger_dir / f"{ns}.json")
+        ledger = links.Ledger(ledger_dir / f"{ns}.json")
         t = time.perf_counter()
-        net = hostnet.HostNet(ledger, "bench")
-        hostnet.apply(net, "br0", ADDR, "02:00:00:00:00:01", [f"tap{i}" for i in range(taps)])
+        net = links.HostNet(ledger, "bench")
+        links.apply(net, "br0", ADDR, "02:00:00:00:00:01", [f"tap{i}" for i in range(taps)])
         elapsed = time.perf_counter() - t
         net.close()
     finally:

@@ -31,12 +31,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bridgelab.host import firewall, links, uplink  # noqa: E402
 from pyroute2 import netns as pr_netns  # noqa: E402
 
-from bridgelab import firewall, hostnet, uplink  # noqa: E402
 from tests.conftest import delete_netns, make_netns  # noqa: E402
-from tests.test_uplink import (LAN_HOST, LAN_ROUTER, Lab, Topology, add_guest, hostile_firewall,  # noqa: E402
-                               nat_lab, plan_in, proxy_lab, sh)
+from tests.test_uplink import (  # noqa: E402
+    LAN_HOST,
+    LAN_ROUTER,
+    Lab,
+    Topology,
+    add_guest,
+    hostile_firewall,
+    nat_lab,
+    plan_in,
+    proxy_lab,
+    sh,
+)
 
 _RTT = re.compile(r"time=([\d.]+) ms")
 
@@ -109,8 +119,8 @@ def run_mode(mode: str, variant: str, tmp: Path) -> dict[str, float]:
             # The bridge exists first in both variants: only the uplink is timed.
             pr_netns.pushns(t.host)  # before any netlink socket opens: it binds to the current netns
             try:
-                net = hostnet.HostNet(lab.ledger, "bench")
-                hostnet.apply(net, "br0", lab.plan.bridge_address, lab.plan.bridge_mac, [])
+                net = links.HostNet(lab.ledger, "bench")
+                links.apply(net, "br0", lab.plan.bridge_address, lab.plan.bridge_mac, [])
                 net.close()
                 setup = timed(lambda: (firewall.apply(lab.ledger, lab.plan), uplink.apply(lab.ledger, lab.plan)))
             finally:

@@ -29,8 +29,7 @@ from typing import Any, Callable
 
 import httpx
 import yaml
-
-from bridgelab import firewall
+from bridgelab.host import firewall
 
 from .conftest import links_in, netns
 

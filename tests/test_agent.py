@@ -10,8 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from bridgelab.agent import EXEC_ENV, AgentUnavailable, GuestAgent, decode_status
+from bridgelab.guest.agent import EXEC_ENV, AgentUnavailable, GuestAgent, decode_status
 
 
 def serve(path: Path, polls_before_exit: int = 2, stale: bytes = b'{"return": {}}\n{"garbage') -> list[dict]:

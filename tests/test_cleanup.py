@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from bridgelab import firewall, hostcheck, lablock
+from bridgelab.host import firewall, lablock, preflight
 
 from .conftest import junk_image, links_in
 
@@ -86,13 +85,13 @@ def test_cleanup_kills_a_recorded_qemu_and_restores_sysctls(netns_name, tmp_path
     state = tmp_path / "s"
     script = textwrap.dedent(f"""
         import os, pathlib, signal, subprocess
-        from bridgelab import hostnet, uplink
-        ledger = hostnet.Ledger(pathlib.Path({str(state / 'ledger.json')!r}))
+        from bridgelab.host import links, uplink
+        ledger = links.Ledger(pathlib.Path({str(state / 'ledger.json')!r}))
         pathlib.Path("/proc/sys/net/ipv4/ip_forward").write_text("0\\n")
         uplink.set_sysctl(ledger, uplink.IP_FORWARD, "1")
         child = subprocess.Popen(["sleep", "600"], start_new_session=True, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        ledger.add({{"kind": "process", "pid": child.pid, "start_time": hostnet.proc_start_time(child.pid),
+        ledger.add({{"kind": "process", "pid": child.pid, "start_time": links.proc_start_time(child.pid),
                     "what": "qemu rv1"}})
         print(child.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -198,7 +197,7 @@ def test_lab_lock_is_seen_while_held_and_gone_with_its_holder(in_netns, tmp_path
     assert not lablock.running("t")
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import pathlib, time
-        from bridgelab import lablock
+        from bridgelab.host import lablock
         lock = lablock.LabLock("t", pathlib.Path({str(tmp_path / "s")!r}))
         lock.acquire()
         print("held", flush=True)
@@ -238,8 +237,8 @@ def test_preflight_stops_at_a_directory_where_the_iptables_lock_belongs(netns_na
 
 
 def test_the_lock_message_names_the_hosts_path_inside_the_container():
-    path = hostcheck.HOST_RUN / "xtables.lock"
-    assert hostcheck.host_path(path) == Path("/run/xtables.lock")
-    assert hostcheck.host_path(Path("/run/xtables.lock")) == Path("/run/xtables.lock")
-    assert "does not exist (mount the host's /run there" in str(hostcheck.xtables_lock_problem(
-        hostcheck.HOST_RUN / "nowhere" / "xtables.lock"))
+    path = preflight.HOST_RUN / "xtables.lock"
+    assert preflight.host_path(path) == Path("/run/xtables.lock")
+    assert preflight.host_path(Path("/run/xtables.lock")) == Path("/run/xtables.lock")
+    assert "does not exist (mount the host's /run there" in str(preflight.xtables_lock_problem(
+        preflight.HOST_RUN / "nowhere" / "xtables.lock"))

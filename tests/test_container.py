@@ -18,8 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from bridgelab import images
+from bridgelab.model import images
 
 from . import hoststate
 

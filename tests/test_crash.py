@@ -12,8 +12,7 @@ import os
 from typing import Iterator
 
 import pytest
-
-from bridgelab import images
+from bridgelab.model import images
 
 from .crashdrill import SCENARIOS, Drill, run
 

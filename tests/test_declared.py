@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from bridgelab import declared
-from bridgelab.spec import load_lab_text
+from bridgelab.model import declared
+from bridgelab.model.spec import load_lab_text
 
 LAB = "name: t\nbridge: {address: 10.0.0.1/24}\nguests:\n  - {name: a, image: x}\n  - {name: b, image: x}\n"
 

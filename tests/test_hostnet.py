@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from bridgelab import hostnet, hostside
 from bridgelab.errors import HostNetError
-from bridgelab.plan import derive_bridge_mac
+from bridgelab.host import links, undo
+from bridgelab.model.plan import derive_bridge_mac
 
 from .conftest import junk_image, links_in
 
@@ -26,17 +25,17 @@ TAPS = ["bltap0", "bltap1", "bltap2"]
 
 
 def apply(ledger_path: Path, taps=TAPS, bridge="br0"):
-    ledger = hostnet.Ledger(ledger_path)
-    net = hostnet.HostNet(ledger, "bridgelab test")
+    ledger = links.Ledger(ledger_path)
+    net = links.HostNet(ledger, "bridgelab test")
     try:
-        return hostnet.apply(net, bridge, ADDR, MAC, taps), ledger
+        return links.apply(net, bridge, ADDR, MAC, taps), ledger
     finally:
         net.close()
 
 
 def teardown(ledger_path: Path) -> list[str]:
-    ledger = hostnet.Ledger(ledger_path)
-    net = hostnet.HostNet(ledger, "bridgelab test")
+    ledger = links.Ledger(ledger_path)
+    net = links.HostNet(ledger, "bridgelab test")
     try:
         return net.teardown()
     finally:
@@ -87,7 +86,7 @@ def test_teardown_removes_exactly_what_it_created(in_netns, tmp_path):
     assert sorted(removed) == sorted(["br0", *TAPS])
     assert links_in(ns) == {"lo": "", "keep0": "veth", "keep1": "veth", "userbr": "bridge", "usertap": "tun"}
     assert ip_json(ns, "link", "show", "dev", "usertap")[0]["master"] == "userbr"
-    assert hostnet.Ledger(tmp_path / "ledger.json").entries == []
+    assert links.Ledger(tmp_path / "ledger.json").entries == []
 
 
 def test_existing_foreign_link_is_refused_and_left_alone(in_netns, tmp_path):
@@ -114,11 +113,11 @@ def test_killed_run_is_swept_at_next_start(netns_name, tmp_path):
     ledger_path = tmp_path / "ledger.json"
     script = textwrap.dedent(f"""
         import ipaddress, os, pathlib, signal, subprocess, sys
-        from bridgelab import hostnet
-        from bridgelab.guest import proc_start_time
-        ledger = hostnet.Ledger(pathlib.Path({str(ledger_path)!r}))
-        net = hostnet.HostNet(ledger, "bridgelab test")
-        hostnet.apply(net, "br0", ipaddress.IPv4Interface("10.198.101.114/24"), "02:00:00:00:00:01", {TAPS!r})
+        from bridgelab.host import links
+        from bridgelab.guest.process import proc_start_time
+        ledger = links.Ledger(pathlib.Path({str(ledger_path)!r}))
+        net = links.HostNet(ledger, "bridgelab test")
+        links.apply(net, "br0", ipaddress.IPv4Interface("10.198.101.114/24"), "02:00:00:00:00:01", {TAPS!r})
         child = subprocess.Popen(["sleep", "600"], start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ledger.add({{"kind": "process", "pid": child.pid, "start_time": proc_start_time(child.pid), "what": "qemu"}})
@@ -135,7 +134,7 @@ def test_killed_run_is_swept_at_next_start(netns_name, tmp_path):
     from pyroute2 import netns as pr_netns
     pr_netns.pushns(netns_name)
     try:
-        undone = hostside.undo_recorded(hostnet.Ledger(ledger_path))
+        undone = undo.undo_recorded(links.Ledger(ledger_path))
     finally:
         pr_netns.popns()
     assert undone.killed == [f"qemu (pid {leftover_pid})"]
@@ -153,18 +152,18 @@ def test_sweep_never_touches_lookalikes(in_netns, tmp_path):
     apply(ledger_path, taps=["bltap0"])
     subprocess.run(["ip", "-n", ns, "link", "del", "bltap0"], check=True)
     subprocess.run(["ip", "-n", ns, "tuntap", "add", "bltap0", "mode", "tap"], check=True)  # someone else's now
-    ledger = hostnet.Ledger(ledger_path)
+    ledger = links.Ledger(ledger_path)
     br = ledger.find_link("br0")
     br["boot_id"] = "another-boot"
     sleeper = subprocess.Popen(["sleep", "600"])
     try:
         ledger.entries.append({"kind": "process", "pid": sleeper.pid, "start_time": 1, "what": "reused pid",
-                               "boot_id": hostnet.boot_id(), "netns": hostnet.netns_id()})
+                               "boot_id": links.boot_id(), "netns": links.netns_id()})
         ledger._rewrite()
-        assert not hostside.undo_recorded(hostnet.Ledger(ledger_path))
+        assert not undo.undo_recorded(links.Ledger(ledger_path))
         assert sleeper.poll() is None
         assert links_in(ns) == {"lo": "", "br0": "bridge", "bltap0": "tun"}
-        assert hostnet.Ledger(ledger_path).entries == []
+        assert links.Ledger(ledger_path).entries == []
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -230,7 +229,7 @@ def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, 
     on our bridge cannot ping each other until bridgelab adds its one tagged
     rules; teardown removes exactly those and leaves the policy alone.
     The DROP sits in either backend; bridgelab must find which on its own."""
-    from bridgelab import firewall
+    from bridgelab.host import firewall
 
     from .test_plan import plan_of
 
@@ -240,9 +239,9 @@ def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, 
     if _ns_sh(ns, "cat", str(firewall.BRIDGE_NF), check=False).stdout.strip() != "1":
         pytest.skip("br_netfilter is not active in this kernel; bridged frames never see iptables here")
     _ns_sh(ns, ipt, "-w", "-P", "FORWARD", "DROP")
-    ledger = hostnet.Ledger(tmp_path / "ledger.json")
-    net = hostnet.HostNet(ledger, "bridgelab test")
-    hostnet.apply(net, "br0", ADDR, MAC, [])
+    ledger = links.Ledger(tmp_path / "ledger.json")
+    net = links.HostNet(ledger, "bridgelab test")
+    links.apply(net, "br0", ADDR, MAC, [])
     net.close()
     guests = []
     try:
@@ -275,7 +274,7 @@ def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, 
 
 def test_backend_choice_follows_the_hosts_rules():
     from bridgelab.errors import HostNetError
-    from bridgelab.firewall import choose_backend
+    from bridgelab.host.firewall import choose_backend
 
     both = {"nft", "legacy"}
     assert choose_backend(None, {"nft": 0, "legacy": 0}, both)[0] == "nft"

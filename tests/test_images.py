@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from bridgelab import images
 from bridgelab.errors import ImageError
+from bridgelab.model import images
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
-from bridgelab import nmcli
+from bridgelab.guest import commands
 
 IP_LINK = (
     "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\"
@@ -27,57 +27,57 @@ connection.autoconnect:yes
 connection.autoconnect-priority:100
 """
 
-CFG = nmcli.NetConfig(mac="02:11:22:33:44:55", address=ipaddress.IPv4Interface("10.198.101.1/24"),
+CFG = commands.NetConfig(mac="02:11:22:33:44:55", address=ipaddress.IPv4Interface("10.198.101.1/24"),
                       gateway=ipaddress.IPv4Address("10.198.101.114"))
 
 
 def test_interface_is_found_by_mac_not_by_name():
-    assert nmcli.iface_for_mac(IP_LINK, "02:11:22:33:44:55") == "enp0s1"
-    assert nmcli.iface_for_mac(IP_LINK, "52:54:00:12:34:56") == "eth1"
-    assert nmcli.iface_for_mac(IP_LINK, "02:00:00:00:00:99") is None
+    assert commands.iface_for_mac(IP_LINK, "02:11:22:33:44:55") == "enp0s1"
+    assert commands.iface_for_mac(IP_LINK, "52:54:00:12:34:56") == "eth1"
+    assert commands.iface_for_mac(IP_LINK, "02:00:00:00:00:99") is None
 
 
 def test_profile_name_is_deterministic_per_mac():
-    assert nmcli.profile_name("02:11:22:33:44:55") == "bridgelab-021122334455"
+    assert commands.profile_name("02:11:22:33:44:55") == "bridgelab-021122334455"
 
 
 def test_matching_profile_has_no_diff():
-    assert nmcli.settings_diff(nmcli.parse_terse(SHOW), nmcli.desired_settings(CFG)) == {}
+    assert commands.settings_diff(commands.parse_terse(SHOW), commands.desired_settings(CFG)) == {}
 
 
 def test_changed_address_and_dns_show_up_in_the_diff():
-    cfg = nmcli.NetConfig(mac=CFG.mac, address=ipaddress.IPv4Interface("10.198.101.50/24"), gateway=CFG.gateway,
+    cfg = commands.NetConfig(mac=CFG.mac, address=ipaddress.IPv4Interface("10.198.101.50/24"), gateway=CFG.gateway,
                           dns=(ipaddress.IPv4Address("10.198.101.114"),))
-    diff = nmcli.settings_diff(nmcli.parse_terse(SHOW), nmcli.desired_settings(cfg))
+    diff = commands.settings_diff(commands.parse_terse(SHOW), commands.desired_settings(cfg))
     assert diff == {"ipv4.addresses": "10.198.101.50/24", "ipv4.dns": "10.198.101.114"}
 
 
 def test_terse_values_unescape_colons_and_ignore_noise():
-    parsed = nmcli.parse_terse("802-3-ethernet.mac-address:02\\:11\\:22\\:33\\:44\\:55\n[ 1.0] kernel: x\n")
+    parsed = commands.parse_terse("802-3-ethernet.mac-address:02\\:11\\:22\\:33\\:44\\:55\n[ 1.0] kernel: x\n")
     assert parsed == {"802-3-ethernet.mac-address": "02:11:22:33:44:55"}
 
 
 def test_commands_quote_every_value():
-    add = nmcli.add_cmd("bridgelab-x", nmcli.desired_settings(CFG))
+    add = commands.add_cmd("bridgelab-x", commands.desired_settings(CFG))
     words = shlex.split(add)
     assert words[:6] == ["nmcli", "connection", "add", "type", "ethernet", "con-name"]
     assert words[words.index("ipv4.addresses") + 1] == "10.198.101.1/24"
     assert words[words.index("ipv4.dns") + 1] == ""
     assert words[words.index("802-3-ethernet.mac-address") + 1] == "02:11:22:33:44:55".upper()
-    up = shlex.split(nmcli.up_cmd("name; reboot", "eth0"))
+    up = shlex.split(commands.up_cmd("name; reboot", "eth0"))
     assert up == ["nmcli", "connection", "up", "name; reboot", "ifname", "eth0"]
 
 
 def test_addresses_and_ping_parsing():
     out = ("2: eth0    inet 10.198.101.1/24 brd 10.198.101.255 scope global noprefixroute eth0\\"
            "       valid_lft forever preferred_lft forever\n")
-    assert nmcli.parse_addresses(out) == [ipaddress.IPv4Interface("10.198.101.1/24")]
-    assert nmcli.parse_ping("ok 10.0.0.1\n[ 3.2] noise\nfail 10.0.0.2\n") == {"10.0.0.1": True, "10.0.0.2": False}
-    assert "ping -n -q -c 1 -w 5" in nmcli.ping_cmd(["10.0.0.1"])
+    assert commands.parse_addresses(out) == [ipaddress.IPv4Interface("10.198.101.1/24")]
+    assert commands.parse_ping("ok 10.0.0.1\n[ 3.2] noise\nfail 10.0.0.2\n") == {"10.0.0.1": True, "10.0.0.2": False}
+    assert "ping -n -q -c 1 -w 5" in commands.ping_cmd(["10.0.0.1"])
 
 
 def test_neighbour_states():
-    from bridgelab.nmcli import neighbour_cmd, parse_neighbour
+    from bridgelab.guest.commands import neighbour_cmd, parse_neighbour
     assert parse_neighbour("10.0.0.2 dev eth0 lladdr 52:54:00:12:34:56 REACHABLE\n") == "resolved"
     assert parse_neighbour("10.0.0.2 dev eth0 lladdr 52:54:00:12:34:56 STALE\n") == "resolved"
     assert parse_neighbour("10.0.0.2 dev eth0 FAILED\n") == "failed"

@@ -6,12 +6,11 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-
-from bridgelab import qemu
 from bridgelab.errors import SpecError
-from bridgelab.images import BootStyle, Image
-from bridgelab.plan import HostFacts, derive_mac, derive_tap, make_plan
-from bridgelab.spec import Arch, Login, parse_lab_data
+from bridgelab.guest import qemu_argv
+from bridgelab.model.images import BootStyle, Image
+from bridgelab.model.plan import HostFacts, derive_mac, derive_tap, make_plan
+from bridgelab.model.spec import Arch, Login, parse_lab_data
 
 X86_TCG = HostFacts(arch="x86_64", kvm=False)
 X86_KVM = HostFacts(arch="x86_64", kvm=True)
@@ -95,7 +94,7 @@ def test_socket_paths_must_fit_sun_path():
 def test_riscv64_argv_expresses_the_seed_command_line():
     p = plan_of([{"name": "rv1", "image": "i", "cpus": 2, "memory": "2G", "mac": "52:54:00:12:34:55",
                   "tap": "tap0", "append": "loglevel=3"}])
-    argv = qemu.argv(p.guests[0])
+    argv = qemu_argv.argv(p.guests[0])
     joined = " ".join(argv)
     assert argv[0] == "qemu-system-riscv64"
     assert "-machine virt" in joined and "-accel tcg" in joined and "-smp 2 -m 2048M" in joined
@@ -112,7 +111,7 @@ def test_riscv64_argv_expresses_the_seed_command_line():
 
 def test_riscv64_firmware_style_boots_fw_payload_as_kernel():
     p = plan_of([{"name": "oe", "image": "i"}], images={"i": image(style=BootStyle.firmware)})
-    joined = " ".join(qemu.argv(p.guests[0]))
+    joined = " ".join(qemu_argv.argv(p.guests[0]))
     assert "-bios none -kernel /img/fw_payload.bin" in joined
     assert "-initrd" not in joined
 
@@ -120,19 +119,19 @@ def test_riscv64_firmware_style_boots_fw_payload_as_kernel():
 def test_aarch64_and_x86_64_argv():
     p = plan_of([{"name": "arm", "image": "a", "arch": "aarch64"}, {"name": "pc", "image": "x", "arch": "x86_64"}],
                 host=X86_KVM)
-    arm, pc = (qemu.argv(g) for g in p.guests)
+    arm, pc = (qemu_argv.argv(g) for g in p.guests)
     assert arm[0] == "qemu-system-aarch64" and "virtio-net-pci,netdev=net0,mac=" in " ".join(arm)
     assert arm[arm.index("-cpu") + 1] == "max" and "-bios" not in arm
     assert pc[0] == "qemu-system-x86_64" and pc[pc.index("-machine") + 1] == "q35"
     assert pc[pc.index("-accel") + 1] == "kvm" and pc[pc.index("-cpu") + 1] == "host"
     assert any(a.endswith(",vhost=on") for a in pc)
-    assert qemu.ARCHES[Arch.aarch64].console == "ttyAMA0"
+    assert qemu_argv.ARCHES[Arch.aarch64].console == "ttyAMA0"
 
 
 def test_extra_args_come_last_and_commas_in_paths_are_escaped():
     p = plan_of([{"name": "rv", "image": "i", "qemu_args": ["-device", "virtio-gpu-device"]}],
                 state=Path("/run/a,b"))
-    argv = qemu.argv(p.guests[0])
+    argv = qemu_argv.argv(p.guests[0])
     assert argv[-2:] == ["-device", "virtio-gpu-device"]
     assert any("path=/run/a,,b/guests/rv/console.sock" in a for a in argv)
-    assert qemu.overlay_argv(p.guests[0])[-3:] == ["-b", "/img/disk.qcow2", "/run/a,b/guests/rv/overlay.qcow2"]
+    assert qemu_argv.overlay_argv(p.guests[0])[-3:] == ["-b", "/img/disk.qcow2", "/run/a,b/guests/rv/overlay.qcow2"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from bridgelab.errors import SpecError
-from bridgelab.spec import load_lab_text, parse_lab_data, parse_memory_mib
+from bridgelab.model.spec import load_lab_text, parse_lab_data, parse_memory_mib
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "two-riscv64.yaml"
 
@@ -118,7 +117,7 @@ def test_mac_is_normalised():
 
 
 def test_a_guest_prefix_must_keep_its_gateway_on_its_network():
-    from bridgelab.spec import load_lab_text
+    from bridgelab.model.spec import load_lab_text
     lab = load_lab_text("bridge: {address: 10.0.0.1/24}\nguests:\n"
                         "  - {name: a, image: x, ip: 10.0.0.5, prefix: 25}\n")
     assert lab.guests[0].prefix == 25

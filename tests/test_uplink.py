@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from bridgelab.host import firewall, links, undo, uplink
+from bridgelab.model.plan import HostFacts, LabPlan, make_plan
+from bridgelab.model.spec import parse_lab_data
 from pyroute2 import netns as pr_netns
-
-from bridgelab import firewall, hostnet, hostside, uplink
-from bridgelab.plan import HostFacts, LabPlan, make_plan
-from bridgelab.spec import parse_lab_data
 
 from .conftest import delete_netns, junk_image, make_netns, netns
 from .test_plan import image
@@ -131,14 +130,14 @@ class Lab:
 
     def __init__(self, t: Topology, plan: LabPlan, state: Path):
         self.t, self.plan = t, plan
-        self.ledger = hostnet.Ledger(state / "ledger.json")
+        self.ledger = links.Ledger(state / "ledger.json")
 
     def up(self) -> firewall.Ruleset:
         pr_netns.pushns(self.t.host)
         try:
-            net = hostnet.HostNet(self.ledger, "bridgelab test")
+            net = links.HostNet(self.ledger, "bridgelab test")
             try:
-                hostnet.apply(net, self.plan.bridge, self.plan.bridge_address, self.plan.bridge_mac, [])
+                links.apply(net, self.plan.bridge, self.plan.bridge_address, self.plan.bridge_mac, [])
             finally:
                 net.close()
             rs = firewall.apply(self.ledger, self.plan)
@@ -150,7 +149,7 @@ class Lab:
     def down(self) -> None:
         pr_netns.pushns(self.t.host)
         try:
-            hostside.undo_recorded(self.ledger)
+            undo.undo_recorded(self.ledger)
         finally:
             pr_netns.popns()
 
@@ -292,7 +291,7 @@ def test_a_killed_runs_rules_are_swept_at_the_next_start_even_without_its_ledger
 def test_sysctl_changed_by_someone_else_is_left_alone(topo, tmp_path):
     pr_netns.pushns(topo.host)
     try:
-        ledger = hostnet.Ledger(tmp_path / "ledger.json")
+        ledger = links.Ledger(tmp_path / "ledger.json")
         # A new netns inherits the host's ip_forward: start from a known 0 (ours to change).
         Path("/proc/sys/net/ipv4/ip_forward").write_text("0\n")
         assert uplink.set_sysctl(ledger, uplink.IP_FORWARD, "1")

@@ -7,11 +7,11 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-
-from bridgelab import firewall, nmcli, qemu, selftest
 from bridgelab.errors import SpecError
-from bridgelab.plan import HostFacts, UplinkFacts, choose_uplink_mode, derive_ssh_port, make_plan
-from bridgelab.spec import Uplink, parse_lab_data
+from bridgelab.guest import commands, qemu_argv
+from bridgelab.host import firewall, uplink_diagnosis
+from bridgelab.model.plan import HostFacts, UplinkFacts, choose_uplink_mode, derive_ssh_port, make_plan
+from bridgelab.model.spec import Uplink, parse_lab_data
 
 from .test_plan import image
 
@@ -99,18 +99,18 @@ def test_user_nic_ports_are_stable_and_distinct():
     assert a.user_nic and b.user_nic and c.user_nic is None
     assert 20000 <= a.user_nic.ssh_port < 30000 and b.user_nic.ssh_port == 2222
     assert a.user_nic.mac != a.mac
-    joined = " ".join(qemu.argv(a))
+    joined = " ".join(qemu_argv.argv(a))
     assert f"-netdev user,id=net1,restrict=on,hostfwd=tcp:127.0.0.1:{a.user_nic.ssh_port}-:22" in joined
     assert f"netdev=net1,mac={a.user_nic.mac}" in joined
-    assert "restrict=off" in " ".join(qemu.argv(b)) and "net1" not in " ".join(qemu.argv(c))
+    assert "restrict=off" in " ".join(qemu_argv.argv(b)) and "net1" not in " ".join(qemu_argv.argv(c))
 
 
 def test_side_nic_profile_never_takes_the_default_route_or_dns():
-    want = nmcli.desired_settings(nmcli.side_nic("52:54:00:00:00:02"))
+    want = commands.desired_settings(commands.side_nic("52:54:00:00:00:02"))
     assert want["ipv4.never-default"] == "yes" and want["ipv4.ignore-auto-dns"] == "yes"
     assert want["ipv4.method"] == "auto" and want["802-3-ethernet.mac-address"] == "52:54:00:00:00:02".upper()
     out = "default via 10.198.101.114 dev enp0s1 proto static metric 100\ndefault via 10.0.2.2 dev enp0s2\n"
-    assert nmcli.parse_default_devices(out) == ["enp0s1", "enp0s2"]
+    assert commands.parse_default_devices(out) == ["enp0s1", "enp0s2"]
 
 
 # ---------------------------------------------------------------- the rule set
@@ -172,9 +172,9 @@ def test_firewalld_and_ufw_are_recognised_with_the_exact_fix():
 
 def evidence(**kw):
     base = dict(guest_route="192.168.1.1 via 10.198.101.114 dev eth0 src 10.198.101.1", next_hop_arp="resolved",
-                ip_forward=True, host_route_dev="wlp2s0", before=selftest.Counters(5, 5),
-                after=selftest.Counters(6, 6), host_reaches_target=True, uplink_proxy_arp=True)
-    return selftest.Evidence(**{**base, **kw})
+                ip_forward=True, host_route_dev="wlp2s0", before=uplink_diagnosis.Counters(5, 5),
+                after=uplink_diagnosis.Counters(6, 6), host_reaches_target=True, uplink_proxy_arp=True)
+    return uplink_diagnosis.Evidence(**{**base, **kw})
 
 
 @pytest.mark.parametrize("kw, layer, words", [
@@ -182,22 +182,22 @@ def evidence(**kw):
     ({"next_hop_arp": "failed"}, "l2", "10.198.101.114"),
     ({"ip_forward": False}, "nat_route", "forwarding is off"),
     ({"host_route_dev": "eth9"}, "nat_route", "via eth9"),
-    ({"after": selftest.Counters(5, 5)}, "netfilter", "never bridgelab's ACCEPT"),
-    ({"after": selftest.Counters(None, 6)}, "netfilter", "gone"),
-    ({"after": selftest.Counters(6, 5)}, "nat_route", "MASQUERADE"),
+    ({"after": uplink_diagnosis.Counters(5, 5)}, "netfilter", "never bridgelab's ACCEPT"),
+    ({"after": uplink_diagnosis.Counters(None, 6)}, "netfilter", "gone"),
+    ({"after": uplink_diagnosis.Counters(6, 5)}, "nat_route", "MASQUERADE"),
     ({"host_reaches_target": False}, "nat_route", "beyond the uplink"),
     ({}, "nat_route", "no reply came back"),
 ])
 def test_diagnosis_walks_outwards_from_the_guest(kw, layer, words):
     p = plan(lab({"mode": "nat"}))
-    found, detail = selftest.diagnose(evidence(**kw), p, ipaddress.IPv4Address("192.168.1.1"), ["ufw: x"])
+    found, detail = uplink_diagnosis.diagnose(evidence(**kw), p, ipaddress.IPv4Address("192.168.1.1"), ["ufw: x"])
     assert found == layer and words in detail
 
 
 def test_next_hop_is_the_gateway_or_the_target_itself():
     t = ipaddress.IPv4Address("10.77.0.50")
-    assert str(selftest.next_hop("10.77.0.50 via 10.77.0.1 dev eth0 src 10.77.0.201", t)) == "10.77.0.1"
-    assert selftest.next_hop("10.77.0.50 dev eth0 src 10.77.0.201 uid 0", t) == t
+    assert str(uplink_diagnosis.next_hop("10.77.0.50 via 10.77.0.1 dev eth0 src 10.77.0.201", t)) == "10.77.0.1"
+    assert uplink_diagnosis.next_hop("10.77.0.50 dev eth0 src 10.77.0.201 uid 0", t) == t
 
 
 def test_foreign_nftables_forward_drops_are_found_but_iptables_own_are_not():
@@ -213,16 +213,16 @@ def test_foreign_nftables_forward_drops_are_found_but_iptables_own_are_not():
                    "hook": "input", "prio": 0, "policy": "drop"}},
         {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1, "type": "filter",
                    "hook": "forward", "prio": 0, "policy": "drop"}}]}
-    assert selftest.forward_drops(ruleset) == ["inet firewalld"]
-    assert selftest.forward_drops({}) == []
+    assert uplink_diagnosis.forward_drops(ruleset) == ["inet firewalld"]
+    assert uplink_diagnosis.forward_drops({}) == []
     p = plan(lab({"mode": "nat"}))
-    layer, detail = selftest.diagnose(evidence(foreign_forward_drops=("inet firewalld",)), p,
+    layer, detail = uplink_diagnosis.diagnose(evidence(foreign_forward_drops=("inet firewalld",)), p,
                                       ipaddress.IPv4Address("192.168.1.1"), ["firewalld: firewall-cmd x"])
     assert layer == "netfilter" and "inet firewalld" in detail and "firewall-cmd" in detail
 
 
 def test_a_proxy_arp_guest_cannot_move_onto_the_lan_gateway_or_off_the_lan():
-    from bridgelab.plan import check_new_ip
+    from bridgelab.model.plan import check_new_ip
 
     p = plan(lab({"mode": "proxy-arp"}, bridge={"name": "br0"},
                  guests=[{"name": "a", "image": "i", "ip": "192.168.1.201"},

@@ -24,11 +24,11 @@ from typing import Iterator
 import httpx
 import pytest
 import yaml
-
-from bridgelab import firewall, images
+from bridgelab.host import firewall
+from bridgelab.model import images
 
 from .conftest import netns, stop_process
-from .test_uplink import HOST_UP, LAN_HOST, LAN_ROUTER, hostile_firewall, host_state, ping, seen_source, sh
+from .test_uplink import HOST_UP, LAN_HOST, LAN_ROUTER, host_state, hostile_firewall, ping, seen_source, sh
 from .test_vm import RunningLab, _wait_settled
 
 pytestmark = pytest.mark.vm

@@ -21,8 +21,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 import yaml
-
-from bridgelab import images
+from bridgelab.model import images
 
 from .conftest import links_in, netns, stop_process
 

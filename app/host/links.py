@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .errors import HostNetError
+from ..errors import HostNetError
 
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import cleanup, declared, hostcheck, images, uplink
-from .auth import TOKEN_ENV, Policy, client_token, default_token_file, load_or_create_token
-from .errors import BridgelabError, FieldIssue, HostNetError, ImageError, SpecError
-from .plan import HostFacts, LabPlan, make_plan
-from .settings import lab_state_dir
-from .spec import Lab, UplinkMode, lab_name_problem, load_lab_text
+from ..api.auth import TOKEN_ENV, Policy, client_token, default_token_file, load_or_create_token
+from ..errors import BridgelabError, FieldIssue, HostNetError, ImageError, SpecError
+from ..host import cleanup, preflight, uplink
+from ..model import declared, images
+from ..model.plan import HostFacts, LabPlan, make_plan
+from ..model.spec import Lab, UplinkMode, lab_name_problem, load_lab_text
+from ..settings import lab_state_dir
 
 if TYPE_CHECKING:
-    from .lab import LabSource
+    from ..lab.runner import LabSource
 
 log = logging.getLogger("bridgelab")
 EXIT_INVALID = 2
@@ -45,7 +46,7 @@ def load_lab(lab_file: Path, state_dir: Path | None, resume: bool = False) -> tu
     """Everything that can be checked before touching the host: spec, images, plan.
     With `resume`, the lab as last declared (runtime changes) replaces the file's,
     as long as the file is the one it grew from."""
-    from .lab import LabSource
+    from ..lab.runner import LabSource
 
     try:
         text = lab_file.read_text()
@@ -111,10 +112,10 @@ def bind_listen(spec: str) -> socket.socket:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api import create_app
-    from .lab import LabRunner
+    from ..api.app import create_app
+    from ..lab.runner import LabRunner
 
-    hostcheck.preflight()
+    preflight.preflight()
     plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
     token_file = args.token_file or default_token_file()
     policy = Policy.for_listen(args.listen, load_or_create_token(token_file, os.environ))
@@ -169,13 +170,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    hostcheck.preflight()
+    preflight.preflight()
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove what dead daemons left; exit 0 when no leftover remains."""
-    hostcheck.preflight()
+    preflight.preflight()
     lab = None if args.all else lab_name(args.lab)
     report = cleanup.cleanup(lab, args.state_dir)
     for r in report.labs.values():

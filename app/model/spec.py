@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import FieldIssue, SpecError
+from ..errors import FieldIssue, SpecError
 
 IFNAMSIZ = 16  # including the trailing NUL, so 15 usable characters
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

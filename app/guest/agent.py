@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import GuestError
+from ..errors import GuestError
 
 SYNC_DELIMITER = b"\xff"
 

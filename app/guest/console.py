@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, TextIO
 import pexpect
 from pexpect import fdpexpect
 
-from .errors import ConsoleError, ConsoleTimeout, GuestCommandFailed, LoginIncorrect
+from ..errors import ConsoleError, ConsoleTimeout, GuestCommandFailed, LoginIncorrect
 
 log = logging.getLogger(__name__)
 

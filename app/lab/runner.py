@@ -21,19 +21,39 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from . import declared, firewall, guestnet, hostnet, hostside, selftest, uplink
-from .agent import AgentUnavailable, GuestAgent
-from .console import Console, quote, strip_escapes
-from .errors import (BridgelabError, ConsoleTimeout, FieldIssue, GuestBusy, HostNetError, ImageError,
-                     SpecError, UnknownGuest)
-from .guest import GuestProcess, tail
-from .images import Image, resolve_image
-from .lablock import LabLock
-from .nmcli import NetConfig, side_nic
-from .plan import GuestPlan, HostFacts, LabPlan, check_new_ip, make_plan
-from .schemas import (AddGuest, ExecRequest, ExecResult, FailedGuest, GuestView, MeshPair, MeshReport, UplinkProbe,
-                      NetworkRequest, WaitResult)
-from .spec import Lab, own_net_problems, parse_lab_data
+from ..api.schemas import (
+    AddGuest,
+    ExecRequest,
+    ExecResult,
+    FailedGuest,
+    GuestView,
+    MeshPair,
+    MeshReport,
+    NetworkRequest,
+    UplinkProbe,
+    WaitResult,
+)
+from ..errors import (
+    BridgelabError,
+    ConsoleTimeout,
+    FieldIssue,
+    GuestBusy,
+    HostNetError,
+    ImageError,
+    SpecError,
+    UnknownGuest,
+)
+from ..guest import network
+from ..guest.agent import AgentUnavailable, GuestAgent
+from ..guest.commands import NetConfig, side_nic
+from ..guest.console import Console, quote, strip_escapes
+from ..guest.process import GuestProcess, tail
+from ..host import firewall, links, undo, uplink, uplink_diagnosis
+from ..host.lablock import LabLock
+from ..model import declared
+from ..model.images import Image, resolve_image
+from ..model.plan import GuestPlan, HostFacts, LabPlan, check_new_ip, make_plan
+from ..model.spec import Lab, own_net_problems, parse_lab_data
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,7 +143,7 @@ class LabRunner:
         self.spec = declared.freeze(source.spec, plan)
         self.stopped_by_request: set[str] = set(source.stopped)
         self.shutdown_timeout = shutdown_timeout
-        self.ledger: hostnet.Ledger | None = None  # opened once the lab is locked
+        self.ledger: links.Ledger | None = None  # opened once the lab is locked
         self.guests: dict[str, GuestRuntime] = {}
         self.started_at = time.time()
         self._lock = LabLock(plan.name, plan.state_dir)
@@ -144,20 +164,20 @@ class LabRunner:
     def lock(self) -> None:
         """One daemon per lab (see lablock); the ledger is read under the lock."""
         self._lock.acquire()
-        self.ledger = hostnet.Ledger(self.plan.state_dir / "ledger.json")
+        self.ledger = links.Ledger(self.plan.state_dir / "ledger.json")
 
     def setup_host(self) -> None:
         assert self.ledger is not None, "lock() first"
         self._sweep()
-        net = hostnet.HostNet(self.ledger, self._owner())
+        net = links.HostNet(self.ledger, self._owner())
         try:
-            hostnet.apply(net, self.plan.bridge, self.plan.bridge_address, self.plan.bridge_mac,
+            links.apply(net, self.plan.bridge, self.plan.bridge_address, self.plan.bridge_mac,
                           [g.tap for g in self.plan.guests])
             self.ruleset = firewall.apply(self.ledger, self.plan)
             uplink.apply(self.ledger, self.plan)
             self._warn_host_firewalls()
         except BaseException:
-            hostside.undo_recorded(self.ledger)
+            undo.undo_recorded(self.ledger)
             raise
         finally:
             net.close()
@@ -183,7 +203,7 @@ class LabRunner:
         """What a killed run left: its processes, rules, routes, sysctls, links.
         (firewall.apply also sweeps rules by tag, in case the ledger was lost.)"""
         assert self.ledger is not None
-        if undone := hostside.undo_recorded(self.ledger):
+        if undone := undo.undo_recorded(self.ledger):
             log.warning("swept what an earlier run of lab %s left: %s", self.plan.name, "; ".join(undone.lines()))
 
     def _warn_host_firewalls(self) -> None:
@@ -194,7 +214,7 @@ class LabRunner:
     def teardown_host(self) -> None:
         if self.ledger is None:
             return
-        hostside.undo_recorded(self.ledger)
+        undo.undo_recorded(self.ledger)
         if not self.ledger.entries:
             self.ledger.path.unlink(missing_ok=True)
         # Overlays stay for inspection (and `qemu-img check`); the next start
@@ -210,7 +230,7 @@ class LabRunner:
 
     def _add_tap(self, tap: str) -> None:
         assert self.ledger is not None
-        net = hostnet.HostNet(self.ledger, self._owner())
+        net = links.HostNet(self.ledger, self._owner())
         try:
             bridge = net.link(self.plan.bridge)
             if bridge is None:
@@ -232,7 +252,7 @@ class LabRunner:
         entry = self.ledger.find_link(tap)
         if entry is None:
             return
-        net = hostnet.HostNet(self.ledger, self._owner())
+        net = links.HostNet(self.ledger, self._owner())
         try:
             net.remove_link(entry)
         finally:
@@ -296,9 +316,9 @@ class LabRunner:
             await g.process.resume()
             await self._login(g)
             g.enter(State.configuring)
-            g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())
+            g.changed = await self._in_thread(network.configure, g.console, g.net_config())
             if g.plan.user_nic is not None:
-                await self._in_thread(guestnet.configure, g.console, side_nic(g.plan.user_nic.mac))
+                await self._in_thread(network.configure, g.console, side_nic(g.plan.user_nic.mac))
             g.stage("configured")
         except asyncio.CancelledError:
             raise
@@ -347,7 +367,7 @@ class LabRunner:
             g.enter(State.verifying)
         assert g.console is not None
         try:
-            g.mesh = await self._in_thread(guestnet.ping_all, g.console, self._peers(g))
+            g.mesh = await self._in_thread(network.ping_all, g.console, self._peers(g))
         except BridgelabError as e:
             self._fail_from(g, e)
             return
@@ -502,7 +522,7 @@ class LabRunner:
                 await self._in_thread(self._move_route, old_ip, req.ip)
             g.enter(State.configuring)
             try:
-                g.changed = await self._in_thread(guestnet.configure, g.console, g.net_config())
+                g.changed = await self._in_thread(network.configure, g.console, g.net_config())
             except BridgelabError as e:
                 self._fail_from(g, e)
                 return g
@@ -521,7 +541,7 @@ class LabRunner:
                 await self._in_thread(console.send_and_forget, "systemctl reboot")
                 await self._login(g)
                 g.enter(State.configuring)
-                await self._in_thread(guestnet.verify, console, g.net_config())
+                await self._in_thread(network.verify, console, g.net_config())
                 g.stage("configured")
             except BridgelabError as e:
                 self._fail_from(g, e)
@@ -632,27 +652,28 @@ class LabRunner:
         target = up.target
         async with self._probe_lock, g.exec_lock:
             console = self._require_shell(g)
-            before = await self._in_thread(selftest.counters, self.plan, self.ruleset)
-            reached = await self._in_thread(guestnet.ping_all, console, [target])
+            before = await self._in_thread(uplink_diagnosis.counters, self.plan, self.ruleset)
+            reached = await self._in_thread(network.ping_all, console, [target])
             if reached.get(str(target)):
                 return UplinkProbe(source=g.plan.name, target=str(target), ok=True, layer="ok",
                                    detail=f"ping answered through {up.mode} on {up.interface}")
-            after = await self._in_thread(selftest.counters, self.plan, self.ruleset)
+            after = await self._in_thread(uplink_diagnosis.counters, self.plan, self.ruleset)
             ev = await self._in_thread(self._uplink_evidence, console, target, before, after)
-        layer, detail = selftest.diagnose(ev, self.plan, target, self.firewall_hints)
+        layer, detail = uplink_diagnosis.diagnose(ev, self.plan, target, self.firewall_hints)
         log.warning("uplink self-test: %s cannot reach %s: %s: %s", g.plan.name, target, layer, detail)
         return UplinkProbe(source=g.plan.name, target=str(target), ok=False, layer=layer, detail=detail)
 
     def _uplink_evidence(self, console: Console, target: ipaddress.IPv4Address,
-                         before: selftest.Counters, after: selftest.Counters) -> selftest.Evidence:
-        route = guestnet.route_get(console, target)
-        hop = selftest.next_hop(route, target) if route is not None else target
-        forwarding, proxy_arp = selftest.host_side(self.plan)
-        return selftest.Evidence(
-            guest_route=route, next_hop_arp=guestnet.neighbour(console, hop) if route is not None else "none",
-            ip_forward=forwarding, host_route_dev=selftest.host_route_dev(target), before=before, after=after,
-            host_reaches_target=selftest.host_reaches(target), uplink_proxy_arp=proxy_arp,
-            foreign_forward_drops=tuple(selftest.foreign_forward_drops()))
+                         before: uplink_diagnosis.Counters,
+                         after: uplink_diagnosis.Counters) -> uplink_diagnosis.Evidence:
+        route = network.route_get(console, target)
+        hop = uplink_diagnosis.next_hop(route, target) if route is not None else target
+        forwarding, proxy_arp = uplink_diagnosis.host_side(self.plan)
+        return uplink_diagnosis.Evidence(
+            guest_route=route, next_hop_arp=network.neighbour(console, hop) if route is not None else "none",
+            ip_forward=forwarding, host_route_dev=uplink_diagnosis.host_route_dev(target), before=before, after=after,
+            host_reaches_target=uplink_diagnosis.host_reaches(target), uplink_proxy_arp=proxy_arp,
+            foreign_forward_drops=tuple(uplink_diagnosis.foreign_forward_drops()))
 
     async def _mesh_from(self, g: GuestRuntime) -> list[MeshPair]:
         targets: list[tuple[str, ipaddress.IPv4Address, GuestRuntime | None]] = [
@@ -668,10 +689,10 @@ class LabRunner:
             return MeshPair(source=g.plan.name, target=name, target_ip=str(ip), ok=ok,
                             diagnosis=diagnosis, detail=detail)  # type: ignore[arg-type]
         try:
-            guestnet.verify(console, g.net_config())
+            network.verify(console, g.net_config())
         except BridgelabError as e:
             return [pair(n, ip, False, "source_not_configured", str(e)) for n, ip, _ in targets]
-        reached = guestnet.ping_all(console, [ip for _, ip, _ in targets])
+        reached = network.ping_all(console, [ip for _, ip, _ in targets])
         out = []
         for name, ip, other in targets:
             if reached.get(str(ip)):
@@ -681,7 +702,7 @@ class LabRunner:
                                                                                              State.stopping)):
                 out.append(pair(name, ip, False, "guest_down", f"guest {name} is {other.state.value}"))
                 continue
-            neigh = guestnet.neighbour(console, ip)
+            neigh = network.neighbour(console, ip)
             if neigh == "resolved":
                 out.append(pair(name, ip, False, "arp_no_icmp",
                                 "ARP resolved but no ICMP reply: a firewall on the path or in the target drops it"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .errors import FieldIssue, SpecError
+from ..errors import FieldIssue, SpecError
 from .images import BootStyle, Image
 from .spec import Accel, Arch, Guest, Lab, Login, Uplink, UplinkMode, ip_problems
 

@@ -4,7 +4,7 @@ It works from two kinds of evidence, with no daemon running:
 
 - a lab's ledger in its state directory: processes, rules, routes, sysctls
   and links, each removed only while it is still the object recorded
-  (hostside.undo_recorded, the same code a starting daemon sweeps with);
+  (undo.undo_recorded, the same code a starting daemon sweeps with);
 - bridgelab's own marks, for a lab whose ledger is gone (a deleted state
   volume): iptables rules and chains tagged `bridgelab lab=NAME` in both
   backends, and bridges and taps whose alias is `bridgelab lab=NAME`.
@@ -27,10 +27,10 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import firewall, hostside, lablock
-from .errors import HostNetError
-from .hostnet import Ledger
-from .settings import lab_state_dir, state_root
+from ..errors import HostNetError
+from ..settings import lab_state_dir, state_root
+from . import firewall, lablock, undo
+from .links import Ledger
 
 log = logging.getLogger(__name__)
 LEDGER = "ledger.json"
@@ -128,7 +128,7 @@ def _from_ledger(name: str, state_dir: Path, result: LabResult) -> None:
             result.skipped = (f"its ledger records objects in network namespace {', '.join(names)}, not this one: "
                               f"run cleanup there (ip netns exec NAME bridgelab cleanup --lab {name})")
             return
-        result.removed += hostside.undo_recorded(ledger).lines()
+        result.removed += undo.undo_recorded(ledger).lines()
         if not ledger.entries:
             ledger.path.unlink(missing_ok=True)
     finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import HostNetError
+from ..errors import HostNetError
 
 XTABLES_LOCK = Path("/run/xtables.lock")
 HOST_RUN = Path("/host/run")  # where compose.yaml mounts the host's /run

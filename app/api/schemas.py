@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .spec import Arch, Guest, SafeStr
+from ..model.spec import Arch, Guest, SafeStr
 
 GUEST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 STAGES = ("qemu_started", "firmware", "kernel", "userspace", "login_prompt", "logged_in", "configured",

@@ -11,10 +11,11 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
-from . import proc, qemu
-from .errors import QemuStartError
-from .hostnet import Ledger, proc_start_time
-from .plan import GuestPlan
+from .. import proc
+from ..errors import QemuStartError
+from ..host.links import Ledger, proc_start_time
+from ..model.plan import GuestPlan
+from . import qemu_argv
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every failed connect at ERROR; bridgelab reports QMP trouble itself.
@@ -51,10 +52,10 @@ class GuestProcess:
             f.unlink(missing_ok=True)
         if fresh or not p.overlay.exists():
             p.overlay.unlink(missing_ok=True)
-            proc.run(qemu.overlay_argv(self.plan))
+            proc.run(qemu_argv.overlay_argv(self.plan))
 
     def spawn(self) -> None:
-        argv = qemu.argv(self.plan)
+        argv = qemu_argv.argv(self.plan)
         p = self.plan.paths
         p.stderr.write_text("")
         self.popen = proc.spawn(argv, stdout=p.stderr, stderr=p.stderr)

@@ -30,8 +30,9 @@ from typing import Any, Literal
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import firewall, proc, uplink
-from .plan import LabPlan
+from .. import proc
+from ..model.plan import LabPlan
+from . import firewall, uplink
 
 Layer = Literal["ok", "guest", "l2", "netfilter", "nat_route"]
 
@@ -47,7 +48,7 @@ class Counters:
 @dataclass(frozen=True)
 class Evidence:
     guest_route: str | None  # `ip -4 route get TARGET` in the guest; None: no route
-    next_hop_arp: str  # guestnet.neighbour(): resolved / failed / none
+    next_hop_arp: str  # network.neighbour(): resolved / failed / none
     ip_forward: bool
     host_route_dev: str | None  # the host's route to the target leaves through this device
     before: Counters

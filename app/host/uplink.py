@@ -21,9 +21,9 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .errors import HostNetError
-from .hostnet import Ledger
-from .plan import LabPlan, UplinkFacts
+from ..errors import HostNetError
+from ..model.plan import LabPlan, UplinkFacts
+from .links import Ledger
 
 log = logging.getLogger(__name__)
 

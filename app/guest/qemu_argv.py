@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .images import BootStyle
-from .plan import GuestPlan
-from .spec import Arch
+from ..model.images import BootStyle
+from ..model.plan import GuestPlan
+from ..model.spec import Arch
 
 
 @dataclass(frozen=True)

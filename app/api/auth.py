@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .errors import AuthError, BridgelabError
-from .settings import state_root
+from ..errors import AuthError, BridgelabError
+from ..settings import state_root
 
 TOKEN_ENV = "BRIDGELAB_TOKEN"
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")

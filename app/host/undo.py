@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import firewall, hostnet, uplink
-from .hostnet import Ledger
+from . import firewall, links, uplink
+from .links import Ledger
 
 
 @dataclass
@@ -38,15 +38,15 @@ class Undone:
 
 
 def undo_recorded(ledger: Ledger) -> Undone:
-    killed = hostnet.kill_recorded_processes(ledger)
+    killed = links.kill_recorded_processes(ledger)
     rules = firewall.remove_recorded(ledger)
     routes, sysctls = uplink.teardown(ledger)
-    net = hostnet.HostNet(ledger)
+    net = links.HostNet(ledger)
     try:
-        links = net.teardown()
+        removed_links = net.teardown()
     finally:
         net.close()
-    return Undone(killed=killed, rules=rules, routes=routes, sysctls=sysctls, links=links)
+    return Undone(killed=killed, rules=rules, routes=routes, sysctls=sysctls, links=removed_links)
 
 
 __all__ = ["Undone", "undo_recorded"]

@@ -38,10 +38,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import proc
-from .errors import HostNetError
-from .hostnet import Ledger
-from .plan import LabPlan
+from .. import proc
+from ..errors import HostNetError
+from ..model.plan import LabPlan
+from .links import Ledger
 
 log = logging.getLogger(__name__)
 

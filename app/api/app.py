@@ -10,11 +10,21 @@ from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from ..errors import AuthError, BridgelabError, GuestBusy, GuestError, GuestTimeout, SpecError, UnknownGuest
+from ..lab.runner import LabRunner, console_tail
 from .auth import Policy
-from .errors import AuthError, BridgelabError, GuestBusy, GuestError, GuestTimeout, SpecError, UnknownGuest
-from .lab import LabRunner, console_tail
-from .schemas import (GUEST_NAME_PATTERN, AddGuest, ErrorBody, ExecRequest, ExecResult, GuestView, Health,
-                      MeshReport, NetworkRequest, WaitResult)
+from .schemas import (
+    GUEST_NAME_PATTERN,
+    AddGuest,
+    ErrorBody,
+    ExecRequest,
+    ExecResult,
+    GuestView,
+    Health,
+    MeshReport,
+    NetworkRequest,
+    WaitResult,
+)
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024

@@ -21,8 +21,8 @@ from typing import Any, Iterator
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from . import proc
-from .errors import BridgelabError, ImageError
+from .. import proc
+from ..errors import BridgelabError, ImageError
 from .spec import Arch, Login, SafeStr, format_loc
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def recipe_dirs() -> list[Path]:
     dirs = []
     if env := os.environ.get("BRIDGELAB_IMAGES"):
         dirs.append(Path(env))
-    dirs.append(Path(__file__).resolve().parent.parent / "images")
+    dirs.append(Path(__file__).resolve().parents[2] / "images")
     dirs.append(Path("/usr/share/bridgelab/images"))
     return dirs
 

@@ -20,7 +20,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import HostNetError
+from ..errors import HostNetError
 
 
 def _address(lab: str) -> bytes:

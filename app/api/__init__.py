@@ -1,0 +1,1 @@
+"""The REST API: routes, auth and the request/response schemas."""

@@ -1,0 +1,1 @@
+"""The command line: the daemon's setup and the HTTP-client commands."""

@@ -1,0 +1,1 @@
+"""The host side: links and the ledger, firewall rules, the uplink, the lab lock, cleanup."""

@@ -1,0 +1,1 @@
+"""Orchestration: the lab runner that owns the host side and the guests."""
