@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..lab.states import GuestState
 from ..model.spec import Arch, Guest, SafeStr
 
 GUEST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
@@ -24,8 +25,7 @@ class ErrorBody(BaseModel):
 
 class GuestView(BaseModel):
     name: str
-    state: Literal["pending", "booting", "login", "configuring", "verifying", "ready", "failed", "stopping",
-                   "stopped"]
+    state: GuestState
     arch: Arch
     accel: str
     ip: str

@@ -19,6 +19,7 @@ import httpx
 from ..api.auth import TOKEN_ENV, Policy, client_token, default_token_file, load_or_create_token
 from ..errors import BridgelabError, FieldIssue, HostNetError, ImageError, SpecError
 from ..host import cleanup, preflight, uplink
+from ..lab.states import SETTLED, GuestState
 from ..model import declared, images
 from ..model.plan import HostFacts, LabPlan, make_plan
 from ..model.spec import Lab, UplinkMode, lab_name_problem, load_lab_text
@@ -242,7 +243,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(guests, indent=2))
     else:
         print_table(guests)
-    return 0 if all(g["state"] == "ready" for g in guests) else 1
+    return 0 if all(g["state"] == GuestState.ready for g in guests) else 1
 
 
 def print_table(guests: list[dict[str, Any]]) -> None:
@@ -290,10 +291,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
         print(f"bridgelab: {f['name']} failed: {f['reason']}\n{f['console_tail']}", file=sys.stderr)
     if not body["settled"]:
         waiting = [g["name"] + " (" + g["state"] + ")" for g in body["guests"]
-                   if g["state"] not in ("ready", "failed", "stopped")]
+                   if g["state"] not in SETTLED]
         print(f"bridgelab: timed out after {args.timeout:.0f}s waiting for {', '.join(waiting)}", file=sys.stderr)
         return EXIT_TIMEOUT
-    print(" ".join(f"{g['name']}={g['ip']}" for g in body["guests"] if g["state"] == "ready"))
+    print(" ".join(f"{g['name']}={g['ip']}" for g in body["guests"] if g["state"] == GuestState.ready))
     return 1 if body["failed"] else 0
 
 
@@ -336,7 +337,8 @@ def _guest_action(method: str, suffix: str) -> Any:
             body = checked(c.request(method, f"/guests/{args.name}{suffix}"))
         if body:
             print(f"{body['name']}: {body['state']}" + (f" ({body['reason']})" if body.get("reason") else ""))
-            return 0 if body["state"] in ("ready", "stopped", "booting") else 1
+            # reboot and start answer while booting, stop once stopped
+            return 0 if body["state"] in (GuestState.ready, GuestState.stopped, GuestState.booting) else 1
         return 0
     return run
 

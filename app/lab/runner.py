@@ -17,7 +17,6 @@ import logging
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from enum import Enum
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
@@ -50,6 +49,7 @@ from ..guest.console import Console, quote, strip_escapes
 from ..guest.process import GuestProcess, tail
 from ..host import firewall, links, undo, uplink, uplink_diagnosis
 from ..host.lablock import LabLock
+from .states import ON_THE_WAY, SETTLED, GuestState, check_transition
 from ..model import declared
 from ..model.images import Image, resolve_image
 from ..model.plan import GuestPlan, HostFacts, LabPlan, check_new_ip, make_plan
@@ -59,22 +59,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class State(str, Enum):
-    pending = "pending"
-    booting = "booting"
-    login = "login"
-    configuring = "configuring"
-    verifying = "verifying"
-    ready = "ready"
-    failed = "failed"
-    stopping = "stopping"
-    stopped = "stopped"
-
-
-ON_THE_WAY = {State.pending, State.booting, State.login, State.configuring}
 AGENT_PROBE_TIMEOUT = 1.0
 AGENT_REPROBE_AFTER = 60.0  # a guest without an agent costs one probe per minute, not one per exec
-SETTLED = {State.ready, State.failed, State.stopped}
 
 
 @dataclasses.dataclass
@@ -82,7 +68,7 @@ class GuestRuntime:
     plan: GuestPlan
     process: GuestProcess
     on_change: Callable[[], None] = lambda: None
-    state: State = State.pending
+    state: GuestState = GuestState.pending
     reason: str | None = None
     timestamps: dict[str, float] = dataclasses.field(default_factory=dict)
     stages: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -95,7 +81,8 @@ class GuestRuntime:
     agent: GuestAgent | None = None
     agent_probed: float = 0.0  # monotonic time of the last failed probe
 
-    def enter(self, state: State) -> None:
+    def enter(self, state: GuestState) -> None:
+        check_transition(self.plan.name, self.state, state)
         self.state = state
         self.timestamps[state.value] = time.time()
         log.info("guest %s: %s", self.plan.name, state.value)
@@ -113,10 +100,12 @@ class GuestRuntime:
             self.on_change()
 
     def fail(self, reason: str) -> None:
-        if self.state in (State.stopping, State.stopped):
+        """The first cause is kept: a bring-up step that fails after qemu died
+        reports what qemu said, not the console's EOF."""
+        if self.state in (GuestState.failed, GuestState.stopping, GuestState.stopped):
             return
         self.reason = reason
-        self.enter(State.failed)
+        self.enter(GuestState.failed)
         log.error("guest %s failed: %s", self.plan.name, reason)
 
     def net_config(self) -> NetConfig:
@@ -274,7 +263,7 @@ class LabRunner:
     def start_guests(self) -> None:
         for g in self.guests.values():
             if g.plan.name in self.stopped_by_request:
-                g.enter(State.stopped)
+                g.enter(GuestState.stopped)
             else:
                 self._launch(g)
         self._check_settled()
@@ -284,16 +273,16 @@ class LabRunner:
         g.reason = None
         g.stages.clear()
         g.mesh = {}
-        g.enter(State.booting)
+        g.enter(GuestState.booting)
         g.tasks = [asyncio.create_task(self._bring_up(g, fresh), name=f"up-{g.plan.name}"),
                    asyncio.create_task(self._watch(g), name=f"watch-{g.plan.name}")]
 
     async def _watch(self, g: GuestRuntime) -> None:
         """A qemu that dies on its own fails its guest, with qemu's own words."""
-        while g.state not in (State.stopping, State.stopped):
+        while g.state not in (GuestState.stopping, GuestState.stopped):
             reason = g.process.exit_reason()
             if reason is not None:
-                if g.state is not State.failed:
+                if g.state is not GuestState.failed:
                     g.fail(reason)
                     self._check_settled()
                 return
@@ -315,7 +304,7 @@ class LabRunner:
                                               g.plan.paths.dir / "transcript.log", on_stage)
             await g.process.resume()
             await self._login(g)
-            g.enter(State.configuring)
+            g.enter(GuestState.configuring)
             g.changed = await self._in_thread(network.configure, g.console, g.net_config())
             if g.plan.user_nic is not None:
                 await self._in_thread(network.configure, g.console, side_nic(g.plan.user_nic.mac))
@@ -327,10 +316,10 @@ class LabRunner:
         except Exception as e:  # a bug must still not take the other guests down
             log.exception("guest %s", g.plan.name)
             self._fail_from(g, e)
-        if g.state is State.configuring:
-            g.enter(State.verifying)  # configured; the mesh waits for the others
+        if g.state is GuestState.configuring:
+            g.enter(GuestState.verifying)  # configured; the mesh waits for the others
         self._check_settled()
-        if g.state is State.verifying:
+        if g.state is GuestState.verifying:
             await self._settled.wait()
             await self._verify_mesh(g)
 
@@ -347,8 +336,8 @@ class LabRunner:
     @staticmethod
     def _first_prompt(g: GuestRuntime) -> None:
         g.stage("login_prompt")
-        if g.state is State.booting:
-            g.enter(State.login)
+        if g.state is GuestState.booting:
+            g.enter(GuestState.login)
 
     def _fail_from(self, g: GuestRuntime, e: BaseException) -> None:
         g.fail(g.process.exit_reason() or str(e) or type(e).__name__)
@@ -359,12 +348,12 @@ class LabRunner:
 
     def _peers(self, g: GuestRuntime) -> list[ipaddress.IPv4Address]:
         others = [o.plan.ip.ip for o in self.guests.values()
-                  if o is not g and o.state in (State.verifying, State.ready)]
+                  if o is not g and o.state in (GuestState.verifying, GuestState.ready)]
         return [self.plan.host_address.ip, *others]
 
     async def _verify_mesh(self, g: GuestRuntime) -> None:
-        if g.state is not State.verifying:
-            g.enter(State.verifying)
+        if g.state is not GuestState.verifying:
+            g.enter(GuestState.verifying)
         assert g.console is not None
         try:
             g.mesh = await self._in_thread(network.ping_all, g.console, self._peers(g))
@@ -376,7 +365,7 @@ class LabRunner:
             g.fail(f"cannot reach {', '.join(unreachable)} from {g.plan.ip.ip}")
         else:
             g.stage("mesh_verified")
-            g.enter(State.ready)
+            g.enter(GuestState.ready)
         self._announce_once()
 
     def _announce_once(self) -> None:
@@ -384,7 +373,7 @@ class LabRunner:
         if self._announced or any(g.state not in SETTLED for g in self.guests.values()):
             return
         self._announced = True
-        parts = [f"{g.plan.name} {g.plan.ip.ip}" if g.state is State.ready
+        parts = [f"{g.plan.name} {g.plan.ip.ip}" if g.state is GuestState.ready
                  else f"{g.plan.name} {g.state.value.upper()}" + (f" ({g.reason})" if g.reason else "")
                  for g in self.guests.values()]
         log.info("lab %s ready: %s (API: GET /guests)", self.plan.name, ", ".join(parts))
@@ -399,7 +388,7 @@ class LabRunner:
         if up.target is None:
             log.info("uplink %s on %s: no self-test target (no gateway; set uplink.target)", up.mode, up.interface)
             return
-        for g in [g for g in self.guests.values() if g.state is State.ready]:
+        for g in [g for g in self.guests.values() if g.state is GuestState.ready]:
             try:
                 probe = await self.probe_uplink(g)
             except BridgelabError as e:  # the guest got busy or went away meanwhile
@@ -426,7 +415,7 @@ class LabRunner:
             yield
 
     def _require_shell(self, g: GuestRuntime) -> Console:
-        if g.state is not State.ready or g.console is None:
+        if g.state is not GuestState.ready or g.console is None:
             raise GuestBusy(f"guest {g.plan.name} is {g.state.value}; it must be ready")
         return g.console
 
@@ -445,9 +434,9 @@ class LabRunner:
             except asyncio.TimeoutError:
                 pass
         return WaitResult(
-            settled=settled, ready=[g.plan.name for g in targets if g.state is State.ready],
+            settled=settled, ready=[g.plan.name for g in targets if g.state is GuestState.ready],
             failed=[FailedGuest(name=g.plan.name, reason=g.reason, console_tail=console_tail(g.plan.paths.console_log))
-                    for g in targets if g.state is State.failed],
+                    for g in targets if g.state is GuestState.failed],
             guests=[self.view(g) for g in targets])
 
     async def exec(self, name: str, req: ExecRequest) -> ExecResult:
@@ -520,7 +509,7 @@ class LabRunner:
             self._replace_plan(new)
             if self.plan.proxy_arp and old_ip != req.ip:
                 await self._in_thread(self._move_route, old_ip, req.ip)
-            g.enter(State.configuring)
+            g.enter(GuestState.configuring)
             try:
                 g.changed = await self._in_thread(network.configure, g.console, g.net_config())
             except BridgelabError as e:
@@ -536,11 +525,11 @@ class LabRunner:
         async with self._operating(g):
             console = self._require_shell(g)
             g.stages.clear()
-            g.enter(State.booting)
+            g.enter(GuestState.booting)
             try:
                 await self._in_thread(console.send_and_forget, "systemctl reboot")
                 await self._login(g)
-                g.enter(State.configuring)
+                g.enter(GuestState.configuring)
                 await self._in_thread(network.verify, console, g.net_config())
                 g.stage("configured")
             except BridgelabError as e:
@@ -552,7 +541,7 @@ class LabRunner:
     async def stop_guest(self, name: str) -> GuestRuntime:
         g = self.get(name)
         async with self._operating(g):
-            if g.state is not State.stopped:
+            if g.state is not GuestState.stopped:
                 await self._stop_one(g)
             self.stopped_by_request.add(name)
             self._persist()
@@ -562,9 +551,9 @@ class LabRunner:
         """Boot a stopped (or failed) guest again, on the disk it had."""
         g = self.get(name)
         async with self._operating(g):
-            if g.state not in (State.stopped, State.failed):
+            if g.state not in (GuestState.stopped, GuestState.failed):
                 raise GuestBusy(f"guest {name} is {g.state.value}; only a stopped or failed guest can start")
-            if g.state is State.failed:
+            if g.state is GuestState.failed:
                 await self._stop_one(g)
             self.stopped_by_request.discard(name)
             self._persist()
@@ -635,8 +624,8 @@ class LabRunner:
     async def mesh_check(self) -> MeshReport:
         """Every ready guest pings the bridge and every other guest; failures
         are explained (guest down, no ARP, ARP but no ICMP, not configured)."""
-        sources = [g for g in self.guests.values() if g.state is State.ready]
-        skipped = [g.plan.name for g in self.guests.values() if g.state is not State.ready]
+        sources = [g for g in self.guests.values() if g.state is GuestState.ready]
+        skipped = [g.plan.name for g in self.guests.values() if g.state is not GuestState.ready]
         results = await asyncio.gather(*(self._mesh_from(g) for g in sources))
         pairs = [p for r in results for p in r]
         probes = [p for g in sources if (p := await self.probe_uplink(g)) is not None]
@@ -698,15 +687,15 @@ class LabRunner:
             if reached.get(str(ip)):
                 out.append(pair(name, ip, True, "ok", "ping answered"))
                 continue
-            if other is not None and (other.process.exited() is not None or other.state in (State.stopped,
-                                                                                             State.stopping)):
+            if other is not None and (other.process.exited() is not None or other.state in (GuestState.stopped,
+                                                                                             GuestState.stopping)):
                 out.append(pair(name, ip, False, "guest_down", f"guest {name} is {other.state.value}"))
                 continue
             neigh = network.neighbour(console, ip)
             if neigh == "resolved":
                 out.append(pair(name, ip, False, "arp_no_icmp",
                                 "ARP resolved but no ICMP reply: a firewall on the path or in the target drops it"))
-            elif other is not None and other.state is not State.ready:
+            elif other is not None and other.state is not GuestState.ready:
                 out.append(pair(name, ip, False, "address_not_configured",
                                 f"no ARP reply; guest {name} is {other.state.value}, its address may not be up"))
             else:
@@ -733,8 +722,9 @@ class LabRunner:
         self._settled.set()
 
     async def _stop_one(self, g: GuestRuntime) -> None:
-        if g.state is not State.stopped:
-            g.enter(State.stopping)
+        if g.state is GuestState.stopped:
+            return
+        g.enter(GuestState.stopping)
         current = asyncio.current_task()
         for t in g.tasks:
             if t is not current:
@@ -752,7 +742,7 @@ class LabRunner:
         if g.agent is not None:
             g.agent.close()
             g.agent = None
-        g.enter(State.stopped)
+        g.enter(GuestState.stopped)
         self._check_settled()
 
     async def _ask_poweroff(self, g: GuestRuntime) -> bool:
@@ -767,7 +757,7 @@ class LabRunner:
     def view(self, g: GuestRuntime) -> GuestView:
         p = g.plan
         return GuestView(
-            name=p.name, state=g.state.value, arch=p.arch, accel=p.accel,
+            name=p.name, state=g.state, arch=p.arch, accel=p.accel,
             ip=str(p.ip.ip), prefix=p.ip.network.prefixlen, gateway=str(p.gateway) if p.gateway else None,
             dns=[str(d) for d in p.dns], mac=p.mac, tap=p.tap, pid=g.process.pid,
             timestamps=dict(g.timestamps), stages=dict(g.stages), reason=g.reason, mesh=dict(g.mesh),
@@ -802,4 +792,4 @@ def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
     return "\n".join(kept[-lines:])
 
 
-__all__ = ["GuestBusy", "GuestRuntime", "LabRunner", "LabSource", "State", "console_tail"]
+__all__ = ["GuestBusy", "GuestRuntime", "LabRunner", "LabSource", "console_tail"]
