@@ -63,6 +63,10 @@ class ConsoleError(GuestError):
     """The serial console did not behave as expected."""
 
 
+class ConsoleClosed(ConsoleError):
+    """The console's other end went away: usually qemu exited."""
+
+
 class LoginIncorrect(ConsoleError):
     """The guest rejected the configured user/password."""
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bridgelab.cli.main import load_plan
+from bridgelab.lab.loader import load_plan
 from bridgelab.guest.console import Console
 from bridgelab.guest.process import GuestProcess
 from bridgelab.host.links import Ledger

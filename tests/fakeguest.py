@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import termios
 import threading
 import time
 from pathlib import Path
 
+# A terminal's answers to agetty's queries (cursor position, DCS), which
+# bridgelab's console sends as a terminal would.
+TERMINAL_REPLY = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|P.*?\x1b\\|\].*?(\x07|\x1b\\))")
 DATA = json.loads((Path(__file__).parent / "data" / "sid-console.json").read_text())
 
 
@@ -71,7 +75,7 @@ def main() -> None:
         threading.Thread(target=kernel_noise, args=(a.noise,), daemon=True).start()
     while True:
         out("\r\nDebian GNU/Linux forky/sid bridgelab ttyS0\r\n\r\nbridgelab login: ")
-        user = read_line(echo=True)
+        user = TERMINAL_REPLY.sub("", read_line(echo=True))  # agetty ignores the replies to its queries
         if not user:
             continue
         out("Password: ")

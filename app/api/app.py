@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..errors import AuthError, BridgelabError, GuestBusy, GuestError, GuestTimeout, SpecError, UnknownGuest
-from ..lab.runner import LabRunner, console_tail
+from ..lab.runner import LabRunner
 from .auth import Policy
 from .schemas import (
     GUEST_NAME_PATTERN,
@@ -25,6 +25,7 @@ from .schemas import (
     NetworkRequest,
     WaitResult,
 )
+from .views import console_tail, guest_view, summary, wait_result
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -125,21 +126,21 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
 
     @app.get("/healthz", dependencies=read)
     async def healthz() -> Health:
-        return Health(status="ok", **runner.summary())
+        return Health(status="ok", **summary(runner))
 
     @app.get("/guests", dependencies=read)
     async def list_guests() -> list[GuestView]:
-        return [runner.view(g) for g in runner.guests.values()]
+        return [guest_view(g) for g in runner.guests.values()]
 
     @app.post("/guests", dependencies=write, status_code=201)
     async def add_guest(body: AddGuest) -> GuestView:
         """Add a guest to the running lab: a new tap, qemu, configuration. Returns at once
         (state `booting`); wait for it with `GET /guests/{name}/wait`."""
-        return runner.view(await runner.add_guest(body))
+        return guest_view(await runner.add_guest(body))
 
     @app.get("/guests/{name}", dependencies=read)
     async def get_guest(name: GuestName) -> GuestView:
-        return runner.view(runner.get(name))
+        return guest_view(runner.get(name))
 
     @app.delete("/guests/{name}", dependencies=write, status_code=204)
     async def remove_guest(name: GuestName) -> None:
@@ -149,12 +150,12 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     @app.get("/wait", dependencies=read, responses={504: {"model": WaitResult, "description": "timed out"}})
     async def wait_lab(timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 30.0) -> Any:
         """Long-poll until every guest is ready, failed or stopped (200), or the timeout (504)."""
-        return _wait_response(await runner.wait(None, timeout))
+        return _wait_response(wait_result(*await runner.wait(None, timeout)))
 
     @app.get("/guests/{name}/wait", dependencies=read,
              responses={504: {"model": WaitResult, "description": "timed out"}})
     async def wait_guest(name: GuestName, timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 30.0) -> Any:
-        return _wait_response(await runner.wait([name], timeout))
+        return _wait_response(wait_result(*await runner.wait([name], timeout)))
 
     @app.post("/guests/{name}/exec", dependencies=write)
     async def exec_in_guest(name: GuestName, body: ExecRequest) -> ExecResult:
@@ -163,19 +164,19 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
 
     @app.put("/guests/{name}/network", dependencies=write)
     async def put_network(name: GuestName, body: NetworkRequest) -> GuestView:
-        return runner.view(await runner.set_network(name, body))
+        return guest_view(await runner.set_network(name, body))
 
     @app.post("/guests/{name}/reboot", dependencies=write)
     async def reboot(name: GuestName) -> GuestView:
-        return runner.view(await runner.reboot(name))
+        return guest_view(await runner.reboot(name))
 
     @app.post("/guests/{name}/stop", dependencies=write)
     async def stop_guest(name: GuestName) -> GuestView:
-        return runner.view(await runner.stop_guest(name))
+        return guest_view(await runner.stop_guest(name))
 
     @app.post("/guests/{name}/start", dependencies=write)
     async def start_guest(name: GuestName) -> GuestView:
-        return runner.view(await runner.start_guest(name))
+        return guest_view(await runner.start_guest(name))
 
     json_errors = {code: {"model": ErrorBody, "content": {"application/json": {}}} for code in (401, 404, 413)}
 

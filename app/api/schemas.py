@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..guest.shell import Via
 from ..lab.states import GuestState
 from ..model.spec import Arch, Guest, SafeStr
 
@@ -119,7 +120,7 @@ class ExecResult(BaseModel):
     timed_out: bool
     truncated: bool
     duration: float
-    via: Literal["agent", "console"] = Field(description="qemu-guest-agent when it answers, else the serial console")
+    via: Via = Field(description="qemu-guest-agent when it answers, else the serial console")
 
 
 class MeshPair(BaseModel):

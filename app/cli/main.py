@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import signal
 import socket
 import sys
@@ -17,69 +16,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ..api.auth import TOKEN_ENV, Policy, client_token, default_token_file, load_or_create_token
-from ..errors import BridgelabError, FieldIssue, HostNetError, ImageError, SpecError
-from ..host import cleanup, preflight, uplink
+from ..errors import BridgelabError, FieldIssue, SpecError
+from ..host import cleanup, preflight
+from ..lab.loader import load_lab, load_plan
 from ..lab.states import SETTLED, GuestState
-from ..model import declared, images
-from ..model.plan import HostFacts, LabPlan, make_plan
-from ..model.spec import Lab, UplinkMode, lab_name_problem, load_lab_text
-from ..settings import lab_state_dir
+from ..model import images
+from ..model.spec import lab_name_problem, load_lab_text
 
 if TYPE_CHECKING:
-    from ..lab.runner import LabSource
+    from ..lab.runner import LabRunner
 
 log = logging.getLogger("bridgelab")
 EXIT_INVALID = 2
 DEFAULT_LISTEN = "127.0.0.1:8700"
-
-
-def host_facts(lab: Lab | None = None) -> HostFacts:
-    facts = None
-    if lab is not None and lab.uplink.mode is not UplinkMode.none:
-        try:
-            facts = uplink.detect(lab.uplink.interface)
-        except HostNetError as e:
-            raise SpecError([FieldIssue("uplink.interface" if lab.uplink.interface else "uplink", str(e))]) from None
-    return HostFacts(arch=platform.machine(), kvm=os.access("/dev/kvm", os.R_OK | os.W_OK), uplink=facts)
-
-
-def load_lab(lab_file: Path, state_dir: Path | None, resume: bool = False) -> tuple[LabPlan, "LabSource"]:
-    """Everything that can be checked before touching the host: spec, images, plan.
-    With `resume`, the lab as last declared (runtime changes) replaces the file's,
-    as long as the file is the one it grew from."""
-    from ..lab.runner import LabSource
-
-    try:
-        text = lab_file.read_text()
-    except OSError as e:
-        raise SpecError([FieldIssue("", f"cannot read {lab_file}: {e.strerror}")]) from None
-    lab = load_lab_text(text)
-    stopped: frozenset[str] = frozenset()
-    state = state_dir or lab_state_dir(lab.name)
-    source = declared.source_hash(text)
-    if resume and (found := declared.load(state, source)) is not None:
-        log.info("resuming lab %s as last declared (%d guests, %d stopped)", lab.name, len(found.lab.guests),
-                 len(found.stopped))
-        lab, stopped = found.lab, found.stopped
-    resolved: dict[str, images.Image] = {}
-    issues: list[FieldIssue] = []
-    for i, g in enumerate(lab.guests):
-        if g.image in resolved:
-            continue
-        try:
-            resolved[g.image] = images.resolve_image(g.image, lab_file.resolve().parent)
-        except ImageError as e:
-            issues.append(FieldIssue(f"guests[{i}].image", str(e)))
-    if issues:
-        raise SpecError(issues)
-    facts = host_facts(lab)
-    plan = make_plan(lab, resolved, facts, state)
-    return plan, LabSource(spec=lab, images=resolved, host=facts, base_dir=lab_file.resolve().parent,
-                           source_hash=source, stopped=stopped)
-
-
-def load_plan(lab_file: Path, state_dir: Path | None) -> LabPlan:
-    return load_lab(lab_file, state_dir)[0]
 
 
 def bind_listen(spec: str) -> socket.socket:
@@ -111,9 +60,6 @@ def bind_listen(spec: str) -> socket.socket:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from ..api.app import create_app
     from ..lab.runner import LabRunner
 
     preflight.preflight()
@@ -127,35 +73,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     runner = LabRunner(plan, source, shutdown_timeout=args.shutdown_timeout)
     try:
-        runner.lock()
-        runner.setup_host()
-        server: uvicorn.Server | None = None
-
-        def request_exit() -> None:
-            if server is not None:
-                server.should_exit = True
-        app = create_app(runner, request_exit, policy)
-        config = uvicorn.Config(app, log_level=args.log_level.lower(), lifespan="on", access_log=False,
-                                limit_concurrency=1000, timeout_keep_alive=30)
-        server = uvicorn.Server(config)
-        # uvicorn re-raises the signal it caught once it has shut down; with the
-        # default handler that would kill us before the taps and bridge are
-        # removed. A handler of our own makes the re-raise harmless.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
-        exposure = ("reads open, changes need the token" if policy.open_reads else "every request needs the token")
-        if policy.trusted_transport:
-            exposure = "unix socket, mode 0600"
-        log.info("lab %s: bridge %s %s, %d guests, API on %s (%s; token in %s)", plan.name, plan.bridge,
-                 plan.bridge_address or "(no address: proxy-arp)", len(plan.guests), args.listen, exposure,
-                 "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else token_file)
-        server.run(sockets=[sock])
+        with runner.hosted():
+            _serve(runner, args, policy, token_file, sock)
     finally:
-        runner.teardown_host()
         sock.close()
         if args.listen.startswith("unix:"):
             Path(args.listen[5:]).unlink(missing_ok=True)
     return 0
+
+
+def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_file: Path,
+           sock: socket.socket) -> None:
+    import uvicorn
+
+    from ..api.app import create_app
+
+    server: uvicorn.Server | None = None
+
+    def request_exit() -> None:
+        if server is not None:
+            server.should_exit = True
+    app = create_app(runner, request_exit, policy)
+    config = uvicorn.Config(app, log_level=args.log_level.lower(), lifespan="on", access_log=False,
+                            limit_concurrency=1000, timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it caught once it has shut down; with the
+    # default handler that would kill us before the taps and bridge are
+    # removed. A handler of our own makes the re-raise harmless.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    exposure = ("reads open, changes need the token" if policy.open_reads else "every request needs the token")
+    if policy.trusted_transport:
+        exposure = "unix socket, mode 0600"
+    plan = runner.plan
+    log.info("lab %s: bridge %s %s, %d guests, API on %s (%s; token in %s)", plan.name, plan.bridge,
+             plan.bridge_address or "(no address: proxy-arp)", len(plan.guests), args.listen, exposure,
+             "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else token_file)
+    server.run(sockets=[sock])
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, TextIO
 import pexpect
 from pexpect import fdpexpect
 
-from ..errors import ConsoleError, ConsoleTimeout, GuestCommandFailed, LoginIncorrect
+from ..errors import ConsoleClosed, ConsoleError, ConsoleTimeout, GuestCommandFailed, LoginIncorrect
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class Console:
                 elif i == 4:
                     self._send("")
                 else:
-                    raise ConsoleError(f"{self.name}: console closed while logging in (did qemu exit?)")
+                    raise ConsoleClosed(f"{self.name}: console closed while logging in (did qemu exit?)")
             self._prepare_shell(max(deadline - time.monotonic(), 30.0))
 
     def _prepare_shell(self, timeout: float) -> None:
@@ -251,7 +251,7 @@ class Console:
             i = self.child.expect([result_pattern(tag), pexpect.TIMEOUT, pexpect.EOF], timeout=timeout)
             if i == 2:
                 self._ready = False
-                raise ConsoleError(f"{self.name}: console closed during {command!r}")
+                raise ConsoleClosed(f"{self.name}: console closed during {command!r}")
             if i == 1:
                 self.child.send("\x03")  # interrupt, then resynchronise on the prompt
                 try:

@@ -1,0 +1,56 @@
+"""What the API shows of the running lab: guests, the lab summary, /wait's
+result and console tails, built from the runner's state at the edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..guest.console import strip_escapes
+from ..guest.process import tail
+from ..lab.guest_runtime import GuestRuntime
+from ..lab.runner import LabRunner
+from ..lab.states import GuestState
+from .schemas import FailedGuest, GuestView, WaitResult
+
+
+def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
+    text = strip_escapes(tail(path, limit))
+    kept = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def guest_view(g: GuestRuntime) -> GuestView:
+    p = g.plan
+    return GuestView(
+        name=p.name, state=g.state, arch=p.arch, accel=p.accel,
+        ip=str(p.ip.ip), prefix=p.ip.network.prefixlen, gateway=str(p.gateway) if p.gateway else None,
+        dns=[str(d) for d in p.dns], mac=p.mac, tap=p.tap, pid=g.process.pid,
+        timestamps=dict(g.timestamps), stages=dict(g.stages), reason=g.reason, mesh=dict(g.mesh),
+        changed=g.changed, console_tail=console_tail(p.paths.console_log),
+        ssh=f"127.0.0.1:{p.user_nic.ssh_port}" if p.user_nic else None)
+
+
+def wait_result(settled: bool, targets: list[GuestRuntime]) -> WaitResult:
+    return WaitResult(
+        settled=settled, ready=[g.plan.name for g in targets if g.state is GuestState.ready],
+        failed=[FailedGuest(name=g.plan.name, reason=g.reason, console_tail=console_tail(g.plan.paths.console_log))
+                for g in targets if g.state is GuestState.failed],
+        guests=[guest_view(g) for g in targets])
+
+
+def summary(runner: LabRunner) -> dict[str, Any]:
+    states: dict[str, int] = {}
+    for g in runner.guests.values():
+        states[g.state.value] = states.get(g.state.value, 0) + 1
+    plan = runner.plan
+    up = plan.uplink
+    uplink_view = None if up is None else {
+        "mode": up.mode, "interface": up.interface, "reason": up.reason,
+        "lan": str(up.lan) if up.lan else None, "gateway": str(up.gateway) if up.gateway else None,
+        "target": str(up.target) if up.target else None, "firewall_hints": runner.firewall_hints}
+    return {"lab": plan.name, "bridge": plan.bridge, "address": str(plan.host_address), "uplink": uplink_view,
+            "started_at": runner.started_at, "settled": runner.settled, "states": states}
+
+
+__all__ = ["console_tail", "guest_view", "summary", "wait_result"]

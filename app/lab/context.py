@@ -1,0 +1,90 @@
+"""What the parts of a running lab share: the plan as it now stands, the
+guests, the declared state, the console thread pool and the change events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+from ..errors import GuestBusy, UnknownGuest
+from ..guest.console import Console
+from ..guest.process import GuestProcess
+from ..host.links import Ledger
+from ..model import declared
+from ..model.plan import GuestPlan, LabPlan
+from ..model.spec import Lab
+from .guest_runtime import GuestRuntime
+from .host_side import HostSide
+from .loader import LabSource
+from .states import HAS_SHELL, ON_THE_WAY
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ProcessFactory = Callable[[GuestPlan, Ledger], GuestProcess]  # tests hand in a fake qemu
+
+
+class LabContext:
+    def __init__(self, plan: LabPlan, source: LabSource, host: HostSide, shutdown_timeout: float,
+                 process_factory: ProcessFactory = GuestProcess):
+        self.plan = plan
+        self._process_factory = process_factory
+        self.source = source
+        self.spec: Lab = declared.freeze(source.spec, plan)
+        self.stopped_by_request: set[str] = set(source.stopped)
+        self.host = host
+        self.shutdown_timeout = shutdown_timeout
+        self.guests: dict[str, GuestRuntime] = {}
+        # Consoles block in threads; exec runs in parallel across guests.
+        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="console")
+        self.settled = asyncio.Event()
+        self.change = asyncio.Event()
+        self.stopping = False
+
+    def notify(self) -> None:
+        """Wake every long-poll waiter; each re-checks its own condition."""
+        self.change.set()
+        self.change = asyncio.Event()
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def new_process(self, g: GuestPlan) -> GuestProcess:
+        assert self.host.ledger is not None, "the host side is set up first"
+        return self._process_factory(g, self.host.ledger)
+
+    def runtime(self, g: GuestPlan) -> GuestRuntime:
+        return GuestRuntime(plan=g, process=self.new_process(g), on_change=self.notify)
+
+    def persist(self) -> None:
+        declared.save(self.plan.state_dir, self.source.source_hash, self.spec, self.stopped_by_request)
+
+    def get(self, name: str) -> GuestRuntime:
+        g = self.guests.get(name)
+        if g is None:
+            raise UnknownGuest(f"no guest named {name!r}")
+        return g
+
+    def check_settled(self) -> None:
+        if not any(g.state in ON_THE_WAY for g in self.guests.values()):
+            self.settled.set()
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def operating(g: GuestRuntime) -> AsyncIterator[None]:
+        """One change at a time per guest: a second request gets 409, not a queue."""
+        if g.op_lock.locked():
+            raise GuestBusy(f"guest {g.plan.name} is busy with another request")
+        async with g.op_lock:
+            yield
+
+    @staticmethod
+    def require_shell(g: GuestRuntime) -> Console:
+        if g.state not in HAS_SHELL or g.console is None:
+            raise GuestBusy(f"guest {g.plan.name} is {g.state.value}; it must be ready")
+        return g.console
+
+
+__all__ = ["LabContext"]

@@ -1,0 +1,247 @@
+"""Guest lifecycle: bring-up, reboot, stop and start.
+
+Per guest: booting -> login -> configuring -> verifying -> ready (or failed).
+Guests move independently; the mesh check (each guest pings the bridge and
+every other configured guest) waits until no guest is still on its way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import Callable
+
+from ..errors import BridgelabError, ConsoleClosed, GuestBusy
+from ..guest import network
+from ..guest.agent import GuestAgent
+from ..guest.commands import side_nic
+from ..guest.console import Console
+from .context import LabContext
+from .guest_runtime import GuestRuntime
+from .states import SETTLED, GuestState
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self, ctx: LabContext, on_first_settled: Callable[[], None] = lambda: None):
+        self.ctx = ctx
+        self._on_first_settled = on_first_settled
+        self._announced = False
+
+    def start_all(self) -> None:
+        for g in self.ctx.guests.values():
+            if g.plan.name in self.ctx.stopped_by_request:
+                g.enter(GuestState.stopped)
+            else:
+                self.launch(g)
+        self.ctx.check_settled()
+
+    def launch(self, g: GuestRuntime, fresh: bool = True) -> None:
+        """Booting from this moment (a response sent right after says so)."""
+        g.reason = None
+        g.stages.clear()
+        g.mesh = {}
+        g.enter(GuestState.booting)
+        g.tasks = [asyncio.create_task(self._bring_up(g, fresh), name=f"up-{g.plan.name}"),
+                   asyncio.create_task(self._watch(g), name=f"watch-{g.plan.name}")]
+
+    async def _watch(self, g: GuestRuntime) -> None:
+        """A qemu that dies on its own fails its guest, with qemu's own words."""
+        while g.state not in (GuestState.stopping, GuestState.stopped):
+            reason = g.process.exit_reason()
+            if reason is not None:
+                g.fail(reason)
+                self.ctx.check_settled()
+                return
+            await asyncio.sleep(0.5)
+
+    async def _bring_up(self, g: GuestRuntime, fresh: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await self.ctx.in_thread(g.process.prepare, fresh)
+            g.process.spawn()
+            g.stage("qemu_started")
+            await g.process.wait_sockets()
+            g.agent = GuestAgent(g.plan.paths.agent_sock)
+            g.agent_probed = 0.0
+
+            def on_stage(stage: str) -> None:
+                loop.call_soon_threadsafe(g.stage, stage)
+            g.console = await self.ctx.in_thread(Console.connect_unix, g.plan.paths.console_sock, g.plan.name,
+                                                 g.plan.paths.dir / "transcript.log", on_stage)
+            await g.process.resume()
+            await self._login(g)
+            g.enter(GuestState.configuring)
+            g.changed = await self.ctx.in_thread(network.configure, g.console, g.net_config())
+            if g.plan.user_nic is not None:
+                await self.ctx.in_thread(network.configure, g.console, side_nic(g.plan.user_nic.mac))
+            g.stage("configured")
+        except asyncio.CancelledError:
+            raise
+        except BridgelabError as e:
+            await self._fail(g, e)
+        except Exception as e:  # a bug must still not take the other guests down
+            log.exception("guest %s", g.plan.name)
+            await self._fail(g, e)
+        if g.state is GuestState.configuring:
+            g.enter(GuestState.verifying)  # configured; the mesh waits for the others
+        self.ctx.check_settled()
+        if g.state is GuestState.verifying:
+            await self.ctx.settled.wait()
+            await self.verify_mesh(g)
+
+    @staticmethod
+    async def _fail(g: GuestRuntime, e: BaseException) -> None:
+        """A console that closes is usually qemu exiting: give qemu a moment to
+        be reaped, so the reason is its own words, not the console's EOF."""
+        if isinstance(e, ConsoleClosed) and g.process.exit_reason() is None:
+            await g.process.wait_exit(1.0)
+        g.fail_from(e)
+
+    async def _login(self, g: GuestRuntime) -> None:
+        loop = asyncio.get_running_loop()
+        assert g.console is not None
+
+        def prompt_seen() -> None:
+            loop.call_soon_threadsafe(self._first_prompt, g)
+        await self.ctx.in_thread(g.console.login, g.plan.login.user, g.plan.login.password,
+                                 g.plan.boot_timeout, 8.0, prompt_seen)
+        g.stage("logged_in")
+
+    @staticmethod
+    def _first_prompt(g: GuestRuntime) -> None:
+        g.stage("login_prompt")
+        if g.state is GuestState.booting:
+            g.enter(GuestState.login)
+
+    def _peers(self, g: GuestRuntime) -> list[ipaddress.IPv4Address]:
+        others = [o.plan.ip.ip for o in self.ctx.guests.values()
+                  if o is not g and o.state in (GuestState.verifying, GuestState.ready)]
+        return [self.ctx.plan.host_address.ip, *others]
+
+    async def verify_mesh(self, g: GuestRuntime) -> None:
+        if g.state is not GuestState.verifying:
+            g.enter(GuestState.verifying)
+        assert g.console is not None
+        try:
+            g.mesh = await self.ctx.in_thread(network.ping_all, g.console, self._peers(g))
+        except BridgelabError as e:
+            g.fail_from(e)
+            return
+        unreachable = [ip for ip, ok in g.mesh.items() if not ok]
+        if unreachable:
+            g.fail(f"cannot reach {', '.join(unreachable)} from {g.plan.ip.ip}")
+        else:
+            g.stage("mesh_verified")
+            g.enter(GuestState.ready)
+        self._announce_once()
+
+    def _announce_once(self) -> None:
+        """One clear line when the lab first settles, for people reading logs."""
+        if self._announced or any(g.state not in SETTLED for g in self.ctx.guests.values()):
+            return
+        self._announced = True
+        parts = [f"{g.plan.name} {g.plan.ip.ip}" if g.state is GuestState.ready
+                 else f"{g.plan.name} {g.state.value.upper()}" + (f" ({g.reason})" if g.reason else "")
+                 for g in self.ctx.guests.values()]
+        log.info("lab %s ready: %s (API: GET /guests)", self.ctx.plan.name, ", ".join(parts))
+        self._on_first_settled()
+
+    async def reboot(self, name: str) -> GuestRuntime:
+        """Reboot through the guest's own shell, log in again, and check that
+        NetworkManager restored the address by itself (no reconfiguration)."""
+        g = self.ctx.get(name)
+        async with self.ctx.operating(g):
+            console = self.ctx.require_shell(g)
+            g.stages.clear()
+            g.enter(GuestState.booting)
+            try:
+                await self.ctx.in_thread(console.send_and_forget, "systemctl reboot")
+                await self._login(g)
+                g.enter(GuestState.configuring)
+                await self.ctx.in_thread(network.verify, console, g.net_config())
+                g.stage("configured")
+            except BridgelabError as e:
+                g.fail_from(e)
+                return g
+            await self.verify_mesh(g)
+            return g
+
+    async def stop_guest(self, name: str) -> GuestRuntime:
+        g = self.ctx.get(name)
+        async with self.ctx.operating(g):
+            await self.stop_one(g)
+            self.ctx.stopped_by_request.add(name)
+            self.ctx.persist()
+            return g
+
+    async def start_guest(self, name: str) -> GuestRuntime:
+        """Boot a stopped (or failed) guest again, on the disk it had."""
+        g = self.ctx.get(name)
+        async with self.ctx.operating(g):
+            if g.state not in (GuestState.stopped, GuestState.failed):
+                raise GuestBusy(f"guest {name} is {g.state.value}; only a stopped or failed guest can start")
+            await self.stop_one(g)
+            self.ctx.stopped_by_request.discard(name)
+            self.ctx.persist()
+            g.process = self.ctx.new_process(g.plan)
+            self.launch(g, fresh=False)
+            return g
+
+    async def stop_all(self) -> None:
+        """Power every guest down in parallel, bounded; quit or kill the rest."""
+        await asyncio.gather(*(self.stop_one(g) for g in self.ctx.guests.values()))
+        self.ctx.settled.set()
+
+    async def stop_one(self, g: GuestRuntime) -> None:
+        if g.state is GuestState.stopped:
+            return
+        g.enter(GuestState.stopping)
+        current = asyncio.current_task()
+        for t in g.tasks:
+            if t is not current:
+                t.cancel()
+        if g.process.exited() is None and g.process.popen is not None:
+            asked = await self._ask_poweroff(g)
+            # A guest that never reached a shell has nothing worth a long wait
+            # (its overlay is discarded), and riscv64 `virt` cannot hear ACPI.
+            timeout = self.ctx.shutdown_timeout
+            await g.process.shutdown(timeout if asked else min(5.0, timeout))
+        else:
+            await g.process.close_qmp()
+        if g.console is not None:
+            g.console.close()
+            g.console = None
+        if g.agent is not None:
+            g.agent.close()
+            g.agent = None
+        g.enter(GuestState.stopped)
+        self.ctx.check_settled()
+
+    async def _ask_poweroff(self, g: GuestRuntime) -> bool:
+        """A logged-in shell is the fastest clean poweroff: riscv64 `virt` has no
+        ACPI button, so QMP system_powerdown alone may not be heard."""
+        if g.console is None:
+            return False
+        return await self.ctx.in_thread(g.console.try_send_and_forget, "systemctl poweroff")
+
+    async def wait(self, names: list[str] | None, timeout: float) -> tuple[bool, list[GuestRuntime]]:
+        """Long-poll until the named guests (or all) are ready, failed or stopped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            targets = [self.ctx.get(n) for n in names] if names else list(self.ctx.guests.values())
+            settled = all(g.state in SETTLED for g in targets)
+            remaining = deadline - loop.time()
+            if settled or remaining <= 0:
+                return settled, targets
+            change = self.ctx.change
+            try:
+                await asyncio.wait_for(change.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+
+__all__ = ["Lifecycle"]

@@ -1,0 +1,128 @@
+"""The few guest commands bridgelab runs, for the fake guest of the
+in-process runner tests: `ip`, `nmcli`, `ping` and `systemctl`, put on the
+fake guest's PATH as wrappers that run `fakenm.py TOOL ARGS...`. They keep one NIC's
+NetworkManager state in $FAKE_NM_STATE/state.json and answer in the formats
+of the real tools (the parsers in guest/commands.py are tested against
+real output elsewhere). $FAKE_NM_STATE/unreachable lists addresses that
+ping must not reach; $FAKE_NM_STATE/delay slows `nmcli connection up`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+STATE = Path(os.environ.get("FAKE_NM_STATE", "."))
+IFACE = "enp0s1"
+DHCP_ADDRESS = "10.0.2.15/24"
+
+
+def load() -> dict:
+    f = STATE / "state.json"
+    return json.loads(f.read_text()) if f.exists() else {"profiles": {}, "live": None, "active": None}
+
+
+def save(state: dict) -> None:
+    (STATE / "state.json").write_text(json.dumps(state))
+
+
+def ip(args: list[str]) -> int:
+    state = load()
+    joined = " ".join(args)
+    if joined == "-o link show":
+        print("1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default "
+              "qlen 1000\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00")
+        print(f"2: {IFACE}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc fq_codel state UP mode DEFAULT "
+              f"group default qlen 1000\\    link/ether {os.environ['FAKE_MAC'].lower()} brd ff:ff:ff:ff:ff:ff")
+    elif joined.startswith("-o -4 addr show dev"):
+        if state["live"]:
+            print(f"2: {IFACE}    inet {state['live']} brd + scope global noprefixroute {IFACE}\\       "
+                  "valid_lft forever preferred_lft forever")
+    elif joined == "-4 route show default":
+        gw = state["profiles"].get(state["active"] or "", {}).get("ipv4.gateway")
+        if gw:
+            print(f"default via {gw} dev {IFACE} proto static metric 100")
+    elif joined.startswith("-4 route get"):
+        print(f"{args[-1]} dev {IFACE} src {(state['live'] or '0.0.0.0/0').split('/')[0]} uid 0\n    cache")
+    elif joined.startswith("-4 neigh show to"):
+        pass
+    else:
+        print(f"fake ip: unsupported: {joined}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def nmcli(args: list[str]) -> int:
+    state = load()
+    fields = None
+    while args and args[0] in ("-t", "-c", "-f"):
+        if args[0] == "-c":
+            args = args[2:]
+        elif args[0] == "-f":
+            fields, args = args[1].split(","), args[2:]
+        else:
+            args = args[1:]
+    if args[:2] == ["connection", "show"]:
+        profile = state["profiles"].get(args[2])
+        if profile is None:
+            print(f"Error: {args[2]} - no such connection profile.", file=sys.stderr)
+            return 10
+        for f in fields or sorted(profile):
+            print(f"{f}:{escape(profile.get(f, ''))}")
+    elif args[:2] == ["connection", "add"]:
+        name = args[args.index("con-name") + 1]
+        rest = args[args.index("con-name") + 2:]
+        state["profiles"][name] = dict(zip(rest[::2], rest[1::2], strict=True))
+    elif args[:2] == ["connection", "modify"]:
+        state["profiles"][args[2]].update(dict(zip(args[3::2], args[4::2], strict=True)))
+    elif args[:2] == ["connection", "up"]:
+        if (STATE / "delay").exists():
+            time.sleep(float((STATE / "delay").read_text()))
+        profile = state["profiles"][args[2]]
+        state["live"] = profile.get("ipv4.addresses") if profile.get("ipv4.method") == "manual" else DHCP_ADDRESS
+        state["active"] = args[2]
+        print("Connection successfully activated (D-Bus active path: /org/freedesktop/NetworkManager/1)")
+    elif args[:2] == ["device", "show"]:
+        print(f"GENERAL.CONNECTION:{state['active'] or ''}")
+    else:
+        print(f"fake nmcli: unsupported: {args}", file=sys.stderr)
+        return 2
+    save(state)
+    return 0
+
+
+def ping(args: list[str]) -> int:
+    unreachable = STATE / "unreachable"
+    blocked = unreachable.read_text().split() if unreachable.exists() else []
+    return 1 if args[-1] in blocked else 0
+
+
+def systemctl(args: list[str]) -> int:
+    with open(STATE / "events", "a") as f:
+        f.write(f"systemctl {' '.join(args)}\n")
+    os.kill(int(os.environ["FAKE_QEMU_PID"]), signal.SIGTERM if args == ["poweroff"] else signal.SIGHUP)
+    return 0
+
+
+def install(bin_dir: Path) -> None:
+    """The wrappers, for the test that starts a fake guest."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for tool in ("ip", "nmcli", "ping", "systemctl"):
+        w = bin_dir / tool
+        here = shlex.quote(str(Path(__file__).resolve()))
+        w.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {here} {tool} \"$@\"\n")
+        w.chmod(0o755)
+
+
+if __name__ == "__main__":
+    tool = {"ip": ip, "nmcli": nmcli, "ping": ping, "systemctl": systemctl}[sys.argv[1]]
+    sys.exit(tool(sys.argv[2:]))

@@ -1,0 +1,253 @@
+"""The lab runner in-process: real LabRunner, real GuestProcess (QMP,
+shutdown, exit reasons) and real Console, against tests/fakeqemu.py running
+tests/fakeguest.py (a pty with real bash) with tests/fakenm.py's `nmcli`,
+`ip`, `ping` and `systemctl`. The host side is a recording stand-in, so no
+root and no TCG: the orchestration is tested in the pure tier, in seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Awaitable, Callable
+
+import pytest
+from bridgelab.api.schemas import AddGuest, ExecRequest, NetworkRequest
+from bridgelab.errors import GuestBusy
+from bridgelab.guest.process import GuestProcess
+from bridgelab.host import firewall
+from bridgelab.host.links import Ledger, proc_start_time
+from bridgelab.lab.loader import LabSource
+from bridgelab.lab.runner import LabRunner
+from bridgelab.lab.states import GuestState
+from bridgelab.model.plan import GuestPlan, HostFacts, make_plan
+from bridgelab.model.spec import Arch, parse_lab_data
+
+from . import fakenm
+from .test_plan import image
+
+FAKEQEMU = Path(__file__).with_name("fakeqemu.py")
+IMAGE = image(Arch.riscv64)  # login root / pw
+HOST = HostFacts(arch="x86_64", kvm=False)
+T = 30.0  # generous bound for every wait: these take well under a second each
+
+
+class FakeHost:
+    """HostSide's interface, recording what the runner asks of it."""
+
+    def __init__(self, state_dir: Path, name: str):
+        self.ledger_path = state_dir / "ledger.json"
+        self.ledger: Ledger | None = None
+        self.ruleset = firewall.Ruleset(firewall.lab_tag(name))
+        self.firewall_hints: list[str] = []
+        self.events: list[tuple[Any, ...]] = []
+
+    def __enter__(self) -> FakeHost:
+        self.ledger_path.parent.mkdir(parents=True)  # the real one's lock creates it
+        self.ledger = Ledger(self.ledger_path)
+        self.events.append(("up",))
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.ledger is not None
+        self.events.append(("down", [x["what"] for x in self.ledger.entries if x["kind"] == "process"]))
+
+    def add_tap(self, tap: str) -> None:
+        self.events.append(("add_tap", tap))
+
+    def remove_tap(self, tap: str) -> None:
+        self.events.append(("remove_tap", tap))
+
+    def move_route(self, old: ipaddress.IPv4Address | None, new: ipaddress.IPv4Address | None) -> None:
+        self.events.append(("move_route", old, new))
+
+
+class FakeQemu(GuestProcess):
+    """The real GuestProcess with tests/fakeqemu.py for qemu and no overlay."""
+
+    def __init__(self, plan: GuestPlan, ledger: Ledger, bin_dir: Path, qemu_args: list[str],
+                 guest_args: list[str]):
+        super().__init__(plan, ledger)
+        self.bin_dir, self.qemu_args, self.guest_args = bin_dir, qemu_args, guest_args
+
+    def prepare(self, fresh: bool = True) -> None:
+        p = self.plan.paths
+        p.dir.mkdir(parents=True, exist_ok=True)
+        for f in (p.console_sock, p.qmp_sock, p.agent_sock):
+            f.unlink(missing_ok=True)
+
+    def spawn(self) -> None:
+        p = self.plan.paths
+        env = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}", "FAKE_MAC": self.plan.mac,
+               "FAKE_NM_STATE": str(p.dir)}
+        argv = [sys.executable, str(FAKEQEMU), "--qmp", str(p.qmp_sock), "--console", str(p.console_sock),
+                *self.qemu_args, "--", "--password", "pw", *self.guest_args]
+        with open(p.stderr, "wb") as err:
+            self.popen = subprocess.Popen(argv, stdout=err, stderr=err, env=env)
+        self.ledger.add({"kind": "process", "pid": self.popen.pid, "what": f"qemu {self.plan.name}",
+                         "start_time": proc_start_time(self.popen.pid)})
+
+
+class Lab:
+    def __init__(self, tmp: Path, guests: list[dict[str, Any]], qemu_args: dict[str, list[str]] | None = None,
+                 guest_args: dict[str, list[str]] | None = None):
+        data = {"name": "t", "bridge": {"name": "br0", "address": "10.198.101.114/24"},
+                "guests": [{"image": "img", "arch": "riscv64", **g} for g in guests]}
+        spec = parse_lab_data(data)
+        plan = make_plan(spec, {"img": IMAGE}, HOST, tmp / "state")
+        source = LabSource(spec=spec, images={"img": IMAGE}, host=HOST, base_dir=tmp, source_hash="h")
+        self.host = FakeHost(plan.state_dir, plan.name)
+        bin_dir = tmp / "bin"
+        fakenm.install(bin_dir)
+        qa, ga = qemu_args or {}, guest_args or {}
+
+        def factory(p: GuestPlan, ledger: Ledger) -> GuestProcess:
+            return FakeQemu(p, ledger, bin_dir, qa.get(p.name, []), ga.get(p.name, []))
+        self.runner = LabRunner(plan, source, shutdown_timeout=2.0, host=self.host,  # type: ignore[arg-type]
+                                process_factory=factory)
+
+    def run(self, scenario: Callable[[LabRunner], Awaitable[None]]) -> None:
+        """The daemon's life: host side, start, the scenario, stop, host side undone."""
+        async def life() -> None:
+            self.runner.start_guests()
+            try:
+                await asyncio.wait_for(scenario(self.runner), 60)
+            finally:
+                await self.runner.stop()
+        with self.runner.hosted():
+            asyncio.run(life())
+
+    def nm_state(self, name: str) -> dict[str, Any]:
+        return json.loads((self.runner.plan.state_dir / "guests" / name / "state.json").read_text())
+
+    def events(self, name: str) -> list[str]:
+        f = self.runner.plan.state_dir / "guests" / name / "events"
+        return f.read_text().splitlines() if f.exists() else []
+
+
+async def settle(runner: LabRunner) -> None:
+    settled, _ = await runner.wait(None, T)
+    assert settled, {n: (g.state, g.reason) for n, g in runner.guests.items()}
+
+
+def two(**extra: Any) -> list[dict[str, Any]]:
+    return [{"name": "rv1", "ip": "10.198.101.10", **extra}, {"name": "rv2", "ip": "10.198.101.11"}]
+
+
+def test_bring_up_goes_through_every_state_in_order_and_the_mesh_waits_for_both(tmp_path):
+    lab = Lab(tmp_path, two())
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        order = ["booting", "login", "configuring", "verifying", "ready"]
+        for g in r.guests.values():
+            assert g.state is GuestState.ready, g.reason
+            assert [g.timestamps[s] for s in order] == sorted(g.timestamps[s] for s in order)
+            assert {"qemu_started", "login_prompt", "logged_in", "configured", "mesh_verified"} <= set(g.stages)
+            assert g.mesh == {"10.198.101.114": True, **{str(o.plan.ip.ip): True for o in r.guests.values()
+                                                          if o is not g}}
+        # The mesh check starts only once no guest is still on its way.
+        last_configured = max(g.timestamps["verifying"] for g in r.guests.values())
+        assert all(g.stages["mesh_verified"] >= last_configured for g in r.guests.values())
+    lab.run(scenario)
+    assert lab.nm_state("rv1")["live"] == "10.198.101.10/24" and lab.nm_state("rv2")["live"] == "10.198.101.11/24"
+    profile = lab.nm_state("rv1")["profiles"]["bridgelab-" + lab.runner.plan.guests[0].mac.replace(":", "")]
+    assert profile["ipv4.method"] == "manual" and profile["ipv4.addresses"] == "10.198.101.10/24"
+
+
+def test_a_refused_login_fails_that_guest_only_and_says_why(tmp_path):
+    lab = Lab(tmp_path, two(), guest_args={"rv2": ["--password", "something-else"]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        assert r.guests["rv1"].state is GuestState.ready
+        rv2 = r.guests["rv2"]
+        assert rv2.state is GuestState.failed and "Login incorrect" in (rv2.reason or ""), rv2.reason
+        assert r.guests["rv1"].mesh == {"10.198.101.114": True}  # a failed guest is not a peer
+    lab.run(scenario)
+
+
+def test_a_qemu_that_dies_fails_its_guest_with_qemus_own_words(tmp_path):
+    lab = Lab(tmp_path, two(), qemu_args={"rv2": ["--crash-after", "0.3", "--status", "3"]},
+              guest_args={"rv2": ["--never-prompt"]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv2 = r.guests["rv2"]
+        assert rv2.state is GuestState.failed
+        assert rv2.reason is not None and rv2.reason.startswith("qemu exited with status 3: fakeqemu: guest "
+                                                                "crashed on purpose"), rv2.reason
+        assert r.guests["rv1"].state is GuestState.ready
+    lab.run(scenario)
+
+
+def test_a_guest_added_and_removed_at_runtime_gets_and_loses_its_tap_and_declared_state(tmp_path):
+    lab = Lab(tmp_path, two())
+    declared = tmp_path / "state" / "declared.json"
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        g = await r.add_guest(AddGuest(name="rv3", image="img", arch=Arch.riscv64,
+                                       ip=ipaddress.IPv4Address("10.198.101.12")))
+        assert g.state is GuestState.booting
+        assert ("add_tap", g.plan.tap) in lab.host.events
+        assert "rv3" in [x["name"] for x in json.loads(declared.read_text())["lab"]["guests"]]
+        settled, _ = await r.wait(["rv3"], T)
+        assert settled and g.state is GuestState.ready, g.reason
+        assert lab.nm_state("rv3")["live"] == "10.198.101.12/24"
+        with pytest.raises(GuestBusy, match="already exists"):
+            await r.add_guest(AddGuest(name="rv3", image="img", arch=Arch.riscv64,
+                                       ip=ipaddress.IPv4Address("10.198.101.13")))
+        assert lab.events("rv3") == []
+        await r.remove_guest("rv3")
+        assert "rv3" not in r.guests and g.state is GuestState.stopped
+        assert ("remove_tap", g.plan.tap) in lab.host.events
+        assert g.process.exited() == 0  # powered off through its shell, not killed
+        assert "rv3" not in [x["name"] for x in json.loads(declared.read_text())["lab"]["guests"]]
+        assert not g.plan.paths.dir.exists()
+    lab.run(scenario)
+
+
+def test_a_second_change_while_a_network_change_runs_is_refused_not_queued(tmp_path):
+    lab = Lab(tmp_path, two())
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv1 = r.guests["rv1"]
+        (rv1.plan.paths.dir / "delay").write_text("1.5")  # `nmcli connection up` takes 1.5 s
+        first = asyncio.create_task(r.set_network("rv1", NetworkRequest(ip=ipaddress.IPv4Address("10.198.101.20"))))
+        while rv1.state is not GuestState.configuring:
+            await asyncio.sleep(0.02)
+        with pytest.raises(GuestBusy):
+            await r.set_network("rv1", NetworkRequest(ip=ipaddress.IPv4Address("10.198.101.21")))
+        with pytest.raises(GuestBusy):
+            await r.reboot("rv1")
+        with pytest.raises(GuestBusy):
+            await r.exec("rv1", ExecRequest(argv=["true"]))
+        await first
+        assert rv1.state is GuestState.ready and str(rv1.plan.ip.ip) == "10.198.101.20"
+        assert lab.nm_state("rv1")["live"] == "10.198.101.20/24"
+        result = await r.exec("rv1", ExecRequest(argv=["echo", "it's $HOME"]))
+        assert (result.exit_code, result.output.strip(), result.via) == (0, "it's $HOME", "console")
+    lab.run(scenario)
+
+
+def test_shutdown_powers_guests_off_through_their_shells_before_the_host_side_goes(tmp_path):
+    lab = Lab(tmp_path, two())
+    guests: dict[str, Any] = {}
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        guests.update(r.guests)
+    lab.run(scenario)
+    for name, g in guests.items():
+        assert g.state is GuestState.stopped
+        assert g.process.exited() == 0
+        assert lab.events(name) == ["systemctl poweroff"]
+    assert lab.host.events[0] == ("up",)
+    assert lab.host.events[-1] == ("down", [])  # no qemu left in the ledger when the host side goes
