@@ -46,7 +46,7 @@ else
 fi
 
 # compose.yaml mounts the lab file's directory (BRIDGELAB_LAB_DIR on the host).
-lab=${BRIDGELAB_LAB:-/etc/bridgelab/lab/${BRIDGELAB_LAB_FILE:-lab.yaml}}
+lab=/etc/bridgelab/lab/${BRIDGELAB_LAB_FILE:-lab.yaml}
 if [ ! -f "$lab" ]; then
   fail "no lab file ${BRIDGELAB_LAB_FILE:-lab.yaml} in ${BRIDGELAB_LAB_DIR:-the lab directory} on the host. For a lab file elsewhere, set BRIDGELAB_LAB_DIR to its directory and BRIDGELAB_LAB_FILE to its name (relative to that directory)"
 fi

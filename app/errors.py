@@ -30,6 +30,10 @@ class SpecError(BridgelabError):
         super().__init__("\n".join(str(i) for i in issues))
 
 
+class SettingsError(BridgelabError):
+    """A BRIDGELAB_* environment variable has a value bridgelab cannot use."""
+
+
 class ImageError(BridgelabError):
     """An image is missing, malformed, or failed to build."""
 

@@ -19,12 +19,11 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..errors import AuthError, BridgelabError
-from ..settings import state_root
+from ..settings import current, state_root
 
-TOKEN_ENV = "BRIDGELAB_TOKEN"
+TOKEN_ENV = "BRIDGELAB_TOKEN"  # settings.Settings.token, named in messages
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
 
 
@@ -50,10 +49,15 @@ def check_token_shape(token: str, source: str) -> str:
     return token
 
 
-def load_or_create_token(path: Path, env: Mapping[str, str]) -> str:
+def env_token() -> str | None:
+    token = current().token
+    return token.get_secret_value() if token is not None else None
+
+
+def load_or_create_token(path: Path) -> str:
     """$BRIDGELAB_TOKEN wins; else the file; else a new random token in a new 0600 file."""
-    if env.get(TOKEN_ENV):
-        return check_token_shape(env[TOKEN_ENV], TOKEN_ENV)
+    if token := env_token():
+        return check_token_shape(token, TOKEN_ENV)
     try:
         return check_token_shape(path.read_text().strip(), str(path))
     except FileNotFoundError:
@@ -66,10 +70,10 @@ def load_or_create_token(path: Path, env: Mapping[str, str]) -> str:
     return token
 
 
-def client_token(env: Mapping[str, str], path: Path | None) -> str | None:
+def client_token(path: Path | None) -> str | None:
     """What a CLI client sends: $BRIDGELAB_TOKEN, else the token file if readable."""
-    if env.get(TOKEN_ENV):
-        return env[TOKEN_ENV]
+    if token := env_token():
+        return token
     try:
         return (path or default_token_file()).read_text().strip() or None
     except OSError:

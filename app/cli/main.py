@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..api.auth import TOKEN_ENV, Policy, client_token, default_token_file, load_or_create_token
-from ..errors import BridgelabError, FieldIssue, SpecError
+from ..api.auth import TOKEN_ENV, Policy, client_token, default_token_file, env_token, load_or_create_token
+from ..errors import BridgelabError, FieldIssue, SettingsError, SpecError
 from ..host import cleanup, preflight
 from ..lab.loader import load_lab, load_plan
 from ..lab.states import SETTLED, GuestState
 from ..model import images
 from ..model.spec import lab_name_problem, load_lab_text
+from ..settings import Settings, current
 
 if TYPE_CHECKING:
     from ..lab.runner import LabRunner
@@ -65,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     preflight.preflight()
     plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
     token_file = args.token_file or default_token_file()
-    policy = Policy.for_listen(args.listen, load_or_create_token(token_file, os.environ))
+    policy = Policy.for_listen(args.listen, load_or_create_token(token_file))
     try:
         sock = bind_listen(args.listen)
     except (OSError, ValueError) as e:
@@ -108,7 +109,7 @@ def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_fi
     plan = runner.plan
     log.info("lab %s: bridge %s %s, %d guests, API on %s (%s; token in %s)", plan.name, plan.bridge,
              plan.bridge_address or "(no address: proxy-arp)", len(plan.guests), args.listen, exposure,
-             "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else token_file)
+             "$" + TOKEN_ENV if env_token() else token_file)
     server.run(sockets=[sock])
 
 
@@ -162,7 +163,7 @@ def lab_name(ref: str) -> str:
 
 def client(args: argparse.Namespace, timeout: float = 30.0) -> httpx.Client:
     api: str = args.api
-    token = client_token(os.environ, args.token_file)
+    token = client_token(args.token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if api.startswith("unix:"):
         return httpx.Client(transport=httpx.HTTPTransport(uds=api[5:]), base_url="http://bridgelab",
@@ -323,7 +324,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect, unix_connect
 
-    token = client_token(os.environ, args.token_file)
+    token = client_token(args.token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     path = f"/guests/{args.name}/console/attach" + ("?write=true" if args.write else "")
     api: str = args.api
@@ -391,11 +392,11 @@ def cmd_image_path(args: argparse.Namespace) -> int:
     return 0 if (out / images.MANIFEST).is_file() else 1
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(env: Settings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bridgelab", description=__doc__)
-    p.add_argument("--log-level", default=os.environ.get("BRIDGELAB_LOG", "INFO"))
+    p.add_argument("--log-level", default=env.log)
     sub = p.add_subparsers(dest="command", required=True)
-    api_default = os.environ.get("BRIDGELAB_API", DEFAULT_LISTEN)
+    api_default = env.api
 
     s = sub.add_parser("serve", help="build the network, boot and configure the guests, serve the API")
     s.add_argument("--lab", type=Path, required=True)
@@ -482,7 +483,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first `--` is the guest command, untouched by argparse.
     command = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    try:
+        env = current()
+    except SettingsError as e:
+        print(f"bridgelab: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    args = parser(env).parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.argv = command
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

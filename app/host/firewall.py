@@ -31,14 +31,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import proc
+from .. import proc, settings
 from ..errors import HostNetError
 from ..model.plan import LabPlan
 from .links import Ledger
@@ -97,8 +96,8 @@ def read_saves() -> dict[str, str]:
 def iptables(lab_choice: str | None, saves: dict[str, str]) -> str:
     """The iptables command for the host's backend: $BRIDGELAB_IPTABLES, else
     the lab file's `firewall.backend`, else the backend holding the host's rules."""
-    env = os.environ.get("BRIDGELAB_IPTABLES")
-    override, source = (env, "BRIDGELAB_IPTABLES") if env else (lab_choice, "firewall.backend")
+    env = settings.current().iptables
+    override, source = (env.value, "BRIDGELAB_IPTABLES") if env else (lab_choice, "firewall.backend")
     backend, reason = choose_backend(override, {b: _rule_lines(t) for b, t in saves.items()}, set(saves), source)
     log.info("iptables backend: %s (%s)", backend, reason)
     return f"iptables-{backend}"

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .. import proc
+from .. import proc, settings
 from ..errors import BridgelabError, ImageError
 from .spec import Arch, Login, SafeStr, format_loc
 
@@ -104,15 +104,15 @@ class Recipe(BaseModel):
 def recipe_dirs() -> list[Path]:
     """Where recipes are looked up: $BRIDGELAB_IMAGES, the source tree, the container."""
     dirs = []
-    if env := os.environ.get("BRIDGELAB_IMAGES"):
-        dirs.append(Path(env))
+    if extra := settings.current().images:
+        dirs.append(extra)
     dirs.append(Path(__file__).resolve().parents[2] / "images")
     dirs.append(Path("/usr/share/bridgelab/images"))
     return dirs
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("BRIDGELAB_CACHE", "/var/cache/bridgelab/images"))
+    return settings.current().cache
 
 
 _RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
