@@ -1,3 +1,5 @@
 """bridgelab: QEMU guests on one Linux bridge, configured over their serial consoles."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("bridgelab")  # pyproject.toml is the one place it is written

@@ -44,3 +44,14 @@ def test_a_bad_value_is_a_clear_error_before_anything_runs(monkeypatch):
     p = subprocess.run([sys.executable, "-m", "bridgelab.cli", "status"], capture_output=True, text=True,
                        env={**env, "BRIDGELAB_IPTABLES": "iptables-nft"})
     assert p.returncode == 2 and "BRIDGELAB_IPTABLES" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_the_version_is_written_once_in_pyproject():
+    import tomllib
+
+    import bridgelab
+    from bridgelab.api import app
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert bridgelab.__version__ == declared
+    assert "version=__version__" in Path(app.__file__).read_text()

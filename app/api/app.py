@@ -10,6 +10,7 @@ from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from .. import __version__
 from ..errors import AuthError, BridgelabError, GuestBusy, GuestError, GuestTimeout, SpecError, UnknownGuest
 from ..lab.runner import LabRunner
 from .auth import Policy
@@ -97,7 +98,7 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         finally:
             await runner.stop()
 
-    app = FastAPI(title="bridgelab", version="0.2.0", lifespan=lifespan, responses=ERRORS,  # type: ignore[arg-type]
+    app = FastAPI(title="bridgelab", version=__version__, lifespan=lifespan, responses=ERRORS,  # type: ignore[arg-type]
                   description="QEMU guests on one Linux bridge: readiness, exec, network, runtime guests.")
     app.add_middleware(BodyLimit)
 
