@@ -30,8 +30,8 @@ def imported_layers(path: Path) -> set[str]:
             out.add(own)
         elif node.module:
             out.add(node.module.split(".")[0])
-        else:
-            out.update(a.name for a in node.names)
+        else:  # `from .. import x`: x is a module of the package root, or its __version__
+            out.update(a.name for a in node.names if not a.name.startswith("__"))
     return out
 
 

@@ -1,0 +1,236 @@
+"""The HTTP-client commands (status, wait, exec, add, network, reboot, stop, start,
+remove, mesh, logs) and the raw-tty console attach."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from ..api.auth import client_token
+from ..errors import BridgelabError
+from ..lab.states import SETTLED, GuestState
+from .exits import EXIT_INVALID, EXIT_TIMEOUT
+
+
+def client(args: argparse.Namespace, timeout: float = 30.0) -> httpx.Client:
+    api: str = args.api
+    token = client_token(args.token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if api.startswith("unix:"):
+        return httpx.Client(transport=httpx.HTTPTransport(uds=api[5:]), base_url="http://bridgelab",
+                            timeout=timeout, headers=headers)
+    base = api if "://" in api else f"http://{api}"
+    return httpx.Client(base_url=base, timeout=timeout, headers=headers)
+
+
+def checked(response: httpx.Response) -> Any:
+    """The JSON body of a success; an APIError with the server's own words otherwise."""
+    if response.is_success:
+        return response.json() if response.content else None
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    if isinstance(detail, list):  # 422: one line per field
+        detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
+    raise APIError(response.status_code, str(detail))
+
+
+class APIError(BridgelabError):
+    def __init__(self, status: int, detail: str):
+        self.status = status
+        super().__init__(f"{status}: {detail}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        guests: list[dict[str, Any]] = checked(c.get("/guests"))
+    if args.json:
+        print(json.dumps(guests, indent=2))
+    else:
+        print_table(guests)
+    return 0 if all(g["state"] == GuestState.ready for g in guests) else 1
+
+
+def print_table(guests: list[dict[str, Any]]) -> None:
+    print(f"{'NAME':16} {'STATE':12} {'IP':16} {'MAC':18} {'TAP':16} {'SSH':16} REASON")
+    for g in guests:
+        print(f"{g['name']:16} {g['state']:12} {g['ip']:16} {g['mac']:18} {g['tap']:16} {g.get('ssh') or '-':16} "
+              f"{g['reason'] or ''}")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        checked(c.post("/shutdown"))
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            try:
+                c.get("/healthz", timeout=2)
+            except httpx.TransportError:
+                return 0
+            time.sleep(0.5)
+    print("bridgelab: daemon still answering after the timeout", file=sys.stderr)
+    return 1
+
+
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Long-poll in slices, printing each stage as it is reached (stderr)."""
+    path = f"/guests/{args.name}/wait" if args.name else "/wait"
+    deadline = time.monotonic() + args.timeout
+    shown: set[tuple[str, str]] = set()
+    with client(args, timeout=None) as c:  # type: ignore[arg-type]
+        while True:
+            slice_s = max(0.0, min(10.0, deadline - time.monotonic()))
+            r = c.get(path, params={"timeout": slice_s})
+            body = r.json() if r.status_code == 504 else checked(r)
+            for g in body["guests"]:
+                for stage, _at in sorted(g["stages"].items(), key=lambda kv: kv[1]):
+                    if (g["name"], stage) not in shown:
+                        shown.add((g["name"], stage))
+                        print(f"{g['name']}: {stage}", file=sys.stderr)
+            if body["settled"] or time.monotonic() >= deadline:
+                break
+    for f in body["failed"]:
+        print(f"bridgelab: {f['name']} failed: {f['reason']}\n{f['console_tail']}", file=sys.stderr)
+    if not body["settled"]:
+        waiting = [g["name"] + " (" + g["state"] + ")" for g in body["guests"]
+                   if g["state"] not in SETTLED]
+        print(f"bridgelab: timed out after {args.timeout:.0f}s waiting for {', '.join(waiting)}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(" ".join(f"{g['name']}={g['ip']}" for g in body["guests"] if g["state"] == GuestState.ready))
+    return 1 if body["failed"] else 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = args.argv
+    if not argv:
+        print("bridgelab: exec needs a command after --", file=sys.stderr)
+        return EXIT_INVALID
+    with client(args, timeout=args.timeout + 30) as c:
+        body = checked(c.post(f"/guests/{args.name}/exec",
+                              json={"argv": argv, "timeout": args.timeout, "max_output": args.max_output}))
+    sys.stdout.write(body["output"])
+    sys.stderr.write(body["stderr"] or "")
+    if body["truncated"]:
+        print(f"bridgelab: output cut at {args.max_output} bytes", file=sys.stderr)
+    if body["timed_out"]:
+        print(f"bridgelab: timed out after {args.timeout:.0f}s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return int(body["exit_code"])
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    spec: dict[str, Any] = {"name": args.name, "image": args.image, "arch": args.arch, "cpus": args.cpus,
+                            "memory": args.memory}
+    for key in ("ip", "mac"):
+        if getattr(args, key):
+            spec[key] = getattr(args, key)
+    with client(args) as c:
+        g = checked(c.post("/guests", json=spec))
+    print(f"{g['name']}: {g['state']} ip={g['ip']} mac={g['mac']} tap={g['tap']}")
+    if args.wait:
+        args.timeout = args.wait
+        return cmd_wait(args)
+    return 0
+
+
+def guest_action(method: str, suffix: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        with client(args, timeout=args.timeout) as c:
+            body = checked(c.request(method, f"/guests/{args.name}{suffix}"))
+        if body:
+            print(f"{body['name']}: {body['state']}" + (f" ({body['reason']})" if body.get("reason") else ""))
+            # reboot and start answer while booting, stop once stopped
+            return 0 if body["state"] in (GuestState.ready, GuestState.stopped, GuestState.booting) else 1
+        return 0
+    return run
+
+
+def cmd_mesh(args: argparse.Namespace) -> int:
+    with client(args, timeout=300) as c:
+        report = checked(c.post("/mesh"))
+    for p in report["pairs"]:
+        mark = "ok  " if p["ok"] else "FAIL"
+        print(f"{mark} {p['source']:12} -> {p['target']:12} {p['target_ip']:16} {p['diagnosis']}"
+              + ("" if p["ok"] else f": {p['detail']}"))
+    for p in report.get("uplink", []):
+        mark = "ok  " if p["ok"] else "FAIL"
+        print(f"{mark} {p['source']:12} -> {'uplink':12} {p['target']:16} {p['layer']}"
+              + ("" if p["ok"] else f": {p['detail']}"))
+    for name in report["skipped"]:
+        print(f"skip {name}: not ready")
+    return 0 if report["ok"] else 1
+
+
+DETACH = b"\x1d"  # Ctrl-], as telnet and virsh console
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """Attach to a guest's serial console over the API's websocket."""
+    import threading
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect, unix_connect
+
+    token = client_token(args.token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    path = f"/guests/{args.name}/console/attach" + ("?write=true" if args.write else "")
+    api: str = args.api
+    if api.startswith("unix:"):
+        ws = unix_connect(api[5:], f"ws://bridgelab{path}", additional_headers=headers)
+    else:
+        base = api.split("://", 1)[-1].rstrip("/")
+        ws = connect(f"{'wss' if api.startswith('https') else 'ws'}://{base}{path}", additional_headers=headers)
+    print(f"bridgelab: attached to {args.name}" + (" (Ctrl-] detaches)" if args.write else " (read-only; Ctrl-C)"),
+          file=sys.stderr)
+
+    def show() -> None:
+        try:
+            for data in ws:
+                sys.stdout.buffer.write(data if isinstance(data, bytes) else data.encode())
+                sys.stdout.buffer.flush()
+        except ConnectionClosed:
+            pass
+    reader = threading.Thread(target=show, daemon=True)
+    reader.start()
+    try:
+        if args.write and sys.stdin.isatty():
+            _type_raw(ws)
+        else:
+            reader.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ws.close()
+    return 0
+
+
+def _type_raw(ws: Any) -> None:
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        while (keys := os.read(fd, 1024)) and DETACH not in keys:
+            ws.send(keys)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        r = c.get(f"/guests/{args.name}/console", params={"lines": args.lines})
+        if not r.is_success:
+            checked(r)
+    print(r.text)
+    return 0

@@ -1,0 +1,4 @@
+"""Exit codes shared by the commands."""
+
+EXIT_INVALID = 2  # a bad lab, request or environment: nothing was created
+EXIT_TIMEOUT = 124  # as timeout(1)
