@@ -163,7 +163,7 @@ def test_an_unread_console_never_blocks_the_guest(tmp_path):
 
 
 def test_terminal_queries_are_answered_once_even_when_split():
-    from bridgelab.guest.console import terminal_replies
+    from bridgelab.guest.console_stream import terminal_replies
     boot = DATA["boot"].encode()
     assert terminal_replies(b"", boot).count(b"\x1b[50;200R") == boot.count(b"\x1b[6n") > 0
     assert terminal_replies(b"", boot).count(b"\x1bP0+r\x1b\\") == boot.count(b"\x1bP+q") > 0
@@ -174,7 +174,7 @@ def test_terminal_queries_are_answered_once_even_when_split():
 
 
 def test_boot_stages_from_a_real_transcript_and_split_reads():
-    from bridgelab.guest.console import boot_stages
+    from bridgelab.guest.console_stream import boot_stages
     boot = DATA["boot"].encode()
     stages = boot_stages(b"", boot)
     assert "userspace" in stages

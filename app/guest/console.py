@@ -8,9 +8,7 @@ between split markers. One user at a time: every public method holds a lock.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import re
 import secrets
 import shlex
@@ -19,12 +17,12 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 import pexpect
-from pexpect import fdpexpect
 
 from ..errors import ConsoleClosed, ConsoleError, ConsoleTimeout, GuestCommandFailed, LoginIncorrect
+from .console_stream import Pump, PumpSpawn
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +92,7 @@ class Console:
         self._lock = threading.RLock()
         self._closer = closer
         self._prompt_tag = "BL" + secrets.token_hex(4)
-        self._pump: _Pump | None = None
+        self._pump: Pump | None = None
         self._ready = False
         if transcript is not None:
             child.logfile_read = transcript
@@ -107,8 +105,8 @@ class Console:
                      on_stage: Callable[[str], None] | None = None) -> "Console":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(str(path))
-        pump = _Pump(sock, name, on_stage)
-        child = _PumpSpawn(pump, encoding="utf-8", codec_errors="replace", maxread=65536, searchwindowsize=None)
+        pump = Pump(sock, name, on_stage)
+        child = PumpSpawn(pump, encoding="utf-8", codec_errors="replace", maxread=65536, searchwindowsize=None)
         transcript = open(transcript_path, "a", encoding="utf-8") if transcript_path else None
 
         def close() -> None:
@@ -291,137 +289,6 @@ class Console:
             return True
         finally:
             self._lock.release()
-
-
-# Terminal queries that systemd (PID 1 and serial-getty) sends at boot and
-# then waits for with a timeout. A real terminal answers at once; answering
-# like one takes ~3 s off a TCG boot to the login prompt (39.7 -> 36.8 s,
-# median of 3). The size we report, 50x200, is what the guest's tty gets.
-_TERMINAL_QUERIES = {
-    b"\x1b[6n": b"\x1b[50;200R",  # DSR cursor position (after moving to 32766;32766)
-    b"\x1bP+q": b"\x1bP0+r\x1b\\",  # XTGETTCAP: "not supported"
-}
-_QUERY_TAIL = max(len(q) for q in _TERMINAL_QUERIES) - 1
-
-
-def terminal_replies(tail: bytes, data: bytes) -> list[bytes]:
-    """Replies for the queries that end inside `data` (`tail` is what came
-    just before, so a query split across two reads is still seen once)."""
-    window = tail + data
-    replies = []
-    for query, reply in _TERMINAL_QUERIES.items():
-        start = window.find(query)
-        while start != -1:
-            if start + len(query) > len(tail):
-                replies.append((start, reply))
-            start = window.find(query, start + 1)
-    return [r for _, r in sorted(replies)]
-
-
-# What a guest prints on its way up, mapped to the readiness stage it marks.
-# With `quiet` the kernel prints nothing, so "kernel" may be missing; systemd's
-# first terminal query is the first sign of userspace either way.
-BOOT_MARKERS = {
-    b"OpenSBI v": "firmware", b"U-Boot ": "firmware", b"SeaBIOS": "firmware", b"EFI stub": "firmware",
-    b"Linux version ": "kernel", b"Booting Linux": "kernel",
-    b"\x1bP+q": "userspace", b"\x1b[6n": "userspace", b"Welcome to ": "userspace",
-}
-_MARKER_TAIL = max(len(m) for m in BOOT_MARKERS) - 1
-
-
-def boot_stages(tail: bytes, data: bytes) -> list[str]:
-    """Stages whose marker ends inside `data`, in order of appearance."""
-    window = tail + data
-    found = []
-    for marker, stage in BOOT_MARKERS.items():
-        at = window.find(marker)
-        while at != -1 and at + len(marker) <= len(tail):
-            at = window.find(marker, at + 1)
-        if at != -1:
-            found.append((at, stage))
-    return list(dict.fromkeys(stage for _, stage in sorted(found)))
-
-
-class _Pump:
-    """Keeps reading a serial socket whether or not anyone is expecting.
-
-    A qemu socket chardev whose client stops reading makes the guest's UART
-    block, and the guest stalls within a few hundred bytes (measured: a guest
-    whose console was connected but unread for 55 s was still in OpenSBI).
-    So a thread drains the socket into a large non-blocking pipe that pexpect
-    reads; if nobody reads for long enough to fill it, the newest bytes are
-    dropped (qemu's console.log still has everything)."""
-
-    PIPE_SIZE = 1 << 20
-
-    def __init__(self, sock: socket.socket, name: str, on_stage: Callable[[str], None] | None = None):
-        self.sock = sock
-        self._on_stage = on_stage
-        self.rfd, self._wfd = os.pipe()
-        try:
-            fcntl.fcntl(self._wfd, fcntl.F_SETPIPE_SZ, self.PIPE_SIZE)
-        except OSError:
-            pass  # the default 64 KiB still works, it just fills sooner
-        os.set_blocking(self._wfd, False)
-        self.dropped = 0
-        self._watchers: list[Callable[[bytes], None]] = []
-        self._thread = threading.Thread(target=self._run, name=f"console-{name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        tail = b""
-        try:
-            while data := self.sock.recv(65536):
-                for reply in terminal_replies(tail, data):
-                    self.sock.sendall(reply)
-                if self._on_stage is not None:
-                    for stage in boot_stages(tail, data):
-                        self._on_stage(stage)
-                tail = (tail + data)[-max(_QUERY_TAIL, _MARKER_TAIL):]
-                for watch in list(self._watchers):
-                    watch(data)
-                try:
-                    written = os.write(self._wfd, data)
-                except BlockingIOError:
-                    written = 0
-                self.dropped += len(data) - written
-        except OSError:
-            pass
-        finally:
-            os.close(self._wfd)  # the reader sees EOF
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def watch(self, callback: Callable[[bytes], None]) -> Callable[[], None]:
-        """Copy everything the guest prints to `callback` (called on the pump
-        thread: it must not block). Returns the function that stops it."""
-        self._watchers.append(callback)
-        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._thread.join(5)
-        self.sock.close()
-        os.close(self.rfd)
-
-
-class _PumpSpawn(fdpexpect.fdspawn):
-    """pexpect over the pump: reads come from its pipe, writes go to the socket."""
-
-    def __init__(self, pump: _Pump, **kwargs: Any):
-        super().__init__(pump.rfd, **kwargs)
-        self._pump = pump
-
-    def send(self, s: str | bytes) -> int:
-        s = self._coerce_send_string(s)
-        self._log(s, "send")
-        b = self._encoder.encode(s, final=False)
-        self._pump.send(b)
-        return len(b)
 
 
 def quote(value: object) -> str:
