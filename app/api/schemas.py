@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..guest.shell import Via
 from ..lab.states import GuestState
-from ..model.spec import Arch, Guest, SafeStr
+from ..model.spec import Arch, Guest, SafeStr, UplinkKind
 
 GUEST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 STAGES = ("qemu_started", "firmware", "kernel", "userspace", "login_prompt", "logged_in", "configured",
@@ -56,7 +56,7 @@ class GuestView(BaseModel):
 
 
 class UplinkView(BaseModel):
-    mode: Literal["nat", "proxy-arp"]
+    mode: UplinkKind
     interface: str
     reason: str = Field(description="why this mode and interface (auto mode explains its choice)")
     lan: str | None = Field(description="the host's address on the uplink")

@@ -40,12 +40,14 @@ from pathlib import Path
 from .. import proc, settings
 from ..errors import HostNetError
 from ..model.plan import LabPlan
+from ..model.spec import UplinkKind
+from ..settings import IptablesBackend
 from .links import Ledger
 
 log = logging.getLogger(__name__)
 
 BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
-BACKENDS = ("nft", "legacy")
+BACKENDS = tuple(IptablesBackend)
 _POLICY_DROP = re.compile(r"^:\S+ DROP ")
 
 
@@ -76,7 +78,7 @@ def choose_backend(override: str | None, rules: dict[str, int], available: set[s
     usable = [b for b in BACKENDS if b in available]
     if not usable:
         raise HostNetError("neither iptables-nft nor iptables-legacy is installed")
-    best = max(usable, key=lambda b: (rules.get(b, 0), b == "nft"))
+    best = max(usable, key=lambda b: (rules.get(b, 0), b is IptablesBackend.nft))
     return best, "rules present: " + ", ".join(f"{b} {rules.get(b, 0)}" for b in usable)
 
 
@@ -144,7 +146,7 @@ def lab_ruleset(plan: LabPlan, bridged: bool, docker_user: bool) -> Ruleset:
     chains = []
     if up is not None:
         net = str(plan.subnet)
-        if up.mode == "nat":
+        if up.mode is UplinkKind.nat:
             fwd += [("-i", br, "-o", up.interface, "-s", net, "-j", "ACCEPT"),
                     ("-i", up.interface, "-o", br, "-d", net, "-m", "conntrack", "--ctstate",
                      "RELATED,ESTABLISHED", "-j", "ACCEPT")]
@@ -356,7 +358,7 @@ def firewall_hints(managers: list[str], plan: LabPlan) -> list[str]:
         # final there, so its zones must let the lab through.
         hints.append(f"firewalld: firewall-cmd --zone=trusted --add-interface={br} "
                      f"(and again with --permanent to keep it)")
-        if plan.uplink is not None and plan.uplink.mode == "proxy-arp":
+        if plan.uplink is not None and plan.uplink.mode is UplinkKind.proxy_arp:
             hints.append("firewalld: firewall-cmd --permanent --new-policy bridgelab-lan && "
                          "firewall-cmd --permanent --policy bridgelab-lan --add-ingress-zone "
                          f"$(firewall-cmd --get-zone-of-interface={up}) && firewall-cmd --permanent --policy "

@@ -23,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import HostNetError
 from ..model.plan import LabPlan, UplinkFacts
+from ..model.spec import UplinkKind
 from .links import Ledger
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def apply(ledger: Ledger, plan: LabPlan) -> None:
     if up is None:
         return
     set_sysctl(ledger, IP_FORWARD, "1")  # first: it resets per-interface settings
-    if up.mode == "proxy-arp":
+    if up.mode is UplinkKind.proxy_arp:
         set_sysctl(ledger, f"net/ipv4/conf/{up.interface}/proxy_arp", "1")
         set_sysctl(ledger, f"net/ipv4/conf/{plan.bridge}/proxy_arp", "1")
         # Answer guests' ARP at once rather than after up to 0.8 s (our bridge only).

@@ -32,6 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import proc
 from ..model.plan import LabPlan
+from ..model.spec import UplinkKind
 from . import firewall, uplink
 
 Layer = Literal["ok", "guest", "l2", "netfilter", "nat_route"]
@@ -78,7 +79,7 @@ def diagnose(ev: Evidence, plan: LabPlan, target: ipaddress.IPv4Address, hints: 
         return "guest", f"the guest has no route to {target}: its gateway is not set"
     hop = next_hop(ev.guest_route, target)
     if ev.next_hop_arp != "resolved":
-        who = "the host's proxy-ARP on the bridge" if up.mode == "proxy-arp" else "the bridge"
+        who = "the host's proxy-ARP on the bridge" if up.mode is UplinkKind.proxy_arp else "the bridge"
         return "l2", f"ARP for the guest's next hop {hop} got no answer ({who}: tap off the bridge or link down)"
     if not ev.ip_forward:
         return "nat_route", "IPv4 forwarding is off on the host (net.ipv4.ip_forward=0)"
@@ -92,7 +93,7 @@ def diagnose(ev: Evidence, plan: LabPlan, target: ipaddress.IPv4Address, hints: 
         detail = ("the guest's packets reached the host but never bridgelab's ACCEPT rule: a rule before it, "
                   "the other iptables backend or another nftables table drops them")
         return "netfilter", detail + ("; " + "; ".join(hints) if hints else "")
-    if up.mode == "nat" and not _moved(ev.before.masquerade, ev.after.masquerade):
+    if up.mode is UplinkKind.nat and not _moved(ev.before.masquerade, ev.after.masquerade):
         return "nat_route", "packets were forwarded but MASQUERADE did not apply: the NAT rule is gone"
     if ev.foreign_forward_drops:
         detail = (f"bridgelab's ACCEPT passed the packets, but nftables table(s) "
@@ -101,7 +102,7 @@ def diagnose(ev: Evidence, plan: LabPlan, target: ipaddress.IPv4Address, hints: 
         return "netfilter", detail + ("; " + "; ".join(hints) if hints else "")
     if not ev.host_reaches_target:
         return "nat_route", f"the host itself cannot reach {target}: the problem is beyond the uplink"
-    if up.mode == "proxy-arp" and not ev.uplink_proxy_arp:
+    if up.mode is UplinkKind.proxy_arp and not ev.uplink_proxy_arp:
         return "nat_route", f"proxy_arp is off on {up.interface}: the LAN cannot find the guest"
     return "nat_route", (f"requests left through {up.interface} but no reply came back: the return path "
                          "(the LAN's route or ARP for the guest, or the target's own firewall)")
@@ -118,7 +119,7 @@ def counters(plan: LabPlan, rs: firewall.Ruleset) -> Counters:
     out_rule = next((i for i, r in enumerate(chain.rules) if r[:4] == ("-i", plan.bridge, "-o", up)
                      and r[-2:] == ("-j", "ACCEPT")), None) if chain else None
     fwd = firewall.rule_counters(rs.cmd, "filter", prefix + "FWD")
-    nat = firewall.rule_counters(rs.cmd, "nat", prefix + "NAT") if plan.uplink.mode == "nat" else []
+    nat = firewall.rule_counters(rs.cmd, "nat", prefix + "NAT") if plan.uplink.mode is UplinkKind.nat else []
     return Counters(forward_out=fwd[out_rule] if out_rule is not None and out_rule < len(fwd) else None,
                     masquerade=nat[0] if nat else None)
 

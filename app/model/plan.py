@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import FieldIssue, SpecError
+from ..settings import IptablesBackend
 from .images import BootStyle, Image
-from .spec import Accel, Arch, Guest, Lab, Login, Uplink, UplinkMode, ip_problems
+from .spec import Accel, Arch, Guest, Lab, Login, Uplink, UplinkKind, UplinkMode, ip_problems
 
 # sun_path in struct sockaddr_un is 108 bytes including the NUL.
 UNIX_PATH_MAX = 107
@@ -42,7 +43,7 @@ class HostFacts:
 
 @dataclass(frozen=True)
 class UplinkPlan:
-    mode: str  # "nat" | "proxy-arp"
+    mode: UplinkKind
     interface: str
     reason: str  # why this mode and interface, for the logs and the API
     lan: ipaddress.IPv4Interface | None  # the host's address on the uplink
@@ -99,7 +100,7 @@ class LabPlan:
     state_dir: Path
     guests: tuple[GuestPlan, ...] = field(default=())
     uplink: UplinkPlan | None = None
-    iptables_backend: str | None = None  # from the lab file; None: detect
+    iptables_backend: IptablesBackend | None = None  # from the lab file; None: detect
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -114,7 +115,7 @@ class LabPlan:
 
     @property
     def proxy_arp(self) -> bool:
-        return self.uplink is not None and self.uplink.mode == "proxy-arp"
+        return self.uplink is not None and self.uplink.mode is UplinkKind.proxy_arp
 
     def guest(self, name: str) -> GuestPlan | None:
         return next((g for g in self.guests if g.name == name), None)
@@ -165,20 +166,20 @@ def allocate_ips(lab: Lab, host_address: ipaddress.IPv4Interface) -> list[ipaddr
     return [g.ip if g.ip is not None else next(pool, None) for g in lab.guests]
 
 
-def choose_uplink_mode(uplink: Uplink, facts: UplinkFacts) -> tuple[str, str]:
+def choose_uplink_mode(uplink: Uplink, facts: UplinkFacts) -> tuple[UplinkKind, str]:
     """Pure: (mode, reason) for an uplink that is not `none`."""
     where = (f"{facts.interface} (the default route's interface)" if facts.detected
              else f"{facts.interface} (named in the lab file)")
     kind = "wireless" if facts.wireless else "wired"
     if uplink.mode is UplinkMode.nat:
-        return "nat", f"mode nat on {where}"
+        return UplinkKind.nat, f"mode nat on {where}"
     if uplink.mode is UplinkMode.proxy_arp:
-        return "proxy-arp", f"mode proxy-arp on {where}"
+        return UplinkKind.proxy_arp, f"mode proxy-arp on {where}"
     if uplink.lan_reachable:
         why = ("a wireless NIC cannot be a bridge port, so the host answers ARP for the guests"
                if facts.wireless else "bridging the host's NIC would take its address away; proxy-ARP leaves it")
-        return "proxy-arp", f"auto: {where} is {kind} and lan_reachable is set: {why}"
-    return "nat", f"auto: {where} is {kind} and lan_reachable is not set: guests share the host's address"
+        return UplinkKind.proxy_arp, f"auto: {where} is {kind} and lan_reachable is set: {why}"
+    return UplinkKind.nat, f"auto: {where} is {kind} and lan_reachable is not set: guests share the host's address"
 
 
 def plan_uplink(lab: Lab, facts: UplinkFacts | None) -> tuple[UplinkPlan | None, list[FieldIssue]]:
@@ -191,7 +192,7 @@ def plan_uplink(lab: Lab, facts: UplinkFacts | None) -> tuple[UplinkPlan | None,
     where = "uplink.interface" if lab.uplink.interface else "uplink"
     if facts.interface == lab.bridge.name:
         issues.append(FieldIssue(where, f"{facts.interface} is the lab's own bridge"))
-    if mode == "proxy-arp" and facts.address is None:
+    if mode is UplinkKind.proxy_arp and facts.address is None:
         issues.append(FieldIssue(where, f"{facts.interface} has no IPv4 address: proxy-arp puts guests on its LAN"))
     bridge = lab.bridge.address
     if bridge is not None and facts.address is not None and bridge.network.overlaps(facts.address.network):
@@ -295,7 +296,7 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
     return LabPlan(name=lab.name, bridge=lab.bridge.name, bridge_address=lab.bridge.address,
                    host_address=host_address, bridge_mac=derive_bridge_mac(lab.name), state_dir=state_dir,
                    guests=tuple(guests), uplink=uplink,
-                   iptables_backend=None if lab.firewall.backend == "auto" else lab.firewall.backend)
+                   iptables_backend=None if lab.firewall.backend == "auto" else IptablesBackend(lab.firewall.backend))
 
 
 def check_new_ip(plan: LabPlan, guest: str, ip: ipaddress.IPv4Address) -> list[str]:

@@ -7,15 +7,12 @@ problem found, each with its field path (``guests[1].ip: ...``).
 from __future__ import annotations
 
 import ipaddress
-import re
-from enum import Enum
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -23,84 +20,21 @@ from pydantic import (
 )
 
 from ..errors import FieldIssue, SpecError
-
-IFNAMSIZ = 16  # including the trailing NUL, so 15 usable characters
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_GUEST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_MEMORY = re.compile(r"^(\d+)\s*([MG]i?B?)?$", re.IGNORECASE)
-
-# Options bridgelab itself owns on the qemu command line; a user passing them
-# through `qemu_args` would silently break the console, QMP or the tap.
-RESERVED_QEMU_OPTIONS = frozenset(
-    {"-qmp", "-qmp-pretty", "-serial", "-monitor", "-mon", "-daemonize", "-pidfile",
-     "-nographic", "-name", "-kernel", "-initrd", "-append", "-bios", "-accel", "-enable-kvm"}
+from ..settings import IptablesBackend
+from .fields import (
+    GUEST_NAME,
+    IFNAMSIZ,
+    RESERVED_QEMU_OPTIONS,
+    Accel,
+    Arch,
+    IfName,
+    Mac,
+    MemoryMiB,
+    SafeStr,
+    has_control_chars,
+    normalize_mac,
+    parse_memory_mib,
 )
-
-
-class Arch(str, Enum):
-    riscv64 = "riscv64"
-    x86_64 = "x86_64"
-    aarch64 = "aarch64"
-
-
-class Accel(str, Enum):
-    auto = "auto"
-    tcg = "tcg"
-    kvm = "kvm"
-
-
-def has_control_chars(text: str) -> bool:
-    return bool(_CONTROL.search(text))
-
-
-def _no_control(value: str) -> str:
-    if has_control_chars(value):
-        raise ValueError("control characters are not allowed")
-    return value
-
-
-def _ifname(value: str) -> str:
-    if value in (".", "..") or not _IFNAME.match(value):
-        raise ValueError(
-            f"invalid interface name {value!r}: 1-{IFNAMSIZ - 1} characters from A-Z a-z 0-9 _ . -"
-        )
-    return value
-
-
-def normalize_mac(value: str) -> str:
-    mac = value.strip().lower().replace("-", ":")
-    if not _MAC.match(mac):
-        raise ValueError(f"invalid MAC address {value!r}: expected six hex octets like 02:00:5e:10:00:01")
-    first = int(mac[:2], 16)
-    if first & 0x01:
-        raise ValueError(f"MAC {value!r} is multicast (lowest bit of the first octet is set)")
-    if mac == "00:00:00:00:00:00":
-        raise ValueError("MAC 00:00:00:00:00:00 is not a usable address")
-    return mac
-
-
-def parse_memory_mib(value: Any) -> int:
-    """Accept 2048, '2048', '2048M', '2G', '2GiB'; return MiB."""
-    if isinstance(value, bool):
-        raise ValueError("memory must be a size like 2048 (MiB), '2G' or '512M'")
-    if isinstance(value, int):
-        mib = value
-    else:
-        m = _MEMORY.match(str(value).strip())
-        if not m:
-            raise ValueError(f"invalid memory size {value!r}: use MiB (2048) or a suffix ('2G', '512M')")
-        mib = int(m.group(1)) * (1024 if (m.group(2) or "M").upper().startswith("G") else 1)
-    if not 64 <= mib <= 1024 * 1024:
-        raise ValueError(f"memory {mib} MiB is out of range (64 MiB .. 1 TiB)")
-    return mib
-
-
-SafeStr = Annotated[str, AfterValidator(_no_control)]
-IfName = Annotated[str, AfterValidator(_ifname)]
-Mac = Annotated[str, BeforeValidator(lambda v: normalize_mac(v) if isinstance(v, str) else v)]
-MemoryMiB = Annotated[int, BeforeValidator(parse_memory_mib)]
 
 
 class _Model(BaseModel):
@@ -138,11 +72,20 @@ class Bridge(_Model):
         return v
 
 
-class UplinkMode(str, Enum):
+class UplinkMode(StrEnum):
+    """What the lab file asks for."""
+
     none = "none"
     nat = "nat"
     proxy_arp = "proxy-arp"
     auto = "auto"
+
+
+class UplinkKind(StrEnum):
+    """What an uplink is once planned (auto has been decided)."""
+
+    nat = "nat"
+    proxy_arp = "proxy-arp"
 
 
 class Uplink(_Model):
@@ -163,7 +106,7 @@ class Uplink(_Model):
 
 
 class Firewall(_Model):
-    backend: Literal["auto", "nft", "legacy"] = Field(
+    backend: Literal["auto"] | IptablesBackend = Field(
         default="auto", description="iptables backend; auto picks the one holding the host's rules. "
                                     "$BRIDGELAB_IPTABLES overrides this")
 
@@ -205,7 +148,7 @@ class Guest(_Model):
     @field_validator("name")
     @classmethod
     def _guest_name(cls, v: str) -> str:
-        if not _GUEST_NAME.match(v):
+        if not GUEST_NAME.match(v):
             raise ValueError(
                 f"invalid guest name {v!r}: 1-32 of a-z 0-9 '-', starting and ending with a letter or digit"
             )
@@ -237,7 +180,7 @@ class Lab(_Model):
 
 def lab_name_problem(name: str) -> str | None:
     """Lab names become link aliases, rule tags and directory names."""
-    return None if _GUEST_NAME.match(name) else f"invalid lab name {name[:40]!r}: 1-32 of a-z 0-9 '-'"
+    return None if GUEST_NAME.match(name) else f"invalid lab name {name[:40]!r}: 1-32 of a-z 0-9 '-'"
 
 
 # ---------------------------------------------------------------- validation
