@@ -11,7 +11,9 @@ bridgelab's code; `differences()` says what changed, section by section:
   the br_netfilter switch it reads;
 - binfmt_misc: whether it is mounted, and its entries;
 - mounts a run could leave: binfmt_misc, namespaces, overlays, and anything
-  under /run, /var/lib/docker or /tmp;
+  under /run, /var/lib/docker or /tmp (but for the engine's own host-network
+  sandbox, /run/docker/netns/default, which dockerd mounts when it starts its
+  first container and keeps for its lifetime, like docker0);
 - what bridgelab uses under /run: /run/xtables.lock (absent, file or
   directory) and /run/bridgelab;
 - Docker's containers, volumes and networks, when an engine answers;
@@ -35,6 +37,7 @@ _COUNTERS = re.compile(r"\[\d+:\d+\]")
 _NFT_COUNTER = re.compile(r"counter packets \d+ bytes \d+")
 _MOUNT_ROOTS = ("/run", "/var/lib/docker", "/tmp", "/proc/sys/fs/binfmt_misc")
 _MOUNT_TYPES = {"binfmt_misc", "nsfs", "overlay"}
+_ENGINE_MOUNTS = {"/run/docker/netns/default"}
 
 
 def _out(argv: list[str], ns: str | None = None) -> str:
@@ -100,6 +103,8 @@ def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
     for line in mountinfo.read_text().splitlines():
         fields = line.split()
         point, fstype = fields[4], fields[fields.index("-") + 1]
+        if point in _ENGINE_MOUNTS:
+            continue
         if fstype in _MOUNT_TYPES or any(point == r or point.startswith(r + "/") for r in _MOUNT_ROOTS):
             found.append(f"{point} {fstype}")
     return sorted(found)

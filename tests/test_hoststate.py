@@ -88,8 +88,12 @@ def test_the_guard_sees_binfmt_entries_mounts_and_processes(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text("22 1 0:20 / /proc rw - proc proc rw\n"
                     "90 26 0:45 / /proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw\n"
-                    "91 26 0:4 net:[4026532] /run/netns/blt-1 rw shared:5 - nsfs nsfs rw\n")
-    assert hoststate.mounts(info) == ["/proc/sys/fs/binfmt_misc binfmt_misc", "/run/netns/blt-1 nsfs"]
+                    "91 26 0:4 net:[4026532] /run/netns/blt-1 rw shared:5 - nsfs nsfs rw\n"
+                    "92 26 0:4 net:[4026531] /run/docker/netns/default rw - nsfs nsfs rw\n"
+                    "93 26 0:4 net:[4026533] /run/docker/netns/1a2b3c rw - nsfs nsfs rw\n")
+    # The engine's own host-network sandbox is the engine's; a container's is not.
+    assert hoststate.mounts(info) == ["/proc/sys/fs/binfmt_misc binfmt_misc", "/run/docker/netns/1a2b3c nsfs",
+                                      "/run/netns/blt-1 nsfs"]
     fake = tmp_path / "proc" / "4242"
     fake.mkdir(parents=True)
     (fake / "stat").write_text("4242 (qemu-system-ris) S " + " ".join(["0"] * 18) + " 777 0 0\n")

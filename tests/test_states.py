@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from bridgelab.api.schemas import GuestView
 from bridgelab.lab.states import ON_THE_WAY, SETTLED, TRANSITIONS, GuestState, InvalidTransition, check_transition
 
