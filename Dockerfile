@@ -29,13 +29,16 @@ RUN apt-get update \
 # Python dependencies next, keyed only by pyproject.toml. An extra CA bundle
 # (for a TLS-intercepting proxy) comes in as a BuildKit secret and never
 # lands in a layer.
+# The dependency list is read from pyproject.toml itself (no stub package:
+# one would have to repeat every subpackage of app/).
 COPY pyproject.toml README.md /src/
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && python3 -m venv /opt/bridgelab \
- && mkdir -p /src/app && touch /src/app/__init__.py \
- && /opt/bridgelab/bin/pip install --no-cache-dir "setuptools>=64" wheel /src \
- && /opt/bridgelab/bin/pip uninstall -y bridgelab
+ && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > /tmp/requirements.txt \
+ && /opt/bridgelab/bin/pip install --no-cache-dir "setuptools>=64" wheel -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
 
 COPY app /src/app
 RUN /opt/bridgelab/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src && rm -rf /src
