@@ -32,7 +32,7 @@ import httpx
 from bridgelab.lab.loader import load_plan
 from bridgelab.guest.console import Console
 from bridgelab.guest.process import GuestProcess
-from bridgelab.host.links import Ledger
+from bridgelab.host.ledger import Ledger
 from bridgelab.model.plan import GuestPlan, LabPlan
 from common import fresh_ns, start_serve
 from pyroute2 import netns as pr_netns

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from bridgelab.host import links
+from bridgelab.host.ledger import Ledger
 from pyroute2 import netns as pr_netns
 
 ADDR = ipaddress.IPv4Interface("10.198.101.114/24")
@@ -42,7 +43,7 @@ def steps(taps: int) -> list[list[str]]:
 def run_bridgelab(ns: str, taps: int, ledger_dir: Path) -> float:
     pr_netns.pushns(ns)
     try:
-        ledger = links.Ledger(ledger_dir / f"{ns}.json")
+        ledger = Ledger(ledger_dir / f"{ns}.json")
         t = time.perf_counter()
         net = links.HostNet(ledger, "bench")
         links.apply(net, "br0", ADDR, "02:00:00:00:00:01", [f"tap{i}" for i in range(taps)])

@@ -85,14 +85,13 @@ def test_cleanup_kills_a_recorded_qemu_and_restores_sysctls(netns_name, tmp_path
     state = tmp_path / "s"
     script = textwrap.dedent(f"""
         import os, pathlib, signal, subprocess
-        from bridgelab.host import links, uplink
-        ledger = links.Ledger(pathlib.Path({str(state / 'ledger.json')!r}))
+        from bridgelab.host import ledger as lg, links, uplink
+        ledger = lg.Ledger(pathlib.Path({str(state / 'ledger.json')!r}))
         pathlib.Path("/proc/sys/net/ipv4/ip_forward").write_text("0\\n")
         uplink.set_sysctl(ledger, uplink.IP_FORWARD, "1")
         child = subprocess.Popen(["sleep", "600"], start_new_session=True, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        ledger.add({{"kind": "process", "pid": child.pid, "start_time": links.proc_start_time(child.pid),
-                    "what": "qemu rv1"}})
+        ledger.add(lg.ProcessEntry(pid=child.pid, start_time=links.proc_start_time(child.pid), what="qemu rv1"))
         print(child.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from bridgelab.errors import HostNetError
 from bridgelab.host import links, undo
+from bridgelab.host.ledger import Ledger, LinkEntry, ProcessEntry
 from bridgelab.model.plan import derive_bridge_mac
 
 from .conftest import junk_image, links_in
@@ -25,7 +26,7 @@ TAPS = ["bltap0", "bltap1", "bltap2"]
 
 
 def apply(ledger_path: Path, taps=TAPS, bridge="br0"):
-    ledger = links.Ledger(ledger_path)
+    ledger = Ledger(ledger_path)
     net = links.HostNet(ledger, "bridgelab test")
     try:
         return links.apply(net, bridge, ADDR, MAC, taps), ledger
@@ -34,7 +35,7 @@ def apply(ledger_path: Path, taps=TAPS, bridge="br0"):
 
 
 def teardown(ledger_path: Path) -> list[str]:
-    ledger = links.Ledger(ledger_path)
+    ledger = Ledger(ledger_path)
     net = links.HostNet(ledger, "bridgelab test")
     try:
         return net.teardown()
@@ -61,7 +62,7 @@ def test_setup_creates_bridge_and_attached_taps(in_netns, tmp_path):
         assert t["master"] == "br0" and "UP" in t["flags"]
         assert t["linkinfo"]["info_data"]["type"] == "tap"
         assert t["ifalias"] == "bridgelab test"
-    assert sorted(e["ifname"] for e in ledger.links()) == sorted(["br0", *TAPS])
+    assert sorted(e.ifname for e in ledger.of(LinkEntry)) == sorted(["br0", *TAPS])
 
 
 def test_second_run_converges_without_recreating(in_netns, tmp_path):
@@ -70,7 +71,7 @@ def test_second_run_converges_without_recreating(in_netns, tmp_path):
     subprocess.run(["ip", "-n", in_netns, "link", "set", "br0", "down"], check=True)
     second, ledger = apply(tmp_path / "ledger.json")
     assert {k: v.index for k, v in first.items()} == {k: v.index for k, v in second.items()}
-    assert len(ledger.links()) == 1 + len(TAPS)
+    assert len(ledger.of(LinkEntry)) == 1 + len(TAPS)
     assert ip_json(in_netns, "link", "show", "dev", "bltap1")[0]["master"] == "br0"
     assert "UP" in ip_json(in_netns, "link", "show", "dev", "br0")[0]["flags"]
 
@@ -86,7 +87,7 @@ def test_teardown_removes_exactly_what_it_created(in_netns, tmp_path):
     assert sorted(removed) == sorted(["br0", *TAPS])
     assert links_in(ns) == {"lo": "", "keep0": "veth", "keep1": "veth", "userbr": "bridge", "usertap": "tun"}
     assert ip_json(ns, "link", "show", "dev", "usertap")[0]["master"] == "userbr"
-    assert links.Ledger(tmp_path / "ledger.json").entries == []
+    assert Ledger(tmp_path / "ledger.json").entries == []
 
 
 def test_existing_foreign_link_is_refused_and_left_alone(in_netns, tmp_path):
@@ -113,14 +114,14 @@ def test_killed_run_is_swept_at_next_start(netns_name, tmp_path):
     ledger_path = tmp_path / "ledger.json"
     script = textwrap.dedent(f"""
         import ipaddress, os, pathlib, signal, subprocess, sys
-        from bridgelab.host import links
+        from bridgelab.host import ledger as lg, links
         from bridgelab.guest.process import proc_start_time
-        ledger = links.Ledger(pathlib.Path({str(ledger_path)!r}))
+        ledger = lg.Ledger(pathlib.Path({str(ledger_path)!r}))
         net = links.HostNet(ledger, "bridgelab test")
         links.apply(net, "br0", ipaddress.IPv4Interface("10.198.101.114/24"), "02:00:00:00:00:01", {TAPS!r})
         child = subprocess.Popen(["sleep", "600"], start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ledger.add({{"kind": "process", "pid": child.pid, "start_time": proc_start_time(child.pid), "what": "qemu"}})
+        ledger.add(lg.ProcessEntry(pid=child.pid, start_time=proc_start_time(child.pid), what="qemu"))
         print(child.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -134,7 +135,7 @@ def test_killed_run_is_swept_at_next_start(netns_name, tmp_path):
     from pyroute2 import netns as pr_netns
     pr_netns.pushns(netns_name)
     try:
-        undone = undo.undo_recorded(links.Ledger(ledger_path))
+        undone = undo.undo_recorded(Ledger(ledger_path))
     finally:
         pr_netns.popns()
     assert undone.killed == [f"qemu (pid {leftover_pid})"]
@@ -152,18 +153,18 @@ def test_sweep_never_touches_lookalikes(in_netns, tmp_path):
     apply(ledger_path, taps=["bltap0"])
     subprocess.run(["ip", "-n", ns, "link", "del", "bltap0"], check=True)
     subprocess.run(["ip", "-n", ns, "tuntap", "add", "bltap0", "mode", "tap"], check=True)  # someone else's now
-    ledger = links.Ledger(ledger_path)
+    ledger = Ledger(ledger_path)
     br = ledger.find_link("br0")
-    br["boot_id"] = "another-boot"
+    assert br is not None
+    ledger.entries[ledger.entries.index(br)] = br.model_copy(update={"boot_id": "another-boot"})
     sleeper = subprocess.Popen(["sleep", "600"])
     try:
-        ledger.entries.append({"kind": "process", "pid": sleeper.pid, "start_time": 1, "what": "reused pid",
-                               "boot_id": links.boot_id(), "netns": links.netns_id()})
+        ledger.add(ProcessEntry(pid=sleeper.pid, start_time=1, what="reused pid"))
         ledger._rewrite()
-        assert not undo.undo_recorded(links.Ledger(ledger_path))
+        assert not undo.undo_recorded(Ledger(ledger_path))
         assert sleeper.poll() is None
         assert links_in(ns) == {"lo": "", "br0": "bridge", "bltap0": "tun"}
-        assert links.Ledger(ledger_path).entries == []
+        assert Ledger(ledger_path).entries == []
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -239,7 +240,7 @@ def test_forward_drop_with_br_netfilter_is_opened_for_our_bridge_only(in_netns, 
     if _ns_sh(ns, "cat", str(firewall.BRIDGE_NF), check=False).stdout.strip() != "1":
         pytest.skip("br_netfilter is not active in this kernel; bridged frames never see iptables here")
     _ns_sh(ns, ipt, "-w", "-P", "FORWARD", "DROP")
-    ledger = links.Ledger(tmp_path / "ledger.json")
+    ledger = Ledger(tmp_path / "ledger.json")
     net = links.HostNet(ledger, "bridgelab test")
     links.apply(net, "br0", ADDR, MAC, [])
     net.close()

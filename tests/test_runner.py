@@ -21,7 +21,8 @@ from bridgelab.api.schemas import AddGuest, ExecRequest, NetworkRequest
 from bridgelab.errors import GuestBusy
 from bridgelab.guest.process import GuestProcess
 from bridgelab.host import firewall
-from bridgelab.host.links import Ledger, proc_start_time
+from bridgelab.host.ledger import Ledger, ProcessEntry
+from bridgelab.host.links import proc_start_time
 from bridgelab.lab.loader import LabSource
 from bridgelab.lab.runner import LabRunner
 from bridgelab.lab.states import GuestState
@@ -55,7 +56,7 @@ class FakeHost:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         assert self.ledger is not None
-        self.events.append(("down", [x["what"] for x in self.ledger.entries if x["kind"] == "process"]))
+        self.events.append(("down", [x.what for x in self.ledger.of(ProcessEntry)]))
 
     def add_tap(self, tap: str) -> None:
         self.events.append(("add_tap", tap))
@@ -89,8 +90,9 @@ class FakeQemu(GuestProcess):
                 *self.qemu_args, "--", "--password", "pw", *self.guest_args]
         with open(p.stderr, "wb") as err:
             self.popen = subprocess.Popen(argv, stdout=err, stderr=err, env=env)
-        self.ledger.add({"kind": "process", "pid": self.popen.pid, "what": f"qemu {self.plan.name}",
-                         "start_time": proc_start_time(self.popen.pid)})
+        start_time = proc_start_time(self.popen.pid)
+        assert start_time is not None
+        self.ledger.add(ProcessEntry(pid=self.popen.pid, start_time=start_time, what=f"qemu {self.plan.name}"))
 
 
 class Lab:

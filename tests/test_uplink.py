@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 import pytest
 from bridgelab.host import firewall, links, undo, uplink
+from bridgelab.host.ledger import Ledger
 from bridgelab.model.plan import HostFacts, LabPlan, make_plan
 from bridgelab.model.spec import parse_lab_data
 from pyroute2 import netns as pr_netns
@@ -130,7 +131,7 @@ class Lab:
 
     def __init__(self, t: Topology, plan: LabPlan, state: Path):
         self.t, self.plan = t, plan
-        self.ledger = links.Ledger(state / "ledger.json")
+        self.ledger = Ledger(state / "ledger.json")
 
     def up(self) -> firewall.Ruleset:
         pr_netns.pushns(self.t.host)
@@ -291,7 +292,7 @@ def test_a_killed_runs_rules_are_swept_at_the_next_start_even_without_its_ledger
 def test_sysctl_changed_by_someone_else_is_left_alone(topo, tmp_path):
     pr_netns.pushns(topo.host)
     try:
-        ledger = links.Ledger(tmp_path / "ledger.json")
+        ledger = Ledger(tmp_path / "ledger.json")
         # A new netns inherits the host's ip_forward: start from a known 0 (ours to change).
         Path("/proc/sys/net/ipv4/ip_forward").write_text("0\n")
         assert uplink.set_sysctl(ledger, uplink.IP_FORWARD, "1")

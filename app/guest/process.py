@@ -13,7 +13,8 @@ from qemu.qmp.error import QMPError
 
 from .. import proc
 from ..errors import QemuStartError
-from ..host.links import Ledger, proc_start_time
+from ..host.ledger import Ledger, ProcessEntry
+from ..host.links import proc_start_time
 from ..model.plan import GuestPlan
 from . import qemu_argv
 
@@ -59,8 +60,9 @@ class GuestProcess:
         p = self.plan.paths
         p.stderr.write_text("")
         self.popen = proc.spawn(argv, stdout=p.stderr, stderr=p.stderr)
-        self.ledger.add({"kind": "process", "pid": self.popen.pid, "what": f"qemu {self.plan.name}",
-                         "start_time": proc_start_time(self.popen.pid)})
+        start_time = proc_start_time(self.popen.pid)
+        if start_time is not None:  # None: it already exited, and there is nothing to sweep
+            self.ledger.add(ProcessEntry(pid=self.popen.pid, start_time=start_time, what=f"qemu {self.plan.name}"))
 
     def exited(self) -> int | None:
         return self.popen.poll() if self.popen else None
@@ -131,7 +133,7 @@ class GuestProcess:
             how = "killed"
             await asyncio.to_thread(proc.stop, self.popen, 2.0)
         await self.close_qmp()
-        for e in [e for e in self.ledger.entries if e["kind"] == "process" and e["pid"] == self.popen.pid]:
+        for e in [e for e in self.ledger.of(ProcessEntry) if e.pid == self.popen.pid]:
             self.ledger.drop(e)
         log.info("guest %s %s", self.plan.name, how)
         return how

@@ -30,7 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import HostNetError
 from ..settings import lab_state_dir, state_root
 from . import firewall, lablock, undo
-from .links import Ledger
+from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 LEDGER = "ledger.json"

@@ -42,7 +42,7 @@ from ..errors import HostNetError
 from ..model.plan import LabPlan
 from ..model.spec import UplinkKind
 from ..settings import IptablesBackend
-from .links import Ledger
+from .ledger import FirewallEntry, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +284,7 @@ def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
     current = saves.get(cmd.removeprefix("iptables-")) or save(cmd)
     rs = lab_ruleset(plan, bridged, docker_user=has_chain(current, "filter", "DOCKER-USER"))
     present = tables_in(current)
-    ledger.add({"kind": "firewall", "cmd": cmd, "lab": plan.name,
-                "new_tables": [c.table for c in rs.chains if c.table not in present]})
+    ledger.add(FirewallEntry(cmd=cmd, lab=plan.name, new_tables=[c.table for c in rs.chains if c.table not in present]))
     _restore(cmd, (stale.get(cmd) or "") + restore_input(rs))
     rs = dataclasses.replace(rs, cmd=cmd, managers=tuple(host_firewalls(saves, _nft_tables())))
     log.info("%s: %s", cmd, "; ".join(f"{c.table} {c.name} <- {c.parent} ({len(c.rules)} rules)"
@@ -297,11 +296,11 @@ def remove_recorded(ledger: Ledger) -> list[str]:
     """Remove the rules of every lab in the ledger, from every backend: the
     ledger says which labs, the tags say which rules."""
     cleaned: list[str] = []
-    for e in [e for e in ledger.entries if e["kind"] in ("firewall", "iptables")]:
-        if ledger.is_current(e) and "lab" in e:
-            cleaned += remove_lab(e["lab"])
-            if e.get("cmd") == "iptables-nft":
-                _drop_empty_nft_tables(e.get("new_tables", []))
+    for e in ledger.of(FirewallEntry):
+        if ledger.is_current(e) and e.lab is not None:
+            cleaned += remove_lab(e.lab)
+            if e.cmd == "iptables-nft":
+                _drop_empty_nft_tables(e.new_tables)
         ledger.drop(e)
     return cleaned
 

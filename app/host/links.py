@@ -1,8 +1,5 @@
-"""Host network objects (bridge, taps) via pyroute2, plus the ledger.
-
-Everything bridgelab creates on the host is written to a ledger file first
-thing after creation. Teardown removes exactly the ledger's objects; a run
-that was killed is swept from the ledger at the next start. An object is only
+"""Host network objects (bridge, taps) via pyroute2, and the processes a
+killed run left, both as recorded in the ledger (ledger.py). An object is only
 ever removed when its name, kind and ifindex (and the boot and network
 namespace) still match the record, so a look-alike created by somebody else
 is never touched.
@@ -13,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -27,16 +23,9 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import HostNetError
+from .ledger import Ledger, LinkEntry, ProcessEntry
 
 log = logging.getLogger(__name__)
-
-
-def boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-
-
-def netns_id() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -59,55 +48,6 @@ def is_running(pid: int, start_time: int) -> bool:
     waits for its parent to reap it)."""
     fields = _stat(pid)
     return fields is not None and int(fields[19]) == start_time and fields[0] != "Z"
-
-
-class Ledger:
-    """Created objects, one JSON object per line.
-
-    Adding appends a line (cheap enough to do right after every creation);
-    dropping rewrites the file atomically. No fsync: the ledger lives in /run
-    by default and describes kernel objects that a host crash removes anyway."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: list[dict[str, Any]] = []
-        self._ids = (boot_id(), netns_id())
-        if path.exists():
-            try:
-                self.entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            except ValueError as e:
-                raise HostNetError(f"ledger {path} is corrupt ({e}); inspect and remove it by hand") from None
-
-    def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in self.entries))
-        os.replace(tmp, self.path)
-
-    def add(self, entry: dict[str, Any]) -> None:
-        entry = {**entry, "boot_id": self._ids[0], "netns": netns_id(), "time": time.time()}
-        self.entries.append(entry)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-
-    def drop(self, entry: dict[str, Any]) -> None:
-        self.entries = [e for e in self.entries if e is not entry]
-        self._rewrite()
-
-    def links(self) -> list[dict[str, Any]]:
-        return [e for e in self.entries if e["kind"] == "link"]
-
-    def find_link(self, ifname: str) -> dict[str, Any] | None:
-        return next((e for e in self.links() if e["ifname"] == ifname), None)
-
-    def is_current(self, e: dict[str, Any]) -> bool:
-        return e.get("boot_id") == self._ids[0] and e.get("netns") == netns_id()
-
-    def other_netns(self) -> set[int]:
-        """Network namespaces (by inode) of this boot's entries recorded
-        elsewhere: acting from here would drop them unacted on."""
-        here = netns_id()
-        return {e["netns"] for e in self.entries if e.get("boot_id") == self._ids[0] and e.get("netns") != here}
 
 
 @dataclass(frozen=True)
@@ -157,7 +97,7 @@ class HostNet:
 
     def _owned(self, ifname: str, state: LinkState) -> bool:
         e = self.ledger.find_link(ifname)
-        return e is not None and self.ledger.is_current(e) and e["ifindex"] == state.index
+        return e is not None and self.ledger.is_current(e) and e.ifindex == state.index
 
     # ------------------------------------------------------------ ensure
 
@@ -172,7 +112,7 @@ class HostNet:
         # SIOCGIFINDEX: the index without another netlink round trip.
         state = LinkState(index=socket.if_nametoindex(ifname), kind=expected_kind, master=None, up=False,
                           addresses=())
-        self.ledger.add({"kind": "link", "ifname": ifname, "ifindex": state.index, "link_kind": expected_kind})
+        self.ledger.add(LinkEntry(ifname=ifname, ifindex=state.index, link_kind=expected_kind))
         log.info("created %s %s (ifindex %d)", expected_kind, ifname, state.index)
         return state
 
@@ -217,30 +157,30 @@ class HostNet:
 
     # ------------------------------------------------------------ removal
 
-    def remove_link(self, entry: dict[str, Any]) -> bool:
+    def remove_link(self, entry: LinkEntry) -> bool:
         """Delete a ledger link if it is still the one we made. True if deleted."""
         deleted = False
-        state = self.link(entry["ifname"])
-        if (state is not None and self.ledger.is_current(entry) and state.index == entry["ifindex"]
-                and state.kind == entry["link_kind"]):
+        state = self.link(entry.ifname)
+        if (state is not None and self.ledger.is_current(entry) and state.index == entry.ifindex
+                and state.kind == entry.link_kind):
             try:
                 self.ipr.link("del", index=state.index)
                 deleted = True
-                log.info("removed %s %s", entry["link_kind"], entry["ifname"])
+                log.info("removed %s %s", entry.link_kind, entry.ifname)
             except NetlinkError as e:
                 if e.code != errno.ENODEV:
                     raise HostNetError(f"cannot remove {entry['ifname']}: {os.strerror(e.code)}") from None
         elif state is not None:
-            log.warning("not removing %s: it is no longer the object bridgelab created", entry["ifname"])
+            log.warning("not removing %s: it is no longer the object bridgelab created", entry.ifname)
         self.ledger.drop(entry)
         return deleted
 
     def teardown(self) -> list[str]:
         """Remove every link in the ledger, taps before bridges."""
         removed = []
-        for e in sorted(self.ledger.links(), key=lambda e: e["link_kind"] == "bridge"):
+        for e in sorted(self.ledger.of(LinkEntry), key=lambda e: e.link_kind == "bridge"):
             if self.remove_link(e):
-                removed.append(e["ifname"])
+                removed.append(e.ifname)
         return removed
 
 
@@ -248,21 +188,21 @@ def kill_recorded_processes(ledger: Ledger, grace: float = 5.0) -> list[str]:
     """Kill processes a killed run left behind (qemu), if PID and start time
     match. All are asked (SIGTERM) at once, then each gets the same grace."""
     alive = []
-    for e in [e for e in ledger.entries if e["kind"] == "process"]:
-        if ledger.is_current(e) and is_running(e["pid"], e["start_time"]):
-            os.kill(e["pid"], signal.SIGTERM)
+    for e in ledger.of(ProcessEntry):
+        if ledger.is_current(e) and is_running(e.pid, e.start_time):
+            os.kill(e.pid, signal.SIGTERM)
             alive.append(e)
         else:
             ledger.drop(e)
     deadline = time.monotonic() + grace
-    while any(is_running(e["pid"], e["start_time"]) for e in alive) and time.monotonic() < deadline:
+    while any(is_running(e.pid, e.start_time) for e in alive) and time.monotonic() < deadline:
         time.sleep(0.05)
     killed = []
     for e in alive:
-        if is_running(e["pid"], e["start_time"]):
-            os.kill(e["pid"], signal.SIGKILL)
-        killed.append(f"{e.get('what') or 'process'} (pid {e['pid']})")
-        log.info("killed leftover process %d (%s)", e["pid"], e.get("what", ""))
+        if is_running(e.pid, e.start_time):
+            os.kill(e.pid, signal.SIGKILL)
+        killed.append(f"{e.what} (pid {e.pid})")
+        log.info("killed leftover process %d (%s)", e.pid, e.what)
         ledger.drop(e)
     return killed
 

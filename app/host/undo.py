@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import firewall, links, uplink
-from .links import Ledger
+from .ledger import Ledger
 
 
 @dataclass

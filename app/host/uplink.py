@@ -24,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import HostNetError
 from ..model.plan import LabPlan, UplinkFacts
 from ..model.spec import UplinkKind
-from .links import Ledger
+from .ledger import Ledger, RouteEntry, SysctlEntry
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def set_sysctl(ledger: Ledger, key: str, value: str) -> bool:
         raise HostNetError(f"cannot read {key}: {e.strerror}") from None
     if old == value:
         return False
-    ledger.add({"kind": "sysctl", "key": key, "old": old, "new": value})
+    ledger.add(SysctlEntry(key=key, old=old, new=value))
     try:
         _sysctl_file(key).write_text(value + "\n")
     except OSError as e:
@@ -100,20 +100,20 @@ def restore_sysctls(ledger: Ledger) -> list[str]:
     """Put back every recorded sysctl, newest first (ip_forward last).
     Returns `key=old value` for each one restored."""
     restored = []
-    for e in reversed([e for e in ledger.entries if e["kind"] == "sysctl"]):
-        key = e["key"]
+    for e in reversed(ledger.of(SysctlEntry)):
+        key = e.key
         try:
             now = read_sysctl(key)
         except OSError:
             now = None  # the interface is gone with its settings
         if now is not None and ledger.is_current(e):
-            if now == e["new"]:
-                _sysctl_file(key).write_text(e["old"] + "\n")
-                restored.append(f"{key.replace('/', '.')}={e['old']}")
-                log.info("sysctl %s restored to %s", key.replace("/", "."), e["old"])
+            if now == e.new:
+                _sysctl_file(key).write_text(e.old + "\n")
+                restored.append(f"{key.replace('/', '.')}={e.old}")
+                log.info("sysctl %s restored to %s", key.replace("/", "."), e.old)
             else:
                 log.warning("sysctl %s is %s now, not the %s bridgelab set: leaving it to whoever changed it",
-                            key.replace("/", "."), now, e["new"])
+                            key.replace("/", "."), now, e.new)
         ledger.drop(e)
     return restored
 
@@ -129,7 +129,7 @@ def add_guest_route(ledger: Ledger, ip: ipaddress.IPv4Address, bridge: str) -> N
     """proxy-ARP: the host reaches (and answers ARP on the uplink for) a guest
     through a /32 route via the bridge."""
     dst = _route_key(ip)
-    if any(e["kind"] == "route" and e["dst"] == dst for e in ledger.entries):
+    if any(e.dst == dst for e in ledger.of(RouteEntry)):
         return
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=bridge)
@@ -142,26 +142,26 @@ def add_guest_route(ledger: Ledger, ip: ipaddress.IPv4Address, bridge: str) -> N
                 raise HostNetError(f"a route to {dst} already exists on this host; "
                                    f"guest address {ip} is in use") from None
             raise HostNetError(f"cannot add route {dst} dev {bridge}: {os.strerror(e.code)}") from None
-    ledger.add({"kind": "route", "dst": dst, "oif": idx[0]})
+    ledger.add(RouteEntry(dst=dst, oif=idx[0]))
     log.info("route %s dev %s", dst, bridge)
 
 
-def remove_route(ledger: Ledger, entry: dict[str, object]) -> bool:
+def remove_route(ledger: Ledger, entry: RouteEntry) -> bool:
     removed = False
     if ledger.is_current(entry):
         with IPRoute() as ipr:
             try:
-                ipr.route("del", dst=entry["dst"], oif=entry["oif"])
+                ipr.route("del", dst=entry.dst, oif=entry.oif)
                 removed = True
             except NetlinkError as e:
                 if e.code not in (errno.ESRCH, errno.ENODEV, errno.ENOENT):
-                    raise HostNetError(f"cannot remove route {entry['dst']}: {os.strerror(e.code)}") from None
+                    raise HostNetError(f"cannot remove route {entry.dst}: {os.strerror(e.code)}") from None
     ledger.drop(entry)
     return removed
 
 
 def remove_guest_route(ledger: Ledger, ip: ipaddress.IPv4Address) -> None:
-    for e in [e for e in ledger.entries if e["kind"] == "route" and e["dst"] == _route_key(ip)]:
+    for e in [e for e in ledger.of(RouteEntry) if e.dst == _route_key(ip)]:
         remove_route(ledger, e)
 
 
@@ -185,7 +185,7 @@ def apply(ledger: Ledger, plan: LabPlan) -> None:
 
 def teardown(ledger: Ledger) -> tuple[list[str], list[str]]:
     """Routes, then sysctls (restored newest first): what was removed and restored."""
-    routes = [str(e["dst"]) for e in [e for e in ledger.entries if e["kind"] == "route"] if remove_route(ledger, e)]
+    routes = [e.dst for e in ledger.of(RouteEntry) if remove_route(ledger, e)]
     return routes, restore_sysctls(ledger)
 
 

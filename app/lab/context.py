@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 from ..errors import GuestBusy, UnknownGuest
 from ..guest.console import Console
 from ..guest.process import GuestProcess
-from ..host.links import Ledger
+from ..host.ledger import Ledger
 from ..model import declared
 from ..model.plan import GuestPlan, LabPlan
 from ..model.spec import Lab

@@ -10,6 +10,7 @@ from types import TracebackType
 
 from ..errors import HostNetError
 from ..host import firewall, links, undo, uplink
+from ..host.ledger import Ledger
 from ..host.lablock import LabLock
 from ..model.plan import LabPlan
 
@@ -28,7 +29,7 @@ class HostSide:
         self.proxy_arp = plan.proxy_arp
         self.ledger_path = plan.state_dir / "ledger.json"
         self.owner = firewall.lab_tag(plan.name)  # links carry the rules' tag as their alias
-        self.ledger: links.Ledger | None = None  # opened once the lab is locked
+        self.ledger: Ledger | None = None  # opened once the lab is locked
         self.ruleset = firewall.Ruleset(self.owner)
         self.firewall_hints: list[str] = []
         self._lock = LabLock(plan.name, plan.state_dir)
@@ -49,7 +50,7 @@ class HostSide:
     def lock(self) -> None:
         """One daemon per lab (see lablock); the ledger is read under the lock."""
         self._lock.acquire()
-        self.ledger = links.Ledger(self.ledger_path)
+        self.ledger = Ledger(self.ledger_path)
 
     def setup(self, plan: LabPlan) -> None:
         """Sweep what a killed run left, then build; a failure halfway undoes it."""
@@ -80,7 +81,7 @@ class HostSide:
                 self.ledger.path.unlink(missing_ok=True)
         self._lock.release()
 
-    def _ledger(self) -> links.Ledger:
+    def _ledger(self) -> Ledger:
         if self.ledger is None:
             raise HostNetError(f"lab {self.name}: the host side is used before the lab is locked")
         return self.ledger
