@@ -98,7 +98,7 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         finally:
             await runner.stop()
 
-    app = FastAPI(title="bridgelab", version=__version__, lifespan=lifespan, responses=ERRORS,  # type: ignore[arg-type]
+    app = FastAPI(title="bridgelab", version=__version__, lifespan=lifespan, responses=ERRORS,
                   description="QEMU guests on one Linux bridge: readiness, exec, network, runtime guests.")
     app.add_middleware(BodyLimit)
 

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..guest.shell import Via
+# The lab's own request and report models are API bodies as they are.
+from ..lab.reports import ExecResult, MeshPair, MeshReport
+from ..lab.requests import AddGuest, ExecRequest, NetworkRequest
 from ..lab.states import GuestState
-from ..model.spec import Arch, Guest, SafeStr, UplinkKind
+from ..model.spec import Arch, UplinkKind
 
 GUEST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 STAGES = ("qemu_started", "firmware", "kernel", "userspace", "login_prompt", "logged_in", "configured",
           "mesh_verified")
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorBody(BaseModel):
@@ -87,87 +84,6 @@ class WaitResult(BaseModel):
     ready: list[str]
     failed: list[FailedGuest]
     guests: list[GuestView]
-
-
-class NetworkRequest(_Body):
-    """New IPv4 settings for a guest. The address must be in the bridge's subnet."""
-
-    ip: ipaddress.IPv4Address = Field(examples=["10.198.101.50"])
-    prefix: int | None = Field(default=None, ge=8, le=30, description="default: the bridge's prefix length")
-    gateway: ipaddress.IPv4Address | None = Field(default=None, description="default: the bridge address")
-    dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=3)
-
-
-class ExecRequest(_Body):
-    argv: list[SafeStr] = Field(min_length=1, max_length=256, examples=[["uname", "-a"]],
-                                description="the command and its arguments; each is shell-quoted, never "
-                                            "interpreted by a shell (use [\"sh\", \"-c\", ...] for that)")
-    timeout: float = Field(default=60.0, gt=0, le=3600)
-    max_output: int = Field(default=65536, ge=1, le=1 << 20, description="bytes of output kept")
-
-    @field_validator("argv")
-    @classmethod
-    def _arg_length(cls, v: list[str]) -> list[str]:
-        if any(len(a) > 4096 for a in v) or sum(len(a) for a in v) > 16384:
-            raise ValueError("arguments too long (4096 per argument, 16384 in all)")
-        return v
-
-
-class ExecResult(BaseModel):
-    exit_code: int | None = Field(description="null when the command timed out")
-    output: str = Field(description="stdout; via the console, stdout and stderr merged (a console has one stream)")
-    stderr: str | None = Field(description="stderr via the guest agent; null via the console")
-    timed_out: bool
-    truncated: bool
-    duration: float
-    via: Via = Field(description="qemu-guest-agent when it answers, else the serial console")
-
-
-class MeshPair(BaseModel):
-    source: str
-    target: str
-    target_ip: str
-    ok: bool
-    diagnosis: Literal["ok", "guest_down", "no_arp", "arp_no_icmp", "address_not_configured",
-                       "source_not_configured"]
-    detail: str
-
-
-class UplinkProbe(BaseModel):
-    source: str
-    target: str
-    ok: bool
-    layer: Literal["ok", "guest", "l2", "netfilter", "nat_route"] = Field(
-        description="where the path to the target breaks: in the guest, at L2 (ARP), in netfilter, "
-                    "or in forwarding/NAT/routing")
-    detail: str
-
-
-class MeshReport(BaseModel):
-    ok: bool
-    pairs: list[MeshPair]
-    uplink: list[UplinkProbe] = Field(default_factory=list,
-                                      description="each guest to the uplink's self-test target, when there is one")
-    skipped: list[str] = Field(description="guests that are not ready and so were not sources")
-
-
-class AddGuest(Guest):
-    """A guest added at runtime. Same fields as in the lab file, except that
-    the image must be a recipe name and qemu_args are not accepted over the API."""
-
-    @field_validator("image")
-    @classmethod
-    def _recipe_only(cls, v: str) -> str:
-        if "/" in v or v.startswith("."):
-            raise ValueError("over the API, image must be a recipe name (a path is only allowed in the lab file)")
-        return v
-
-    @field_validator("qemu_args")
-    @classmethod
-    def _no_qemu_args(cls, v: list[str]) -> list[str]:
-        if v:
-            raise ValueError("qemu_args can only be set in the lab file")
-        return v
 
 
 __all__ = ["AddGuest", "ErrorBody", "ExecRequest", "ExecResult", "FailedGuest", "GUEST_NAME_PATTERN",

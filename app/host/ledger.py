@@ -9,7 +9,6 @@ never acted on here.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path

@@ -169,7 +169,7 @@ class HostNet:
                 log.info("removed %s %s", entry.link_kind, entry.ifname)
             except NetlinkError as e:
                 if e.code != errno.ENODEV:
-                    raise HostNetError(f"cannot remove {entry['ifname']}: {os.strerror(e.code)}") from None
+                    raise HostNetError(f"cannot remove {entry.ifname}: {os.strerror(e.code)}") from None
         elif state is not None:
             log.warning("not removing %s: it is no longer the object bridgelab created", entry.ifname)
         self.ledger.drop(entry)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import time
 
-from ..api.schemas import ExecRequest, ExecResult
+from .reports import ExecResult
+from .requests import ExecRequest
 from ..errors import GuestBusy
 from ..guest.agent import AgentUnavailable
 from ..guest.shell import AgentShell, ConsoleShell, Shell

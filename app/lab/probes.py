@@ -8,7 +8,7 @@ import asyncio
 import ipaddress
 import logging
 
-from ..api.schemas import MeshPair, MeshReport, UplinkProbe
+from .reports import MeshPair, MeshReport, UplinkProbe
 from ..errors import BridgelabError
 from ..guest import network
 from ..guest.console import Console
@@ -98,7 +98,7 @@ class Probes:
 def _probe_all(console: Console, g: GuestRuntime, targets: list[Target]) -> list[MeshPair]:
     def pair(name: str, ip: ipaddress.IPv4Address, ok: bool, diagnosis: str, detail: str) -> MeshPair:
         return MeshPair(source=g.plan.name, target=name, target_ip=str(ip), ok=ok,
-                        diagnosis=diagnosis, detail=detail)  # type: ignore[arg-type]
+                        diagnosis=diagnosis, detail=detail)
     try:
         network.verify(console, g.net_config())
     except BridgelabError as e:

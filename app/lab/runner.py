@@ -19,7 +19,8 @@ import logging
 import time
 from typing import Iterator
 
-from ..api.schemas import AddGuest, ExecRequest, ExecResult, MeshReport, NetworkRequest, UplinkProbe
+from .reports import ExecResult, MeshReport, UplinkProbe
+from .requests import AddGuest, ExecRequest, NetworkRequest
 from ..guest.process import GuestProcess
 from ..model.plan import LabPlan
 from .context import LabContext, ProcessFactory

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import shutil
 
-from ..api.schemas import AddGuest, NetworkRequest
+from .requests import AddGuest, NetworkRequest
 from ..errors import BridgelabError, FieldIssue, GuestBusy, SpecError
 from ..guest import network
 from ..model import declared
