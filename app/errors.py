@@ -71,6 +71,10 @@ class ConsoleClosed(ConsoleError):
     """The console's other end went away: usually qemu exited."""
 
 
+class BootFailed(ConsoleError):
+    """The console showed a failure after which no login prompt comes (getty, root device, panic)."""
+
+
 class LoginIncorrect(ConsoleError):
     """The guest rejected the configured user/password."""
 
@@ -79,8 +83,12 @@ class ConsoleTimeout(ConsoleError):
     """The guest did not answer on its console before the deadline."""
 
 
+class GuestCommandTimeout(ConsoleTimeout):
+    """A command run in the guest did not finish in time (it was interrupted)."""
+
+
 class GuestCommandFailed(ConsoleError):
-    """A command run on the guest console exited non-zero."""
+    """A command run in the guest (by console or agent) exited non-zero."""
 
     def __init__(self, command: str, returncode: int, output: str):
         self.command = command

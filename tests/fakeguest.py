@@ -7,14 +7,20 @@ motd), then hands the terminal to a real bash set up the way sid's
 bracketed paste on). A background writer interleaves kernel-style messages.
 
 Usage: fakeguest.py [--password PW] [--silent] [--noise SECONDS] [--never-prompt]
+                    [--openeuler] [--welcome-delay S] [--tmout S] [--lockout S] [--attempts FILE]
+
+Like a real guest, a shell that ends (exit, TMOUT) brings the login prompt back.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import termios
 import threading
@@ -58,45 +64,126 @@ def kernel_noise(period: float) -> None:
         out(f"\r\n[  {100 + n:4d}.{n:06d}] virtio_net virtio1 eth0: kernel says hello {n}\r\n")
 
 
+OPENEULER_BANNER = "\r\nAuthorized users only. All activities may be monitored and reported.\r\n"
+# openEuler's /etc/profile.d welcome script, coloured, and slow under TCG
+# (it runs free, df, ps, ip and who).
+OPENEULER_WELCOME = [
+    "\r\n\r\n\x1b[1;32mWelcome to 6.6.0-72.0.0.76.oe2403sp1.riscv64\x1b[0m\r\n",
+    "\r\nSystem information as of time: \tTue Dec  1 03:00:00 CST 2026\r\n",
+    "\r\nSystem load: \t0.83\r\nMemory used: \t11.0%\r\nSwap used: \t0.0%\r\nUsage On: \t9%\r\n",
+    "IP address: \t10.198.101.1\r\nUsers online: \t1\r\n\r\n",
+]
+
+
+class Getty:
+    """agetty + login as a guest runs them: the issue, the login prompt, a
+    password, a shell; when the shell ends (exit, TMOUT), the prompt again,
+    as systemd restarts serial-getty."""
+
+    def __init__(self, a: argparse.Namespace):
+        self.a = a
+        self.failures = 0  # since the last successful login
+        self.locked_until = 0.0
+        self.hostname = "openeuler-riscv64" if a.openeuler else "bridgelab"
+
+    def record(self, what: str) -> None:
+        if self.a.attempts:
+            with open(self.a.attempts, "a") as f:
+                f.write(what + "\n")
+
+    def prompt(self) -> str:
+        if self.a.openeuler:
+            out(OPENEULER_BANNER + OPENEULER_BANNER)  # printed twice, as /etc/issue and by login
+            return f"\r\n{self.hostname} login: "
+        return f"\r\nDebian GNU/Linux forky/sid {self.hostname} ttyS0\r\n\r\n{self.hostname} login: "
+
+    def authenticate(self) -> None:
+        while True:
+            out(self.prompt())
+            user = TERMINAL_REPLY.sub("", read_line(echo=True))  # agetty ignores the replies to its queries
+            if not user:
+                continue
+            self.record(f"user {user}")
+            out("Password: ")
+            password = read_line(echo=False)
+            self.record("password")
+            out("\r\n")
+            locked = time.monotonic() < self.locked_until
+            if user == "root" and password == self.a.password and not locked:
+                return
+            self.failures += 1
+            if self.a.lockout and self.failures >= 3:  # pam_faillock: deny=3 unlock_time=...
+                self.locked_until = time.monotonic() + self.a.lockout
+            time.sleep(0.3)
+            out("\r\nLogin incorrect\r\n")
+
+    def session(self) -> None:
+        if self.a.openeuler:
+            out("\r\nLast login: Wed Nov 25 10:00:00 2026 from 10.198.101.114\r\n")
+            if self.failures:
+                out(f"Last failed login: Tue Dec  1 02:59:00 CST 2026 on ttyS0\r\n"
+                    f"There {'was' if self.failures == 1 else 'were'} {self.failures} failed login "
+                    f"attempt{'' if self.failures == 1 else 's'} since the last successful login.\r\n")
+            for part in OPENEULER_WELCOME:
+                time.sleep(self.a.welcome_delay)
+                out(part)
+            ps1 = f"[root@{self.hostname} ~]# "
+        else:
+            out("Last login: Wed Nov 25 10:00:00 2026 on ttyS0\r\n")  # as openEuler prints it
+            out(DATA["motd"])
+            osc = DATA["shell_osc"].replace("\x1b", "\\e")
+            ps1 = f"\\[{osc}\\]root@bridgelab:~# "
+        self.failures = 0
+        rc = (
+            f"PS0='\\[\\e]3008;start=cmd;type=command\\e\\\\\\]'\n"
+            f"PROMPT_COMMAND='printf \"\\e]3008;end=cmd;exit=success\\e\\\\\"'\n"
+            f"PS1='{ps1}'\n"
+            "bind 'set enable-bracketed-paste on'\n"
+            + (f"readonly TMOUT={self.a.tmout}; export TMOUT\n" if self.a.tmout else "")
+        )
+        rcfile = Path(os.environ.get("TMPDIR", "/tmp")) / f"fakeguest-{os.getpid()}.rc"
+        rcfile.write_text(rc)
+        env = {**os.environ, "HOSTNAME": self.hostname}
+        subprocess.run(["bash", "--noprofile", "--rcfile", str(rcfile), "-i"], env=env)
+        self.record("logout")
+        # The shell is gone; take the terminal back, as the next getty would.
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        with contextlib.suppress(OSError):  # not our controlling terminal (under fakeqemu)
+            os.tcsetpgrp(0, os.getpgrp())
+        termios.tcflush(0, termios.TCIFLUSH)  # agetty flushes what was typed before its prompt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--password", default="bridgelab")
     ap.add_argument("--silent", action="store_true", help="print the login prompt only after a newline")
     ap.add_argument("--never-prompt", action="store_true")
     ap.add_argument("--noise", type=float, default=0.0)
+    ap.add_argument("--openeuler", action="store_true", help="openEuler's banner, welcome script and prompt")
+    ap.add_argument("--welcome-delay", type=float, default=0.0, help="seconds per part of the welcome script")
+    ap.add_argument("--tmout", type=int, default=0, help="the shell logs out after this many idle seconds")
+    ap.add_argument("--lockout", type=float, default=0.0, help="refuse every login for this long after 3 failures")
+    ap.add_argument("--attempts", help="append each user name, password and logout seen to this file")
+    ap.add_argument("--getty-fails", action="store_true",
+                    help="systemd gives up on ttyS0 (as seen with 8 guests on 2 cores) and no prompt ever comes")
     a = ap.parse_args()
 
     out(DATA["boot"])
+    if a.getty_fails:
+        out("[\x1b[0;1;31m TIME \x1b[0m] Timed out waiting for device \x1b[0;1;39mdev-ttyS0.device\x1b[0m"
+            " - /dev/ttyS0.\r\n[\x1b[0;1;33mDEPEND\x1b[0m] Dependency failed for \x1b[0;1;39m"
+            "serial-getty@ttyS0.service\x1b[0m - Serial Getty on ttyS0.\r\n")
+        time.sleep(3600)
     if a.never_prompt:
         time.sleep(3600)
     if a.silent:
         read_line(echo=True)
     if a.noise:
         threading.Thread(target=kernel_noise, args=(a.noise,), daemon=True).start()
+    getty = Getty(a)
     while True:
-        out("\r\nDebian GNU/Linux forky/sid bridgelab ttyS0\r\n\r\nbridgelab login: ")
-        user = TERMINAL_REPLY.sub("", read_line(echo=True))  # agetty ignores the replies to its queries
-        if not user:
-            continue
-        out("Password: ")
-        password = read_line(echo=False)
-        out("\r\n")
-        if user == "root" and password == a.password:
-            break
-        time.sleep(0.3)
-        out("\r\nLogin incorrect\r\n")
-    out("Last login: Wed Nov 25 10:00:00 2026 on ttyS0\r\n")  # as openEuler prints it
-    out(DATA["motd"])
-    osc = DATA["shell_osc"].replace("\x1b", "\\e")
-    rc = (
-        f"PS0='\\[\\e]3008;start=cmd;type=command\\e\\\\\\]'\n"
-        f"PROMPT_COMMAND='printf \"\\e]3008;end=cmd;exit=success\\e\\\\\"'\n"
-        f"PS1='\\[{osc}\\]root@bridgelab:~# '\n"
-        "bind 'set enable-bracketed-paste on'\n"
-    )
-    rcfile = Path(os.environ.get("TMPDIR", "/tmp")) / f"fakeguest-{os.getpid()}.rc"
-    rcfile.write_text(rc)
-    os.execvp("bash", ["bash", "--noprofile", "--rcfile", str(rcfile), "-i"])
+        getty.authenticate()
+        getty.session()
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ import pytest
 from bridgelab.guest.agent import EXEC_ENV, AgentUnavailable, GuestAgent, decode_status
 
 
-def serve(path: Path, polls_before_exit: int = 2, stale: bytes = b'{"return": {}}\n{"garbage') -> list[dict]:
-    """A one-connection agent: stale bytes first, then sync, exec, status."""
+def serve(path: Path, polls_before_exit: int = 2, stale: bytes = b'{"return": {}}\n{"garbage',
+          obey_shutdown: bool = True) -> list[dict]:
+    """A one-connection agent: stale bytes first, then sync, exec, status.
+    guest-shutdown answers nothing and hangs up when obeyed, as the real
+    agent does while its guest goes down."""
     seen: list[dict] = []
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(path))
@@ -39,6 +42,9 @@ def serve(path: Path, polls_before_exit: int = 2, stale: bytes = b'{"return": {}
                     reply: dict = {"return": msg["arguments"]["id"]}
                     conn.sendall(b"\xff" + json.dumps(reply).encode() + b"\n")
                     continue
+                if cmd == "guest-shutdown" and obey_shutdown:
+                    conn.close()
+                    return
                 if cmd == "guest-exec":
                     reply = {"return": {"pid": 4242}}
                 elif cmd == "guest-exec-status":
@@ -90,3 +96,12 @@ def test_no_agent_is_unavailable_not_a_hang(tmp_path):
 
 def test_signal_death_reads_as_128_plus_signal():
     assert decode_status({"exited": True, "signal": 9})[1] == 137
+
+
+def test_shutdown_counts_silence_as_obeyed_and_an_error_as_refused(tmp_path):
+    seen = serve(tmp_path / "obey.sock")
+    assert GuestAgent(tmp_path / "obey.sock").shutdown("reboot")
+    assert seen[-1] == {"execute": "guest-shutdown", "arguments": {"mode": "reboot"}}
+    serve(tmp_path / "refuse.sock", obey_shutdown=False)  # e.g. guest-shutdown disabled by the guest's policy
+    assert not GuestAgent(tmp_path / "refuse.sock").shutdown("powerdown")
+    assert not GuestAgent(tmp_path / "missing.sock").shutdown("powerdown")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from bridgelab.errors import ConsoleTimeout, LoginIncorrect
+from bridgelab.errors import BootFailed, ConsoleTimeout, LoginIncorrect
 from bridgelab.guest.console import Console, result_pattern, split_marker, strip_escapes, wrap_command
 
 FAKE = Path(__file__).with_name("fakeguest.py")
@@ -93,6 +93,14 @@ def test_no_prompt_times_out_with_the_last_output(spawn_fake):
     c = spawn_fake("--never-prompt")
     with pytest.raises(ConsoleTimeout, match="no shell after"):
         c.login("root", "bridgelab", timeout=2, idle=0.5)
+
+
+def test_a_getty_that_systemd_gave_up_on_fails_at_once_with_that_line(spawn_fake):
+    c = spawn_fake("--getty-fails")
+    t = time.monotonic()
+    with pytest.raises(BootFailed, match=r"boot failed: \[ TIME \] Timed out waiting for device dev-ttyS0.device"):
+        c.login("root", "bridgelab", timeout=60, idle=0.5)
+    assert time.monotonic() - t < 5
 
 
 def test_command_timeout_interrupts_and_console_recovers(spawn_fake):
@@ -190,3 +198,61 @@ def test_boot_stages_from_a_real_transcript_and_split_reads():
     assert boot_stages(b"OpenSB", b"I v1.5") == ["firmware"]
     assert boot_stages(b"OpenSBI v", b"1.5") == []
 
+
+
+def _attempts(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_session_the_guest_ended_is_logged_into_again_before_the_next_command(spawn_fake, tmp_path):
+    """TMOUT, and a `logout` typed on an attached console: the next command
+    finds getty's prompt, logs in again, and runs; nothing else is typed
+    into the login prompt."""
+    log = tmp_path / "attempts"
+    c = spawn_fake("--openeuler", "--tmout", "1", "--welcome-delay", "0.2", "--attempts", str(log))
+    c.login("root", "bridgelab", timeout=20)
+    assert c.run("echo one; (exit 2)") == (2, "one\n")
+    time.sleep(1.5)  # the shell logs itself out
+    assert c.run("echo two; (exit 3)") == (3, "two\n") and c.relogins == 1
+    c.child.send("exit\r")  # someone ends the session on an attached console
+    time.sleep(0.3)
+    assert c.check("echo three") == "three\n" and c.relogins == 2
+    assert _attempts(log) == ["user root", "password", "logout"] * 2 + ["user root", "password"]
+
+
+def test_openeuler_login_quirks_do_not_confuse_the_login(spawn_fake, tmp_path):
+    """The banner twice, "Last failed login" and "There was 1 failed login
+    attempt" lines, a coloured welcome script that is slow."""
+    c = spawn_fake("--openeuler", "--welcome-delay", "0.5")
+    c.child.expect("login: ")
+    c.child.send("root\r")
+    c.child.expect("Password: ")
+    c.child.send("wrong\r")  # someone else's failed attempt, reported at the next login
+    c.login("root", "bridgelab", timeout=30)
+    assert c.run("echo ok") == (0, "ok\n")
+    c.transcript.flush()
+    text = Path(c.transcript.name).read_text()
+    assert "There was 1 failed login attempt" in text and text.count("Authorized users only") >= 4
+
+
+def test_a_refused_password_is_never_sent_again(spawn_fake, tmp_path):
+    log = tmp_path / "attempts"
+    c = spawn_fake("--password", "other", "--lockout", "60", "--attempts", str(log))
+    with pytest.raises(LoginIncorrect, match="not tried again"):
+        c.login("root", "bridgelab", timeout=30)
+    with pytest.raises(LoginIncorrect):
+        c.run("echo never")
+    with pytest.raises(LoginIncorrect):
+        c.login("root", "bridgelab", timeout=30)
+    assert not c.try_send_and_forget("systemctl poweroff")
+    assert _attempts(log) == ["user root", "password"]
+
+
+def test_poweroff_after_an_idle_logout_logs_in_first(spawn_fake, tmp_path):
+    log = tmp_path / "attempts"
+    c = spawn_fake("--tmout", "1", "--attempts", str(log))
+    c.login("root", "bridgelab", timeout=20)
+    time.sleep(1.5)
+    assert c.try_send_and_forget("echo powering-off", timeout=20)
+    c.child.expect("powering-off")
+    assert _attempts(log) == ["user root", "password", "logout", "user root", "password"]

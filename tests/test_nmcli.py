@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
+import subprocess
 
 from bridgelab.guest import commands
+from bridgelab.guest.shell import ConsoleShell
 
 IP_LINK = (
     "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\"
@@ -57,15 +59,27 @@ def test_terse_values_unescape_colons_and_ignore_noise():
     assert parsed == {"802-3-ethernet.mac-address": "02:11:22:33:44:55"}
 
 
-def test_commands_quote_every_value():
+def test_commands_are_argv_with_every_value_one_element():
     add = commands.add_cmd("bridgelab-x", commands.desired_settings(CFG))
-    words = shlex.split(add)
-    assert words[:6] == ["nmcli", "connection", "add", "type", "ethernet", "con-name"]
-    assert words[words.index("ipv4.addresses") + 1] == "10.198.101.1/24"
-    assert words[words.index("ipv4.dns") + 1] == ""
-    assert words[words.index("802-3-ethernet.mac-address") + 1] == "02:11:22:33:44:55".upper()
-    up = shlex.split(commands.up_cmd("name; reboot", "eth0"))
-    assert up == ["nmcli", "connection", "up", "name; reboot", "ifname", "eth0"]
+    assert add[:6] == ["nmcli", "connection", "add", "type", "ethernet", "con-name"]
+    assert add[add.index("ipv4.addresses") + 1] == "10.198.101.1/24"
+    assert add[add.index("ipv4.dns") + 1] == ""
+    assert add[add.index("802-3-ethernet.mac-address") + 1] == "02:11:22:33:44:55".upper()
+    assert commands.up_cmd("name; reboot", "eth0") == ["nmcli", "connection", "up", "name; reboot", "ifname", "eth0"]
+    # What the console backend types for it: one word per element, nothing interpreted.
+    assert shlex.split(ConsoleShell.line(commands.up_cmd("name; reboot", "eth0")))[3] == "name; reboot"
+
+
+def test_the_ping_script_takes_its_targets_as_arguments(tmp_path):
+    """The fixed script runs in a real sh; a target is only ever an argument."""
+    fake_ping = tmp_path / "ping"
+    fake_ping.write_text('#!/bin/sh\nfor a; do t=$a; done; [ "$t" = 10.0.0.1 ]\n')
+    fake_ping.chmod(0o755)
+    argv = commands.ping_cmd(["10.0.0.1", "10.0.0.2; touch pwned", "$(touch pwned)"])
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path,
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"}).stdout
+    assert sorted(out.splitlines()) == sorted(["ok 10.0.0.1", "fail 10.0.0.2; touch pwned", "fail $(touch pwned)"])
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_addresses_and_ping_parsing():
@@ -73,7 +87,7 @@ def test_addresses_and_ping_parsing():
            "       valid_lft forever preferred_lft forever\n")
     assert commands.parse_addresses(out) == [ipaddress.IPv4Interface("10.198.101.1/24")]
     assert commands.parse_ping("ok 10.0.0.1\n[ 3.2] noise\nfail 10.0.0.2\n") == {"10.0.0.1": True, "10.0.0.2": False}
-    assert "ping -n -q -c 1 -w 5" in commands.ping_cmd(["10.0.0.1"])
+    assert commands.ping_cmd(["10.0.0.1"])[-2:] == ["5", "10.0.0.1"]
 
 
 def test_neighbour_states():
@@ -83,4 +97,4 @@ def test_neighbour_states():
     assert parse_neighbour("10.0.0.2 dev eth0 FAILED\n") == "failed"
     assert parse_neighbour("10.0.0.2 dev eth0 INCOMPLETE\n") == "failed"
     assert parse_neighbour("") == "none"
-    assert neighbour_cmd("10.0.0.2; reboot") == "ip -4 neigh show to '10.0.0.2; reboot'"
+    assert neighbour_cmd("10.0.0.2; reboot") == ["ip", "-4", "neigh", "show", "to", "10.0.0.2; reboot"]

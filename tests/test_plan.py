@@ -16,12 +16,13 @@ X86_TCG = HostFacts(arch="x86_64", kvm=False)
 X86_KVM = HostFacts(arch="x86_64", kvm=True)
 
 
-def image(arch=Arch.riscv64, style=BootStyle.kernel) -> Image:
+def image(arch=Arch.riscv64, style=BootStyle.kernel, append="root=/dev/vda rw console=ttyS0",
+          payload=None) -> Image:
     return Image(name=f"img-{arch.value}", arch=arch, style=style,
                  kernel=Path("/img/vmlinuz") if style is BootStyle.kernel else None,
                  initrd=Path("/img/initrd.img") if style is BootStyle.kernel else None,
                  firmware=Path("/img/fw_payload.bin") if style is BootStyle.firmware else None,
-                 append="root=/dev/vda rw console=ttyS0", disk=Path("/img/disk.qcow2"), disk_format="qcow2",
+                 payload=payload, append=append, disk=Path("/img/disk.qcow2"), disk_format="qcow2",
                  login=Login(user="root", password="pw"))
 
 
@@ -103,10 +104,20 @@ def test_riscv64_argv_expresses_the_seed_command_line():
     assert "-device virtio-blk-device,drive=hd0" in joined
     assert "file=/run/bl/t/guests/rv1/overlay.qcow2,format=qcow2" in joined
     assert "-bios default -kernel /img/vmlinuz -initrd /img/initrd.img" in joined
-    assert argv[argv.index("-append") + 1] == "root=/dev/vda rw console=ttyS0 loglevel=3"
+    assert argv[argv.index("-append") + 1] == ("root=/dev/vda rw console=ttyS0 loglevel=3 "
+                                               "systemd.default_device_timeout_sec=600 "
+                                               "systemd.default_timeout_start_sec=600")
     assert "socket,id=console,path=/run/bl/t/guests/rv1/console.sock,server=on,wait=off" in joined
     assert "-mon chardev=qmp,mode=control" in joined
     assert "-S" in argv  # paused until the console reader is attached
+
+
+def test_emulation_timeouts_join_a_kernel_line_unless_it_sets_them_or_a_firmware_reads_its_own():
+    own = plan_of([{"name": "rv1", "image": "i", "append": "systemd.default_timeout_start_sec=90"}])
+    assert own.guests[0].append == ("root=/dev/vda rw console=ttyS0 systemd.default_timeout_start_sec=90 "
+                                    "systemd.default_device_timeout_sec=600")
+    fw = plan_of([{"name": "oe", "image": "i"}], images={"i": image(style=BootStyle.firmware, append="")})
+    assert fw.guests[0].append == ""
 
 
 def test_riscv64_firmware_style_boots_fw_payload_as_kernel():

@@ -253,3 +253,58 @@ def test_shutdown_powers_guests_off_through_their_shells_before_the_host_side_go
         assert lab.events(name) == ["systemctl poweroff"]
     assert lab.host.events[0] == ("up",)
     assert lab.host.events[-1] == ("down", [])  # no qemu left in the ledger when the host side goes
+
+
+def test_a_guest_that_logs_its_console_out_stays_drivable(tmp_path):
+    """openEuler's console (banner twice, a slow coloured welcome, its prompt)
+    with a 1 s TMOUT: exec, reboot and poweroff each find the shell gone,
+    log in again, and never type anything into the login prompt."""
+    attempts = tmp_path / "attempts"
+    lab = Lab(tmp_path, two(), guest_args={"rv1": ["--openeuler", "--tmout", "1", "--welcome-delay", "0.1",
+                                                   "--attempts", str(attempts)]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv1 = r.guests["rv1"]
+        assert rv1.state is GuestState.ready, rv1.reason
+        await asyncio.sleep(1.5)
+        result = await r.exec("rv1", ExecRequest(argv=["sh", "-c", "echo out; exit 7"]))
+        assert (result.exit_code, result.output, result.via) == (7, "out\n", "console")
+        await asyncio.sleep(1.5)
+        await r.reboot("rv1")
+        assert rv1.state is GuestState.ready, rv1.reason
+        await asyncio.sleep(1.5)
+    lab.run(scenario)
+    assert lab.events("rv1") == ["systemctl reboot", "systemctl poweroff"]
+    assert lab.runner.guests["rv1"].process.exited() == 0  # powered off through its shell, not killed
+    seen = attempts.read_text().splitlines()
+    assert set(seen) == {"user root", "password", "logout"}, seen  # never a command typed as a user name
+    assert seen.count("logout") >= 3 and seen.count("user root") == seen.count("password")
+
+
+def test_a_refused_password_is_sent_once_and_never_again(tmp_path):
+    attempts = tmp_path / "attempts"
+    lab = Lab(tmp_path, two(), guest_args={"rv2": ["--password", "other", "--openeuler", "--lockout", "60",
+                                                   "--attempts", str(attempts)]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv2 = r.guests["rv2"]
+        assert rv2.state is GuestState.failed and "not tried again" in (rv2.reason or ""), rv2.reason
+        with pytest.raises(GuestBusy):
+            await r.exec("rv2", ExecRequest(argv=["true"]))
+    lab.run(scenario)
+    assert attempts.read_text().splitlines() == ["user root", "password"]
+
+
+def test_a_guest_whose_getty_systemd_gave_up_on_fails_at_once_with_that_line(tmp_path):
+    lab = Lab(tmp_path, two(), guest_args={"rv2": ["--getty-fails"]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)  # long before the 600 s boot deadline
+        rv2 = r.guests["rv2"]
+        assert rv2.state is GuestState.failed, rv2.reason
+        assert (rv2.reason or "").startswith("rv2: boot failed: [ TIME ] Timed out waiting for device "
+                                             "dev-ttyS0.device"), rv2.reason
+        assert r.guests["rv1"].state is GuestState.ready
+    lab.run(scenario)

@@ -150,6 +150,24 @@ class GuestAgent:
         except (AgentUnavailable, GuestError):
             return False
 
+    def shutdown(self, mode: str, error_wait: float = 0.5) -> bool:
+        """guest-shutdown ("reboot" or "powerdown"). The agent answers nothing
+        when it obeys (the guest goes down), so an error is awaited briefly
+        and silence counts as done. False when no agent took the request."""
+        with self._lock:
+            try:
+                sock = self._connect(2.0)
+                sock.sendall(json.dumps({"execute": "guest-shutdown", "arguments": {"mode": mode}}).encode() + b"\n")
+            except (AgentUnavailable, OSError):
+                self._drop()
+                return False
+            try:
+                reply = json.loads(self._read_line(time.monotonic() + error_wait).lstrip(SYNC_DELIMITER))
+            except (AgentUnavailable, ValueError):
+                reply = {}  # silence or a closed channel: the guest is going down
+            self._drop()  # the next call reconnects (and re-syncs)
+            return "error" not in reply
+
     def run(self, argv: list[str], timeout: float, cap: int) -> AgentResult:
         """guest-exec, then poll its status; on timeout the process is killed in the guest."""
         pid = self.call("guest-exec", exec_args(argv))["pid"]

@@ -1,7 +1,7 @@
-"""NetworkManager commands and parsers. Pure: builds shell text, parses output.
-
-Every value that reaches the guest shell goes through `quote`, and the values
-themselves were validated (IPs, MACs) before they got here.
+"""The commands bridgelab runs in a guest (NetworkManager, ip, ping) and the
+parsers of their output. Pure: each command is an argv list, never shell
+text; the shell backend that runs it (guest/shell.py) quotes every element,
+and the values themselves were validated (IPs, MACs) before they got here.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from .console import quote
-
 PRIORITY = "100"  # beats the auto-created "Wired connection 1" at boot
-NMCLI = "nmcli -t -c no"
+NMCLI = ["nmcli", "-t", "-c", "no"]
+Argv = list[str]
 
 # The profile settings bridgelab owns; compared before and written on change.
 PROFILE_FIELDS = (
@@ -56,8 +55,8 @@ def profile_name(mac: str) -> str:
     return "bridgelab-" + mac.lower().replace(":", "")
 
 
-def list_links_cmd() -> str:
-    return "ip -o link show"
+def list_links_cmd() -> Argv:
+    return ["ip", "-o", "link", "show"]
 
 
 def iface_for_mac(ip_link_output: str, mac: str) -> str | None:
@@ -68,8 +67,8 @@ def iface_for_mac(ip_link_output: str, mac: str) -> str | None:
     return None
 
 
-def show_profile_cmd(name: str) -> str:
-    return f"{NMCLI} -f {','.join(PROFILE_FIELDS)} connection show {quote(name)}"
+def show_profile_cmd(name: str) -> Argv:
+    return [*NMCLI, "-f", ",".join(PROFILE_FIELDS), "connection", "show", name]
 
 
 def parse_terse(output: str) -> dict[str, str]:
@@ -122,40 +121,40 @@ def settings_diff(current: dict[str, str], desired: dict[str, str]) -> dict[str,
     return {k: v for k, v in desired.items() if _norm(k, current.get(k, "")) != _norm(k, v)}
 
 
-def _args(settings: dict[str, str]) -> str:
-    return " ".join(f"{k} {quote(v)}" for k, v in settings.items())
+def _args(settings: dict[str, str]) -> Argv:
+    return [x for k, v in settings.items() for x in (k, v)]
 
 
-def add_cmd(name: str, settings: dict[str, str]) -> str:
-    return f"nmcli connection add type ethernet con-name {quote(name)} {_args(settings)}"
+def add_cmd(name: str, settings: dict[str, str]) -> Argv:
+    return ["nmcli", "connection", "add", "type", "ethernet", "con-name", name, *_args(settings)]
 
 
-def modify_cmd(name: str, settings: dict[str, str]) -> str:
-    return f"nmcli connection modify {quote(name)} {_args(settings)}"
+def modify_cmd(name: str, settings: dict[str, str]) -> Argv:
+    return ["nmcli", "connection", "modify", name, *_args(settings)]
 
 
-def up_cmd(name: str, iface: str) -> str:
-    return f"nmcli connection up {quote(name)} ifname {quote(iface)}"
+def up_cmd(name: str, iface: str) -> Argv:
+    return ["nmcli", "connection", "up", name, "ifname", iface]
 
 
-def active_profile_cmd(iface: str) -> str:
-    return f"{NMCLI} -f GENERAL.CONNECTION device show {quote(iface)}"
+def active_profile_cmd(iface: str) -> Argv:
+    return [*NMCLI, "-f", "GENERAL.CONNECTION", "device", "show", iface]
 
 
-def addresses_cmd(iface: str) -> str:
-    return f"ip -o -4 addr show dev {quote(iface)}"
+def addresses_cmd(iface: str) -> Argv:
+    return ["ip", "-o", "-4", "addr", "show", "dev", iface]
 
 
 def parse_addresses(output: str) -> list[ipaddress.IPv4Interface]:
     return [ipaddress.IPv4Interface(a) for a in _INET.findall(output)]
 
 
-def route_get_cmd(ip: str) -> str:
-    return f"ip -4 route get {quote(ip)}"
+def route_get_cmd(ip: str) -> Argv:
+    return ["ip", "-4", "route", "get", ip]
 
 
-def default_routes_cmd() -> str:
-    return "ip -4 route show default"
+def default_routes_cmd() -> Argv:
+    return ["ip", "-4", "route", "show", "default"]
 
 
 def parse_default_devices(output: str) -> list[str]:
@@ -163,19 +162,22 @@ def parse_default_devices(output: str) -> list[str]:
     return [line.split(" dev ", 1)[1].split()[0] for line in output.splitlines() if " dev " in line]
 
 
-def ping_cmd(targets: list[str], deadline: int = 5) -> str:
+# A fixed script: the deadline and the targets come in as its arguments.
+PING_ALL = ('d=$1; shift; for t in "$@"; do ( if ping -n -q -c 1 -w "$d" "$t" >/dev/null 2>&1; '
+            'then echo "ok $t"; else echo "fail $t"; fi ) & done; wait')
+
+
+def ping_cmd(targets: list[str], deadline: int = 5) -> Argv:
     """Ping every target concurrently; one 'ok IP' or 'fail IP' line each."""
-    ips = " ".join(quote(t) for t in targets)
-    return (f"for t in {ips}; do ( if ping -n -q -c 1 -w {int(deadline)} \"$t\" >/dev/null 2>&1; "
-            "then echo \"ok $t\"; else echo \"fail $t\"; fi ) & done; wait")
+    return ["sh", "-c", PING_ALL, "ping-all", str(int(deadline)), *targets]
 
 
 def parse_ping(output: str) -> dict[str, bool]:
     return {ip: verdict == "ok" for verdict, ip in _PING.findall(output)}
 
 
-def neighbour_cmd(ip: str) -> str:
-    return f"ip -4 neigh show to {quote(ip)}"
+def neighbour_cmd(ip: str) -> Argv:
+    return ["ip", "-4", "neigh", "show", "to", ip]
 
 
 def parse_neighbour(output: str) -> str:

@@ -17,11 +17,12 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterator, NoReturn, TextIO
 
 import pexpect
 
-from ..errors import ConsoleClosed, ConsoleError, ConsoleTimeout, GuestCommandFailed, LoginIncorrect
+from ..errors import (BootFailed, ConsoleClosed, ConsoleError, ConsoleTimeout, GuestCommandFailed, GuestCommandTimeout,
+                      LoginIncorrect)
 from .console_stream import Pump, PumpSpawn
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,17 @@ PASSWORD_PROMPT = r"[Pp]assword: "
 LOGIN_INCORRECT = r"Login incorrect"
 # Any usual shell prompt; only believed once a password has been sent.
 SHELL_PROMPT = r"[#$] (?:\x1b\[\?2004h)?"
+# Lines after which no login prompt will ever come: the guest fails at once,
+# with the line as its reason, instead of at the boot deadline.
+BOOT_FAILED = (r"[^\r\n]*(?:Dependency failed for [^\r\n]*getty|Timed out waiting for device [^\r\n]*tty"
+               r"|Gave up waiting for root (?:file system )?device|Kernel panic - not syncing"
+               r"|You are in emergency mode|Cannot open access to console, the root account is locked"
+               r"|Failed to mount /sysroot|ALERT! [^\r\n]* does not exist)[^\r\n]*\r*\n")
+# A session the guest ended is logged into again within this budget (a slow
+# welcome script under TCG included); the probe newline is re-sent this often
+# while getty restarts.
+RELOGIN_TIMEOUT = 120.0
+PROBE_RESEND = 5.0
 
 
 def strip_escapes(text: str) -> str:
@@ -94,6 +106,9 @@ class Console:
         self._prompt_tag = "BL" + secrets.token_hex(4)
         self._pump: Pump | None = None
         self._ready = False
+        self._credentials: tuple[str, str] | None = None
+        self._refused: str | None = None  # why the guest refused our login: never tried again
+        self.relogins = 0  # sessions the guest ended that were logged into again
         if transcript is not None:
             child.logfile_read = transcript
         self.transcript = transcript
@@ -167,46 +182,111 @@ class Console:
 
         Sends a newline whenever the console stays quiet for `idle` seconds
         before a password was sent (getty re-prints its prompt). A second
-        password prompt, or 'Login incorrect', means bad credentials."""
+        password prompt, or 'Login incorrect', means bad credentials: the
+        password is never sent again on this console (guests lock accounts
+        after a few failures, and each attempt lands in their auth log).
+        The credentials are kept to log in again when the guest ends the
+        session (see `_ensure_shell`)."""
         with self._lock:
-            self._ready = False
-            deadline = time.monotonic() + timeout
-            sent_user = sent_password = False
-            patterns = [LOGIN_PROMPT, PASSWORD_PROMPT, LOGIN_INCORRECT, SHELL_PROMPT, pexpect.TIMEOUT, pexpect.EOF]
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ConsoleTimeout(f"{self.name}: no shell after {timeout:.0f}s on the console; "
-                                         f"last output: {self._tail()!r}")
-                i = self.child.expect(patterns, timeout=min(idle * (4 if sent_password else 1), remaining))
-                if i == 0:
-                    if sent_password:
-                        raise LoginIncorrect(f"{self.name}: login as {user!r} was refused (login prompt again)")
-                    if on_login_prompt:
-                        on_login_prompt()
-                    self._note(f"login as {user}")
-                    self._send(user)
-                    sent_user = True
-                elif i == 1:
-                    if sent_password:
-                        raise LoginIncorrect(f"{self.name}: login as {user!r} was refused (password asked twice)")
-                    if not sent_user:  # someone else's half-finished login: start over
-                        self._send("")
-                        continue
-                    self._send(password)
-                    sent_password = True
-                elif i == 2:
-                    if sent_user:
-                        raise LoginIncorrect(f"{self.name}: 'Login incorrect' for user {user!r}; "
-                                             "check the login password")
-                elif i == 3:
-                    if sent_password:
-                        break
-                elif i == 4:
+            self._credentials = (user, password)
+            self._login(time.monotonic() + timeout, idle, on_login_prompt, at_login_prompt=False)
+
+    def _login(self, deadline: float, idle: float, on_login_prompt: Callable[[], None] | None,
+               at_login_prompt: bool) -> None:
+        if self._refused:
+            raise LoginIncorrect(self._refused)
+        assert self._credentials is not None
+        user, password = self._credentials
+        budget = deadline - time.monotonic()
+        self._ready = False
+        sent_user = sent_password = False
+        if at_login_prompt:  # the caller just matched the prompt: answer it
+            self._note(f"login as {user}")
+            self._send(user)
+            sent_user = True
+        patterns = [LOGIN_PROMPT, PASSWORD_PROMPT, LOGIN_INCORRECT, SHELL_PROMPT, pexpect.TIMEOUT, pexpect.EOF,
+                    BOOT_FAILED]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConsoleTimeout(f"{self.name}: no shell after {budget:.0f}s on the console; "
+                                     f"last output: {self._tail()!r}")
+            i = self.child.expect(patterns, timeout=min(idle * (4 if sent_password else 1), remaining))
+            if i == 0:
+                if sent_password:
+                    self._refuse(f"{self.name}: login as {user!r} was refused (login prompt again)")
+                if on_login_prompt:
+                    on_login_prompt()
+                self._note(f"login as {user}")
+                self._send(user)
+                sent_user = True
+            elif i == 1:
+                if sent_password:
+                    self._refuse(f"{self.name}: login as {user!r} was refused (password asked twice)")
+                if not sent_user:  # someone else's half-finished login: start over
                     self._send("")
-                else:
-                    raise ConsoleClosed(f"{self.name}: console closed while logging in (did qemu exit?)")
-            self._prepare_shell(max(deadline - time.monotonic(), 30.0))
+                    continue
+                self._send(password)
+                sent_password = True
+            elif i == 2:
+                if sent_user:
+                    self._refuse(f"{self.name}: 'Login incorrect' for user {user!r}; check the login password "
+                                 f"(not tried again: guests lock an account after a few failures)")
+            elif i == 3:
+                if sent_password:
+                    break
+            elif i == 4:
+                self._send("")
+            elif i == 5:
+                raise ConsoleClosed(f"{self.name}: console closed while logging in (did qemu exit?)")
+            else:
+                line = strip_escapes(str(self.child.after)).strip()
+                self._note(f"boot failed: {line}")
+                raise BootFailed(f"{self.name}: boot failed: {line}")
+        self._prepare_shell(max(deadline - time.monotonic(), 30.0))
+
+    def _refuse(self, why: str) -> NoReturn:
+        self._refused = why
+        self._ready = False
+        raise LoginIncorrect(why)
+
+    def _ensure_shell(self, timeout: float) -> None:
+        """Before anything is typed: make sure our shell is still there.
+
+        A newline answers with our prompt when it is. When the guest ended
+        the session (TMOUT, a getty restart, a reboot from inside, a `logout`
+        typed on an attached console) getty answers with its login prompt
+        instead: log in again with the same credentials and prepare the
+        shell, so a command is never typed into a login or password prompt."""
+        if self._refused:
+            raise LoginIncorrect(self._refused)
+        if self._credentials is None:
+            raise ConsoleError(f"{self.name}: not logged in")
+        self._drain()
+        deadline = time.monotonic() + timeout
+        patterns = [re.escape(f"{self._prompt_tag}# "), LOGIN_PROMPT, PASSWORD_PROMPT, pexpect.TIMEOUT, pexpect.EOF]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._ready = False
+                raise ConsoleTimeout(f"{self.name}: neither the shell nor a login prompt answered within "
+                                     f"{timeout:.0f}s; last output: {self._tail()!r}")
+            self._send("")
+            i = self.child.expect(patterns, timeout=min(PROBE_RESEND, remaining))
+            if i == 0:
+                self._ready = True
+                return
+            if i == 1:
+                self._note("the shell is gone (logged out?): logging in again")
+                log.info("%s: the guest ended the console session; logging in again", self.name)
+                self.relogins += 1
+                self._login(time.monotonic() + max(remaining, RELOGIN_TIMEOUT), 8.0, None, at_login_prompt=True)
+                return
+            if i == 2:  # someone else's half-finished login; the newline above ends it
+                continue
+            if i == 4:
+                self._ready = False
+                raise ConsoleClosed(f"{self.name}: console closed (did qemu exit?)")
 
     def _prepare_shell(self, timeout: float) -> None:
         tag = self._prompt_tag
@@ -240,9 +320,7 @@ class Console:
         With `cap`, a newline is added before the end marker (so output without
         a final newline cannot hide it) and removed again here."""
         with self._lock:
-            if not self._ready:
-                raise ConsoleError(f"{self.name}: not logged in")
-            self._drain()
+            self._ensure_shell(RELOGIN_TIMEOUT)
             tag = secrets.token_hex(6)
             self._note(f"$ {command}")
             self._send(wrap_command(command, tag, cap))
@@ -256,7 +334,7 @@ class Console:
                     self._expect_prompt(10)
                 except ConsoleTimeout:
                     self._ready = False
-                raise ConsoleTimeout(f"{self.name}: {command!r} did not finish within {timeout:.0f}s")
+                raise GuestCommandTimeout(f"{self.name}: {command!r} did not finish within {timeout:.0f}s")
             match = self.child.match
             assert match is not None and not isinstance(match, (type(pexpect.TIMEOUT), type(pexpect.EOF)))
             output, rc = strip_escapes(match.group(1)), int(match.group(2))
@@ -271,21 +349,28 @@ class Console:
             raise GuestCommandFailed(command, rc, out)
         return out
 
-    def send_and_forget(self, command: str) -> None:
-        """For commands that never return a prompt (reboot, poweroff)."""
+    def send_and_forget(self, command: str, timeout: float = RELOGIN_TIMEOUT) -> None:
+        """For commands that never return a prompt (reboot, poweroff); logs in
+        again first when the guest ended the session."""
         with self._lock:
+            self._ensure_shell(timeout)
             self._note(f"$ {command}")
             self._send(command)
             self._ready = False
 
-    def try_send_and_forget(self, command: str, wait: float = 0.5) -> bool:
-        """send_and_forget, but only if the shell is logged in and free soon."""
+    def try_send_and_forget(self, command: str, wait: float = 0.5, timeout: float = RELOGIN_TIMEOUT) -> bool:
+        """send_and_forget, but only on a console that got a shell once and is
+        free soon; False when it cannot be done within `timeout`."""
         if not self._lock.acquire(timeout=wait):
             return False
         try:
-            if not self._ready:
+            if self._credentials is None or self._refused:
                 return False
-            self.send_and_forget(command)
+            try:
+                self.send_and_forget(command, timeout)
+            except ConsoleError as e:
+                log.info("%s: could not send %r: %s", self.name, command, e)
+                return False
             return True
         finally:
             self._lock.release()

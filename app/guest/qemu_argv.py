@@ -32,6 +32,9 @@ def _boot_args(g: GuestPlan, facts: ArchFacts) -> list[str]:
         args = [*facts.kernel_bios, "-kernel", str(img.kernel)]
         if img.initrd:
             args += ["-initrd", str(img.initrd)]
+    elif g.arch is Arch.riscv64 and img.payload:
+        # OpenSBI in M-mode starts U-Boot in S-mode, which boots extlinux.conf from the disk.
+        args = ["-bios", str(img.firmware), "-kernel", str(img.payload)]
     elif g.arch is Arch.riscv64:
         # openEuler RISC-V style: OpenSBI+U-Boot (or a kernel) linked into one fw_payload.
         args = ["-bios", "none", "-kernel", str(img.firmware)]

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 from ..errors import GuestBusy, UnknownGuest
-from ..guest.console import Console
+from ..guest.shell import GuestShell
 from ..guest.process import GuestProcess
 from ..host.ledger import Ledger
 from ..model import declared
@@ -81,10 +81,10 @@ class LabContext:
             yield
 
     @staticmethod
-    def require_shell(g: GuestRuntime) -> Console:
-        if g.state not in HAS_SHELL or g.console is None:
+    def require_shell(g: GuestRuntime) -> GuestShell:
+        if g.state not in HAS_SHELL or g.shell is None:
             raise GuestBusy(f"guest {g.plan.name} is {g.state.value}; it must be ready")
-        return g.console
+        return g.shell
 
 
 __all__ = ["LabContext"]

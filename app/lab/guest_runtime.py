@@ -11,6 +11,7 @@ from typing import Callable
 from ..guest.agent import GuestAgent
 from ..guest.commands import NetConfig
 from ..guest.console import Console
+from ..guest.shell import GuestShell
 from ..guest.process import GuestProcess
 from ..model.plan import GuestPlan
 from .states import GuestState, check_transition
@@ -34,7 +35,7 @@ class GuestRuntime:
     exec_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # exec requests queue here
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     agent: GuestAgent | None = None
-    agent_probed: float = 0.0  # monotonic time of the last failed probe
+    shell: GuestShell | None = None  # everything the lab runs in the guest goes through it
 
     def enter(self, state: GuestState) -> None:
         check_transition(self.plan.name, self.state, state)

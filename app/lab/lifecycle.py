@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from typing import Callable
 
-from ..errors import BridgelabError, ConsoleClosed, GuestBusy
+from ..errors import BridgelabError, ConsoleClosed, GuestBusy, GuestError
 from ..guest import network
 from ..guest.agent import GuestAgent
 from ..guest.commands import side_nic
 from ..guest.console import Console
+from ..guest.shell import GuestShell, Power
 from .context import LabContext
 from .guest_runtime import GuestRuntime
 from .states import SETTLED, GuestState
 
 log = logging.getLogger(__name__)
+REBOOT_ASK_TIMEOUT = 120.0  # a console the guest logged out is logged into again first
 
 
 class Lifecycle:
@@ -65,18 +68,18 @@ class Lifecycle:
             g.stage("qemu_started")
             await g.process.wait_sockets()
             g.agent = GuestAgent(g.plan.paths.agent_sock)
-            g.agent_probed = 0.0
 
             def on_stage(stage: str) -> None:
                 loop.call_soon_threadsafe(g.stage, stage)
             g.console = await self.ctx.in_thread(Console.connect_unix, g.plan.paths.console_sock, g.plan.name,
                                                  g.plan.paths.dir / "transcript.log", on_stage)
+            g.shell = GuestShell(g.console, g.agent)
             await g.process.resume()
             await self._login(g)
             g.enter(GuestState.configuring)
-            g.changed = await self.ctx.in_thread(network.configure, g.console, g.net_config())
+            g.changed = await self.ctx.in_thread(network.configure, g.shell, g.net_config())
             if g.plan.user_nic is not None:
-                await self.ctx.in_thread(network.configure, g.console, side_nic(g.plan.user_nic.mac))
+                await self.ctx.in_thread(network.configure, g.shell, side_nic(g.plan.user_nic.mac))
             g.stage("configured")
         except asyncio.CancelledError:
             raise
@@ -124,9 +127,9 @@ class Lifecycle:
     async def verify_mesh(self, g: GuestRuntime) -> None:
         if g.state is not GuestState.verifying:
             g.enter(GuestState.verifying)
-        assert g.console is not None
+        assert g.shell is not None
         try:
-            g.mesh = await self.ctx.in_thread(network.ping_all, g.console, self._peers(g))
+            g.mesh = await self.ctx.in_thread(network.ping_all, g.shell, self._peers(g))
         except BridgelabError as e:
             g.fail_from(e)
             return
@@ -154,14 +157,15 @@ class Lifecycle:
         NetworkManager restored the address by itself (no reconfiguration)."""
         g = self.ctx.get(name)
         async with self.ctx.operating(g):
-            console = self.ctx.require_shell(g)
+            shell = self.ctx.require_shell(g)
             g.stages.clear()
             g.enter(GuestState.booting)
             try:
-                await self.ctx.in_thread(console.send_and_forget, "systemctl reboot")
+                if not await self.ctx.in_thread(shell.power, Power.reboot, REBOOT_ASK_TIMEOUT):
+                    raise GuestError(f"{name}: neither the guest agent nor the console took the reboot")
                 await self._login(g)
                 g.enter(GuestState.configuring)
-                await self.ctx.in_thread(network.verify, console, g.net_config())
+                await self.ctx.in_thread(network.verify, shell, g.net_config())
                 g.stage("configured")
             except BridgelabError as e:
                 g.fail_from(e)
@@ -204,13 +208,15 @@ class Lifecycle:
             if t is not current:
                 t.cancel()
         if g.process.exited() is None and g.process.popen is not None:
+            t0 = time.monotonic()
             asked = await self._ask_poweroff(g)
             # A guest that never reached a shell has nothing worth a long wait
             # (its overlay is discarded), and riscv64 `virt` cannot hear ACPI.
-            timeout = self.ctx.shutdown_timeout
+            timeout = max(self.ctx.shutdown_timeout - (time.monotonic() - t0), 5.0)
             await g.process.shutdown(timeout if asked else min(5.0, timeout))
         else:
             await g.process.close_qmp()
+        g.shell = None
         if g.console is not None:
             g.console.close()
             g.console = None
@@ -221,11 +227,13 @@ class Lifecycle:
         self.ctx.check_settled()
 
     async def _ask_poweroff(self, g: GuestRuntime) -> bool:
-        """A logged-in shell is the fastest clean poweroff: riscv64 `virt` has no
-        ACPI button, so QMP system_powerdown alone may not be heard."""
-        if g.console is None:
+        """The guest's own shell is the surest clean poweroff: riscv64 `virt`
+        has no ACPI button, so QMP system_powerdown alone may not be heard. A
+        console the guest logged out is logged into again, within half of the
+        shutdown budget."""
+        if g.shell is None:
             return False
-        return await self.ctx.in_thread(g.console.try_send_and_forget, "systemctl poweroff")
+        return await self.ctx.in_thread(g.shell.power, Power.poweroff, self.ctx.shutdown_timeout / 2)
 
     async def wait(self, names: list[str] | None, timeout: float) -> tuple[bool, list[GuestRuntime]]:
         """Long-poll until the named guests (or all) are ready, failed or stopped."""

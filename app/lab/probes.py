@@ -11,7 +11,7 @@ import logging
 from .reports import MeshPair, MeshReport, UplinkProbe
 from ..errors import BridgelabError
 from ..guest import network
-from ..guest.console import Console
+from ..guest.shell import Shell
 from ..host import uplink_diagnosis
 from .context import LabContext
 from .guest_runtime import GuestRuntime
@@ -44,26 +44,26 @@ class Probes:
         target = up.target
         ruleset = self.ctx.host.ruleset
         async with self._lock, g.exec_lock:
-            console = self.ctx.require_shell(g)
+            shell = self.ctx.require_shell(g)
             before = await self.ctx.in_thread(uplink_diagnosis.counters, plan, ruleset)
-            reached = await self.ctx.in_thread(network.ping_all, console, [target])
+            reached = await self.ctx.in_thread(network.ping_all, shell, [target])
             if reached.get(str(target)):
                 return UplinkProbe(source=g.plan.name, target=str(target), ok=True, layer="ok",
                                    detail=f"ping answered through {up.mode} on {up.interface}")
             after = await self.ctx.in_thread(uplink_diagnosis.counters, plan, ruleset)
-            ev = await self.ctx.in_thread(self._uplink_evidence, console, target, before, after)
+            ev = await self.ctx.in_thread(self._uplink_evidence, shell, target, before, after)
         layer, detail = uplink_diagnosis.diagnose(ev, plan, target, self.ctx.host.firewall_hints)
         log.warning("uplink self-test: %s cannot reach %s: %s: %s", g.plan.name, target, layer, detail)
         return UplinkProbe(source=g.plan.name, target=str(target), ok=False, layer=layer, detail=detail)
 
-    def _uplink_evidence(self, console: Console, target: ipaddress.IPv4Address,
+    def _uplink_evidence(self, shell: Shell, target: ipaddress.IPv4Address,
                          before: uplink_diagnosis.Counters,
                          after: uplink_diagnosis.Counters) -> uplink_diagnosis.Evidence:
-        route = network.route_get(console, target)
+        route = network.route_get(shell, target)
         hop = uplink_diagnosis.next_hop(route, target) if route is not None else target
         forwarding, proxy_arp = uplink_diagnosis.host_side(self.ctx.plan)
         return uplink_diagnosis.Evidence(
-            guest_route=route, next_hop_arp=network.neighbour(console, hop) if route is not None else "none",
+            guest_route=route, next_hop_arp=network.neighbour(shell, hop) if route is not None else "none",
             ip_forward=forwarding, host_route_dev=uplink_diagnosis.host_route_dev(target), before=before,
             after=after, host_reaches_target=uplink_diagnosis.host_reaches(target), uplink_proxy_arp=proxy_arp,
             foreign_forward_drops=tuple(uplink_diagnosis.foreign_forward_drops()))
@@ -91,19 +91,19 @@ class Probes:
         targets: list[Target] = [("bridge" if plan.bridge_address else "host", plan.host_address.ip, None)]
         targets += [(o.plan.name, o.plan.ip.ip, o) for o in self.ctx.guests.values() if o is not g]
         async with g.exec_lock:
-            console = self.ctx.require_shell(g)
-            return await self.ctx.in_thread(_probe_all, console, g, targets)
+            shell = self.ctx.require_shell(g)
+            return await self.ctx.in_thread(_probe_all, shell, g, targets)
 
 
-def _probe_all(console: Console, g: GuestRuntime, targets: list[Target]) -> list[MeshPair]:
+def _probe_all(shell: Shell, g: GuestRuntime, targets: list[Target]) -> list[MeshPair]:
     def pair(name: str, ip: ipaddress.IPv4Address, ok: bool, diagnosis: str, detail: str) -> MeshPair:
         return MeshPair(source=g.plan.name, target=name, target_ip=str(ip), ok=ok,
                         diagnosis=diagnosis, detail=detail)
     try:
-        network.verify(console, g.net_config())
+        network.verify(shell, g.net_config())
     except BridgelabError as e:
         return [pair(n, ip, False, "source_not_configured", str(e)) for n, ip, _ in targets]
-    reached = network.ping_all(console, [ip for _, ip, _ in targets])
+    reached = network.ping_all(shell, [ip for _, ip, _ in targets])
     out = []
     for name, ip, other in targets:
         if reached.get(str(ip)):
@@ -111,7 +111,7 @@ def _probe_all(console: Console, g: GuestRuntime, targets: list[Target]) -> list
         elif other is not None and (other.process.exited() is not None
                                     or other.state in (GuestState.stopped, GuestState.stopping)):
             out.append(pair(name, ip, False, "guest_down", f"guest {name} is {other.state.value}"))
-        elif network.neighbour(console, ip) == "resolved":
+        elif network.neighbour(shell, ip) == "resolved":
             out.append(pair(name, ip, False, "arp_no_icmp",
                             "ARP resolved but no ICMP reply: a firewall on the path or in the target drops it"))
         elif other is not None and other.state is not GuestState.ready:

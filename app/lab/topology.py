@@ -62,7 +62,7 @@ class Topology:
         if issues:
             raise SpecError(issues)
         async with ctx.operating(g):
-            ctx.require_shell(g)
+            shell = ctx.require_shell(g)
             # Reserve the address in the plan before the first await, so two
             # concurrent requests can never pick the same IP.
             old_ip = g.plan.ip.ip
@@ -73,7 +73,7 @@ class Topology:
                 await ctx.in_thread(ctx.host.move_route, old_ip, req.ip)
             g.enter(GuestState.configuring)
             try:
-                g.changed = await ctx.in_thread(network.configure, g.console, g.net_config())
+                g.changed = await ctx.in_thread(network.configure, shell, g.net_config())
             except BridgelabError as e:
                 g.fail_from(e)
                 return g

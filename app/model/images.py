@@ -34,7 +34,10 @@ RECIPE = "recipe.yaml"
 
 class BootStyle(str, Enum):
     kernel = "kernel"  # -kernel/-initrd/-append (riscv64 adds -bios default: OpenSBI)
-    firmware = "firmware"  # riscv64: -bios none -kernel <fw_payload>; others: -bios <firmware>
+    # riscv64: -bios none -kernel <fw_payload> (openEuler's OpenSBI+U-Boot in one
+    # file), or -bios <OpenSBI> -kernel <payload> (Debian's opensbi and
+    # u-boot-qemu); others: -bios <firmware>.
+    firmware = "firmware"
 
 
 class Boot(BaseModel):
@@ -43,6 +46,7 @@ class Boot(BaseModel):
     kernel: SafeStr | None = None
     initrd: SafeStr | None = None
     firmware: SafeStr | None = None
+    payload: SafeStr | None = None  # what the firmware starts (U-Boot in S-mode)
     append: SafeStr = ""
 
     @model_validator(mode="after")
@@ -51,6 +55,8 @@ class Boot(BaseModel):
             raise ValueError("boot style 'kernel' needs boot.kernel")
         if self.style is BootStyle.firmware and not self.firmware:
             raise ValueError("boot style 'firmware' needs boot.firmware")
+        if self.payload and self.style is not BootStyle.firmware:
+            raise ValueError("boot.payload goes with boot style 'firmware'")
         return self
 
 
@@ -76,6 +82,7 @@ class Image(BaseModel):
     kernel: Path | None
     initrd: Path | None
     firmware: Path | None
+    payload: Path | None
     append: str
     disk: Path
     disk_format: str
@@ -169,7 +176,8 @@ def load_manifest(path: Path) -> Image:
     disk = need(m.disk)
     assert disk is not None
     return Image(name=m.name, arch=m.arch, style=m.boot.style, kernel=need(m.boot.kernel),
-                 initrd=need(m.boot.initrd), firmware=need(m.boot.firmware), append=m.boot.append,
+                 initrd=need(m.boot.initrd), firmware=need(m.boot.firmware), payload=need(m.boot.payload),
+                 append=m.boot.append,
                  disk=disk, disk_format=m.disk_format, login=m.login)
 
 

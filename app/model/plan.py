@@ -232,6 +232,25 @@ def guest_paths(state_dir: Path, name: str) -> GuestPaths:
                       stderr=d / "qemu.log")
 
 
+# systemd gives a device 90 s and a unit 90 s to start by default; under TCG on
+# a busy host udev can take longer to announce ttyS0, and serial-getty (the
+# login prompt) then never starts. The seed's own qemu line passes the same.
+EMULATION_TIMEOUTS = ("systemd.default_device_timeout_sec=600", "systemd.default_timeout_start_sec=600")
+
+
+def kernel_cmdline(image: Image, accel: str, extra: str) -> str:
+    """The image's kernel command line, the lab's additions, and, under
+    emulation, systemd timeouts fit for it (unless the line already sets
+    them). Only a kernel qemu boots itself has a line to add to: a firmware
+    boot reads it from the guest's disk (images bridgelab builds carry the
+    same timeouts in their systemd configuration)."""
+    parts = [a for a in (image.append, extra) if a]
+    if image.style is BootStyle.kernel and accel == "tcg":
+        given = " ".join(parts)
+        parts += [t for t in EMULATION_TIMEOUTS if t.split("=")[0] + "=" not in given]
+    return " ".join(parts)
+
+
 def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir: Path) -> LabPlan:
     """`images` maps each guest's `image` reference to the resolved image."""
     uplink, issues = plan_uplink(lab, host.uplink)
@@ -284,7 +303,7 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
             if len(str(sock)) > UNIX_PATH_MAX:
                 issues.append(FieldIssue(at, f"socket path {sock} is longer than {UNIX_PATH_MAX} bytes; "
                                              "use a shorter --state-dir"))
-        append = " ".join(a for a in (image.append, g.append or "") if a)
+        append = kernel_cmdline(image, accel, g.append or "")
         guests.append(GuestPlan(
             name=g.name, arch=g.arch, accel=accel, cpus=g.cpus, memory_mib=g.memory,
             ip=ipaddress.IPv4Interface(f"{ip}/{g.prefix or bridge_prefix}"), gateway=g.gateway or default_gateway,
