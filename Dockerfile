@@ -21,7 +21,7 @@ RUN printf '%s\n' \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       qemu-system-misc qemu-system-x86 qemu-system-arm qemu-utils opensbi u-boot-qemu \
-      qemu-user-static mmdebstrap arch-test gpg mount e2fsprogs debian-archive-keyring \
+      qemu-user-static mmdebstrap arch-test gpg mount e2fsprogs fdisk debian-archive-keyring \
       iproute2 iptables nftables iputils-ping kmod \
       python3 python3-venv ca-certificates \
  && apt-get clean && rm -rf /var/lib/apt/lists/*

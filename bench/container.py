@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bridgelab.model import images
+from bridgelab.model import image_build
 from bridgelab.model.plan import derive_tap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def native_cycle(tmp: Path, lab: str) -> dict[str, float]:
 
 
 def warm_images_dir(tmp: Path) -> Path:
-    built = images.build_image("debian-riscv64")
+    built = image_build.build_image("debian-riscv64")
     d = tmp / "images" / "cache" / "debian-riscv64"
     d.mkdir(parents=True)
     sh("cp", "-al", str(built), str(d / built.name))

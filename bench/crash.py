@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the drill lives with the tests that assert it
 
-from bridgelab.model import images  # noqa: E402
+from bridgelab.model import image_build  # noqa: E402
 
 from tests.crashdrill import SCENARIOS, Drill, Outcome, run  # noqa: E402
 
@@ -41,7 +41,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=1, help="runs of the whole table (medians are reported)")
     args = ap.parse_args()
-    images.build_image("debian-riscv64")
+    image_build.build_image("debian-riscv64")
     outcomes: dict[str, list[Outcome]] = {s: [] for s in SCENARIOS}
     floors = []
     with tempfile.TemporaryDirectory(prefix="bl-crash-") as tmp:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bridgelab.model import images
+from bridgelab.model import image_build, images
 
 from . import hoststate
 
@@ -76,7 +76,7 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
-    images.build_image("debian-riscv64")  # no-op when cached
+    image_build.build_image("debian-riscv64")  # no-op when cached
     cached = images.built_dir("debian-riscv64")
     img_dir = tmp_path / "images"
     (img_dir / "cache" / "debian-riscv64").mkdir(parents=True)

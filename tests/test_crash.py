@@ -12,7 +12,7 @@ import os
 from typing import Iterator
 
 import pytest
-from bridgelab.model import images
+from bridgelab.model import image_build
 
 from .crashdrill import SCENARIOS, Drill, run
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.vm
 def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
     if os.geteuid() != 0:
         pytest.fail("VM tests need root")
-    images.build_image("debian-riscv64")
+    image_build.build_image("debian-riscv64")
     d = Drill(tmp_path_factory.mktemp("crash"))
     try:
         yield d

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 from bridgelab.host import firewall
-from bridgelab.model import images
+from bridgelab.model import image_build
 
 from .conftest import netns, stop_process
 from .test_uplink import HOST_UP, LAN_HOST, LAN_ROUTER, host_state, hostile_firewall, ping, seen_source, sh
@@ -91,7 +91,7 @@ def _start(stack: contextlib.ExitStack, tmp: Path, spec: dict[str, object], host
 
 @pytest.fixture(scope="module")
 def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, UplinkLab]]:
-    images.build_image("debian-riscv64")
+    image_build.build_image("debian-riscv64")
     with contextlib.ExitStack() as stack:
         # Both labs boot at once: the suite's time is the slower one's, not the sum.
         started = {"nat": _start(stack, tmp_path_factory.mktemp("upnat"), NAT_LAB, "legacy"),

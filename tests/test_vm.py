@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 import yaml
-from bridgelab.model import images
+from bridgelab.model import image_build
 
 from .conftest import links_in, netns, stop_process
 
@@ -82,7 +82,7 @@ def _wait_settled(lab: RunningLab) -> None:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     if os.geteuid() != 0:
         pytest.fail("VM tests need root")
-    images.build_image("debian-riscv64")  # a no-op when the cache already has it
+    image_build.build_image("debian-riscv64")  # a no-op when the cache already has it
     tmp = tmp_path_factory.mktemp("vm")
     spec = yaml.safe_load(EXAMPLE.read_text())
     spec["guests"].append({"name": "broken", "arch": "riscv64", "image": "debian-riscv64",

@@ -26,7 +26,8 @@ from .client import (
 )
 from .daemon import cmd_serve
 from .exits import EXIT_INVALID
-from .tools import cmd_cleanup, cmd_image_build, cmd_image_path, cmd_preflight, cmd_validate
+from . import image
+from .tools import cmd_cleanup, cmd_preflight, cmd_validate
 
 log = logging.getLogger("bridgelab")
 DEFAULT_LISTEN = "127.0.0.1:8700"
@@ -108,14 +109,7 @@ def parser(env: Settings) -> argparse.ArgumentParser:
     pf = sub.add_parser("preflight", help="check that this host can run a lab, before anything is created")
     pf.set_defaults(fn=cmd_preflight)
 
-    im = sub.add_parser("image", help="guest images").add_subparsers(dest="image_command", required=True)
-    b = im.add_parser("build", help="build a recipe from images/ into the cache")
-    b.add_argument("name")
-    b.add_argument("--force", action="store_true")
-    b.set_defaults(fn=cmd_image_build)
-    ip = im.add_parser("path", help="print where a recipe's image is (or would be) cached")
-    ip.add_argument("name")
-    ip.set_defaults(fn=cmd_image_path)
+    image.add_parsers(sub)
     return p
 
 

@@ -1,4 +1,4 @@
-"""Commands that need no daemon: validate, preflight, cleanup, image build and path."""
+"""Commands that need no daemon: validate, preflight, cleanup."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from ..errors import FieldIssue, SpecError
 from ..host import cleanup, preflight
 from ..lab.loader import load_plan
-from ..model import images
 from ..model.spec import lab_name_problem, load_lab_text
 
 
@@ -55,18 +54,3 @@ def lab_name(ref: str) -> str:
     if problem := lab_name_problem(ref):
         raise SpecError([FieldIssue("--lab", problem)])
     return ref
-
-
-# ---------------------------------------------------------------- API clients
-
-
-def cmd_image_build(args: argparse.Namespace) -> int:
-    out = images.build_image(args.name, force=args.force)
-    print(out)
-    return 0
-
-
-def cmd_image_path(args: argparse.Namespace) -> int:
-    out = images.built_dir(args.name)
-    print(out)
-    return 0 if (out / images.MANIFEST).is_file() else 1

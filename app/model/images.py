@@ -1,4 +1,4 @@
-"""Guest images: manifests (how to boot an image), lookup, and the mmdebstrap builder.
+"""Guest images: manifests (how to boot an image) and where images and recipes are found.
 
 An image is a directory holding `manifest.yaml` plus the files it names. Built
 images live in a cache outside the repository, one directory per recipe hash,
@@ -7,29 +7,23 @@ so editing a recipe can never silently reuse a stale build.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import platform
 import re
-import shutil
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .. import proc, settings
-from ..errors import BridgelabError, ImageError
+from .. import settings
+from ..errors import ImageError
+from . import recipes
 from .spec import Arch, Login, SafeStr, format_loc
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"
 MANIFEST = "manifest.yaml"
-RECIPE = "recipe.yaml"
+RECIPE = recipes.RECIPE
 
 
 class BootStyle(str, Enum):
@@ -89,22 +83,6 @@ class Image(BaseModel):
     login: Login
 
 
-class Recipe(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: SafeStr
-    arch: Arch
-    suite: SafeStr
-    mirror: SafeStr
-    variant: str = "minbase"
-    packages: list[SafeStr]
-    aptopts: list[SafeStr] = Field(default_factory=list)
-    hostname: SafeStr = "bridgelab"
-    login: Login
-    size: SafeStr = "2G"
-    append: SafeStr
-    customize: list[SafeStr] = Field(default_factory=list)
-
-
 # ------------------------------------------------------------------ locations
 
 
@@ -123,6 +101,15 @@ def cache_dir() -> Path:
 
 
 _RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ADDED = "added"  # <cache>/added/<name>/manifest.yaml: images a user brought (catalog.py)
+
+
+def valid_name(name: str) -> bool:
+    return bool(_RECIPE_NAME.match(name))
+
+
+def added_manifest(name: str, cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / ADDED / name / MANIFEST
 
 
 def find_recipe(name: str) -> Path:
@@ -131,20 +118,13 @@ def find_recipe(name: str) -> Path:
     for d in recipe_dirs():
         if (d / name / RECIPE).is_file():
             return d / name
-    raise ImageError(f"no image recipe named {name!r} (looked in {', '.join(map(str, recipe_dirs()))})")
-
-
-def recipe_key(recipe_dir: Path) -> str:
-    """Hash of every file of the recipe plus the builder version."""
-    h = hashlib.sha256(BUILDER_VERSION.encode())
-    for f in sorted(p for p in recipe_dir.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(recipe_dir)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+    raise ImageError(f"no image recipe named {name!r} (looked in {', '.join(map(str, recipe_dirs()))}); "
+                     f"an image of your own needs `bridgelab image add {name} ...` first")
 
 
 def built_dir(name: str, cache: Path | None = None) -> Path:
     recipe = find_recipe(name)
-    return (cache or cache_dir()) / name / recipe_key(recipe)
+    return (cache or cache_dir()) / name / recipes.recipe_key(recipe, find_recipe)
 
 
 # ------------------------------------------------------------------ manifests
@@ -182,147 +162,20 @@ def load_manifest(path: Path) -> Image:
 
 
 def resolve_image(ref: str, base_dir: Path, cache: Path | None = None) -> Image:
-    """A lab's `image:` is either a path (to a manifest or its directory) or a recipe name."""
+    """A lab's `image:` is a path (to a manifest or its directory), the name
+    of an added image, or a recipe's name."""
     if "/" in ref or ref.endswith((".yaml", ".yml")):
         p = (base_dir / ref).resolve()
         return load_manifest(p / MANIFEST if p.is_dir() else p)
+    if valid_name(ref) and (added := added_manifest(ref, cache)).is_file():
+        return load_manifest(added)
     out = built_dir(ref, cache)
     if not (out / MANIFEST).is_file():
         raise ImageError(f"image {ref!r} is not built for its current recipe; run: bridgelab image build {ref}")
     return load_manifest(out / MANIFEST)
 
 
-# ------------------------------------------------------------------ builder
 
 
-def load_recipe(recipe_dir: Path) -> Recipe:
-    try:
-        return Recipe.model_validate(yaml.safe_load((recipe_dir / RECIPE).read_text()))
-    except ValidationError as e:
-        errs = "; ".join(f"{format_loc(x['loc'])}: {x['msg']}" for x in e.errors())
-        raise ImageError(f"recipe {recipe_dir / RECIPE} is invalid: {errs}") from None
-
-
-BINFMT = Path("/proc/sys/fs/binfmt_misc")
-
-
-@contextmanager
-def foreign_binaries(arch: Arch) -> Iterator[None]:
-    """Let mmdebstrap run `arch` maintainer scripts through qemu-user, for the build only.
-
-    Debian's qemu-user-static ships the binfmt rule but does not always load it
-    (not in containers, not without systemd), so do what systemd-binfmt would.
-    A registration is global to the host kernel: remove whatever was added here."""
-    if arch.value == platform.machine():
-        yield
-        return
-    conf = Path(f"/usr/lib/binfmt.d/qemu-{arch.value}.conf")
-    if not conf.is_file():
-        raise ImageError(f"cannot run {arch.value} binaries: {conf} missing; install qemu-user-static")
-    with binfmt_rule(conf.read_text().strip()):
-        yield
-
-
-@contextmanager
-def binfmt_rule(rule: str, root: Path = BINFMT) -> Iterator[None]:
-    """Hold a binfmt_misc rule (`:name:type:...`) for the duration; leave the
-    kernel's table, and the mount, exactly as found."""
-    name = rule.split(":")[1]
-    mounted = not (root / "register").exists()
-    if mounted:
-        try:
-            proc.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(root)])
-        except BridgelabError as e:
-            raise ImageError(
-                f"binfmt_misc is not mounted and cannot be ({e}). On the host: 'sudo modprobe binfmt_misc'; "
-                "in a container, CAP_SYS_ADMIN is needed (compose.yaml grants it)") from e
-    added = not (root / name).exists()
-    try:
-        if added:
-            try:
-                (root / "register").write_text(rule)
-            except OSError as e:
-                raise ImageError(f"cannot register binfmt handler {name}: {e}") from e
-            log.info("registered binfmt handler %s (removed after the build)", name)
-        yield
-    finally:
-        if added and (root / name).exists():
-            (root / name).write_text("-1")
-        if mounted:
-            proc.run(["umount", str(root)])
-
-
-def _mmdebstrap_argv(r: Recipe, rootdir: Path) -> list[str]:
-    argv = ["mmdebstrap", f"--arch={r.arch.value.replace('x86_64', 'amd64').replace('aarch64', 'arm64')}",
-            f"--variant={r.variant}", "--include=" + ",".join(r.packages)]
-    argv += [f"--aptopt={o}" for o in r.aptopts]
-    # Hooks receive the root directory as $1; values are passed through the
-    # environment, never spliced into the shell text.
-    argv += ['--customize-hook=printf "%s:%s\\n" "$BL_USER" "$BL_PASSWORD" | chroot "$1" chpasswd',
-             '--customize-hook=printf "%s\\n" "$BL_HOSTNAME" > "$1/etc/hostname"']
-    argv += [f"--customize-hook={c}" for c in r.customize]
-    argv += [r.suite, str(rootdir), r.mirror]
-    return argv
-
-
-def _find_boot_file(rootdir: Path, prefixes: tuple[str, ...]) -> Path:
-    boot = rootdir / "boot"
-    for prefix in prefixes:
-        found = sorted(boot.glob(prefix + "*"))
-        if found:
-            return found[-1]
-    raise ImageError(f"the built tree has no {'/'.join(prefixes)} in /boot")
-
-
-def build_image(name: str, cache: Path | None = None, force: bool = False) -> Path:
-    """Build the named recipe into the cache; return the image directory."""
-    recipe_dir = find_recipe(name)
-    r = load_recipe(recipe_dir)
-    out = built_dir(name, cache)
-    if (out / MANIFEST).is_file() and not force:
-        log.info("image %s already built at %s", name, out)
-        return out
-    for tool in ("mmdebstrap", "mke2fs", "qemu-img"):
-        if shutil.which(tool) is None:
-            raise ImageError(f"{tool} is not installed (apt-get install mmdebstrap e2fsprogs qemu-utils)")
-    work = out.parent / f".build-{out.name}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        rootdir = work / "root"
-        env = {**os.environ, "BL_USER": r.login.user, "BL_PASSWORD": r.login.password,
-               "BL_HOSTNAME": r.hostname}
-        with foreign_binaries(r.arch):
-            proc.run(_mmdebstrap_argv(r, rootdir), env=env, timeout=3600, stream=True)
-        shutil.copy(_find_boot_file(rootdir, ("vmlinuz-", "vmlinux-", "Image-")), work / "vmlinuz")
-        shutil.copy(_find_boot_file(rootdir, ("initrd.img-",)), work / "initrd.img")
-        raw = work / "disk.raw"
-        proc.run(["mke2fs", "-q", "-t", "ext4", "-L", "bl-root", "-d", str(rootdir), str(raw), r.size])
-        shutil.rmtree(rootdir)
-        proc.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "disk.qcow2")])
-        raw.unlink()
-        manifest: dict[str, Any] = {
-            "name": r.name, "arch": r.arch.value,
-            "boot": {"style": "kernel", "kernel": "vmlinuz", "initrd": "initrd.img", "append": r.append},
-            "disk": "disk.qcow2", "disk_format": "qcow2",
-            "login": r.login.model_dump(),
-        }
-        (work / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
-        load_manifest(work / MANIFEST)  # the builder must produce what the loader accepts
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log.info("built image %s at %s", name, out)
-    _prune_older_builds(out)
-    return out
-
-
-def _prune_older_builds(current: Path) -> None:
-    """Builds of earlier versions of the recipe can never be used again."""
-    for sibling in current.parent.iterdir():
-        if sibling != current and not sibling.name.startswith(".") and (sibling / MANIFEST).is_file():
-            shutil.rmtree(sibling, ignore_errors=True)
-            log.info("removed outdated build %s", sibling)
+__all__ = ["ADDED", "Boot", "BootStyle", "Image", "MANIFEST", "Manifest", "RECIPE", "added_manifest", "built_dir",
+           "cache_dir", "find_recipe", "load_manifest", "recipe_dirs", "resolve_image", "valid_name"]

@@ -1,0 +1,3 @@
+
+# openEuler's prompt.
+PS1='[\u@\h \W]\$ '
