@@ -7,14 +7,12 @@ others. Host-side checks use iproute2/ping, not bridgelab's own code.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,59 +21,12 @@ import pytest
 import yaml
 from bridgelab.model import image_build
 
-from .conftest import links_in, netns, stop_process
+from .conftest import links_in
+from .labrun import RunningLab, running_lab, wait_settled
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "two-riscv64.yaml"
-BRING_UP_TIMEOUT = 900
-
-
-@dataclass
-class RunningLab:
-    ns: str
-    proc: subprocess.Popen[bytes]
-    api: httpx.Client
-    state: Path
-    log: Path
-    argv: list[str]
-
-    @property
-    def sock(self) -> Path:
-        return self.state.parent / "api.sock"
-
-    def cli(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "bridgelab.cli", *args[:1], "--api", f"unix:{self.sock}",
-                               *args[1:]], capture_output=True, text=True, timeout=timeout)
-
-    def restart(self) -> None:
-        """SIGTERM the daemon and start it again on the same lab file and state."""
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(120) == 0, self.log.read_text()[-3000:]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-
-    def guests(self) -> dict[str, dict[str, Any]]:
-        return {g["name"]: g for g in self.api.get("/guests").raise_for_status().json()}
-
-    def host_ping(self, ip: str, deadline: int = 5) -> bool:
-        return subprocess.run(["ip", "netns", "exec", self.ns, "ping", "-n", "-q", "-c", "1", "-w", str(deadline), ip],
-                              capture_output=True).returncode == 0
-
-
-def _wait_settled(lab: RunningLab) -> None:
-    deadline = time.monotonic() + BRING_UP_TIMEOUT
-    while time.monotonic() < deadline:
-        if lab.proc.poll() is not None:
-            pytest.fail(f"bridgelab serve exited {lab.proc.returncode}:\n{lab.log.read_text()[-4000:]}")
-        try:
-            guests = lab.guests()
-            if all(g["state"] in ("ready", "failed") for g in guests.values()):
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"guests not settled after {BRING_UP_TIMEOUT}s:\n{lab.log.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +38,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     spec = yaml.safe_load(EXAMPLE.read_text())
     spec["guests"].append({"name": "broken", "arch": "riscv64", "image": "debian-riscv64",
                            "qemu_args": ["-device", "no-such-device"]})
-    lab_file = tmp / "lab.yaml"
-    lab_file.write_text(yaml.safe_dump(spec))
-    with contextlib.ExitStack() as stack:
-        ns = stack.enter_context(netns("blvm"))
-        log = tmp / "serve.log"
-        sock = tmp / "api.sock"
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
-                "--lab", str(lab_file), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")]
-        api = stack.enter_context(httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
-                                               base_url="http://bridgelab", timeout=600))
-        with open(log, "wb") as out:
-            running = RunningLab(ns, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), api, tmp / "s",
-                                 log, argv)
-        stack.callback(lambda: stop_process(running.proc, 120))  # the current daemon, after restarts
-        _wait_settled(running)
+    with running_lab(tmp, spec, "blvm") as running:
         yield running
 
 
@@ -393,7 +330,7 @@ def test_add_stop_start_a_guest_at_runtime(lab):
 def test_daemon_restart_brings_back_the_lab_as_last_declared(lab):
     before = lab.guests()
     lab.restart()
-    _wait_settled(lab)
+    wait_settled(lab)
     after = lab.guests()
     assert set(after) == {"rv1", "rv2", "broken", "rv3"}
     for name in ("rv1", "rv2", "rv3"):
