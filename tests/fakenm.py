@@ -4,7 +4,9 @@ fake guest's PATH as wrappers that run `fakenm.py TOOL ARGS...`. They keep one N
 NetworkManager state in $FAKE_NM_STATE/state.json and answer in the formats
 of the real tools (the parsers in guest/commands.py are tested against
 real output elsewhere). $FAKE_NM_STATE/unreachable lists addresses that
-ping must not reach; $FAKE_NM_STATE/delay slows `nmcli connection up`.
+ping must not reach; $FAKE_NM_STATE/delay slows `nmcli connection up`;
+$FAKE_NM_STATE/manager names the enabled network manager (default
+NetworkManager).
 """
 
 from __future__ import annotations
@@ -107,6 +109,13 @@ def ping(args: list[str]) -> int:
 
 
 def systemctl(args: list[str]) -> int:
+    if args[:1] in (["is-active"], ["is-enabled"]):  # which network manager: $FAKE_NM_STATE/manager, if any
+        chosen = STATE / "manager"
+        manager = chosen.read_text().strip() if chosen.exists() else "NetworkManager"
+        unit = args[-1]
+        if args[0] == "is-enabled":
+            print("enabled" if unit == manager else "disabled")
+        return 0 if unit == manager else 1
     with open(STATE / "events", "a") as f:
         f.write(f"systemctl {' '.join(args)}\n")
     os.kill(int(os.environ["FAKE_QEMU_PID"]), signal.SIGTERM if args == ["poweroff"] else signal.SIGHUP)

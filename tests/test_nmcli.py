@@ -98,3 +98,32 @@ def test_neighbour_states():
     assert parse_neighbour("10.0.0.2 dev eth0 INCOMPLETE\n") == "failed"
     assert parse_neighbour("") == "none"
     assert neighbour_cmd("10.0.0.2; reboot") == ["ip", "-4", "neigh", "show", "to", "10.0.0.2; reboot"]
+
+
+def test_the_network_manager_is_read_from_the_detect_script_output():
+    assert commands.parse_manager("[ 3.1] noise\nmanager=NetworkManager\n") == "NetworkManager"
+    assert commands.parse_manager("manager=systemd-networkd\n") == "systemd-networkd"
+    assert commands.parse_manager("manager=none\n") == "none"
+    assert commands.parse_manager("manager=connman\n") == "none"
+    assert commands.detect_manager_cmd()[:2] == ["sh", "-c"]
+
+
+def test_networkd_units_match_the_mac_and_keep_the_side_nic_off_the_default_route():
+    unit = commands.networkd_unit(CFG)
+    assert unit[:5] == ["# written by bridgelab", "[Match]", "MACAddress=02:11:22:33:44:55", "", "[Network]"]
+    assert "Address=10.198.101.1/24" in unit
+    side = commands.networkd_unit(commands.side_nic("52:54:00:12:34:56"))
+    assert {"DHCP=ipv4", "UseRoutes=false", "UseDNS=false"} <= set(side)
+    assert not any(x.startswith("Address=") for x in side)
+    assert commands.networkd_path(CFG.mac) == "/etc/systemd/network/10-bridgelab-021122334455.network"
+
+
+def test_the_file_commands_write_whole_files_from_arguments(tmp_path):
+    target = tmp_path / "x.network"
+    lines = ["[Match]", "MACAddress=02:11:22:33:44:55", "Name=$(touch pwned) 'q'"]
+    assert subprocess.run(commands.read_file_cmd(str(target)), capture_output=True, text=True).stdout == ""
+    subprocess.run(commands.write_file_cmd(str(target), lines), check=True, cwd=tmp_path)
+    assert target.read_text() == "\n".join(lines) + "\n"
+    assert subprocess.run(commands.read_file_cmd(str(target)), capture_output=True,
+                          text=True).stdout == target.read_text()
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "x.network.tmp").exists()

@@ -132,7 +132,7 @@ def test_aarch64_and_x86_64_argv():
                 host=X86_KVM)
     arm, pc = (qemu_argv.argv(g) for g in p.guests)
     assert arm[0] == "qemu-system-aarch64" and "virtio-net-pci,netdev=net0,mac=" in " ".join(arm)
-    assert arm[arm.index("-cpu") + 1] == "max" and "-bios" not in arm
+    assert arm[arm.index("-cpu") + 1] == "max,pauth-impdef=on" and "-bios" not in arm
     assert pc[0] == "qemu-system-x86_64" and pc[pc.index("-machine") + 1] == "q35"
     assert pc[pc.index("-accel") + 1] == "kvm" and pc[pc.index("-cpu") + 1] == "host"
     assert any(a.endswith(",vhost=on") for a in pc)

@@ -49,7 +49,7 @@ class FakeHost:
         self.events: list[tuple[Any, ...]] = []
 
     def __enter__(self) -> FakeHost:
-        self.ledger_path.parent.mkdir(parents=True)  # the real one's lock creates it
+        self.ledger_path.parent.mkdir(parents=True, exist_ok=True)  # the real one's lock creates it
         self.ledger = Ledger(self.ledger_path)
         self.events.append(("up",))
         return self
@@ -306,5 +306,19 @@ def test_a_guest_whose_getty_systemd_gave_up_on_fails_at_once_with_that_line(tmp
         assert rv2.state is GuestState.failed, rv2.reason
         assert (rv2.reason or "").startswith("rv2: boot failed: [ TIME ] Timed out waiting for device "
                                              "dev-ttyS0.device"), rv2.reason
+        assert r.guests["rv1"].state is GuestState.ready
+    lab.run(scenario)
+
+
+def test_a_guest_without_a_network_manager_bridgelab_knows_fails_with_that_reason(tmp_path):
+    lab = Lab(tmp_path, two())
+    for g in lab.runner.plan.guests:  # the fake guests' state directories, before they boot
+        g.paths.dir.mkdir(parents=True, exist_ok=True)
+    (lab.runner.plan.guests[1].paths.dir / "manager").write_text("connman\n")
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv2 = r.guests["rv2"]
+        assert rv2.state is GuestState.failed and "unsupported network manager" in (rv2.reason or ""), rv2.reason
         assert r.guests["rv1"].state is GuestState.ready
     lab.run(scenario)

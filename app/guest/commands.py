@@ -149,6 +149,68 @@ def parse_addresses(output: str) -> list[ipaddress.IPv4Interface]:
     return [ipaddress.IPv4Interface(a) for a in _INET.findall(output)]
 
 
+def address_ok(live: list[ipaddress.IPv4Interface], cfg: NetConfig) -> bool:
+    """The NIC carries exactly the wanted address (a side NIC: any DHCP one)."""
+    return bool(live) if cfg.side_nic else live == [cfg.address]
+
+
+# ---------------------------------------------------------------- which manager
+
+NETWORK_MANAGER = "NetworkManager"
+NETWORKD = "systemd-networkd"
+# The first of the two that runs or is enabled; "none" when neither.
+_DETECT = ('for u in NetworkManager systemd-networkd; do '
+           'if systemctl is-active -q "$u" 2>/dev/null || [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ]; '
+           'then echo "manager=$u"; exit 0; fi; done; echo manager=none')
+
+
+def detect_manager_cmd() -> Argv:
+    return ["sh", "-c", _DETECT]
+
+
+def parse_manager(output: str) -> str:
+    found = re.findall(r"^manager=(\S+)$", output, re.MULTILINE)
+    return found[-1] if found and found[-1] in (NETWORK_MANAGER, NETWORKD) else "none"
+
+
+# ---------------------------------------------------------------- systemd-networkd
+
+NETWORKD_DIR = "/etc/systemd/network"
+
+
+def networkd_path(mac: str) -> str:
+    """Sorts before the distribution's own files (networkd uses the first match)."""
+    return f"{NETWORKD_DIR}/10-{profile_name(mac)}.network"
+
+
+def networkd_unit(cfg: NetConfig) -> list[str]:
+    """The .network file's lines: matched by MAC, a static address (or, on the
+    side NIC, DHCP that never takes the default route or DNS)."""
+    lines = ["# written by bridgelab", "[Match]", f"MACAddress={cfg.mac.lower()}", "", "[Network]"]
+    if cfg.side_nic:
+        return lines + ["DHCP=ipv4", "IPv6AcceptRA=no", "", "[DHCPv4]", "UseRoutes=false", "UseDNS=false"]
+    lines += [f"Address={cfg.address}"]
+    lines += [f"Gateway={cfg.gateway}"] if cfg.gateway else []
+    lines += [f"DNS={d}" for d in cfg.dns]
+    return lines + ["LinkLocalAddressing=no", "IPv6AcceptRA=no"]
+
+
+def read_file_cmd(path: str) -> Argv:
+    return ["sh", "-c", 'cat "$1" 2>/dev/null || true', "read", path]
+
+
+# Written whole and renamed into place: networkd never reads half a file.
+_WRITE = 'f=$1; shift; umask 022; printf "%s\\n" "$@" > "$f.tmp" && mv "$f.tmp" "$f"'
+
+
+def write_file_cmd(path: str, lines: list[str]) -> Argv:
+    return ["sh", "-c", _WRITE, "write", path, *lines]
+
+
+def networkd_apply_cmds(iface: str) -> list[Argv]:
+    return [["networkctl", "reload"], ["networkctl", "reconfigure", iface]]
+
+
 def route_get_cmd(ip: str) -> Argv:
     return ["ip", "-4", "route", "get", ip]
 

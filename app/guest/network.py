@@ -1,5 +1,7 @@
-"""Drive NetworkManager inside a guest through its shell (agent or console;
-commands from commands.py)."""
+"""A guest's network, through its shell (agent or console): configuration by
+the guest's own manager (nm.py for NetworkManager, networkd.py for
+systemd-networkd, detected in the guest), the check that the address is
+live, and the probes' ping, neighbour and route queries."""
 
 from __future__ import annotations
 
@@ -7,13 +9,10 @@ import ipaddress
 import logging
 
 from ..errors import NetworkConfigError
-from . import commands
+from . import commands, networkd, nm
 from .shell import Shell
 
 log = logging.getLogger(__name__)
-
-NMCLI_TIMEOUT = 120.0  # nmcli under TCG, first call starts D-Bus activation
-
 
 def find_iface(shell: Shell, mac: str) -> str:
     out = shell.check(commands.list_links_cmd())
@@ -24,43 +23,22 @@ def find_iface(shell: Shell, mac: str) -> str:
 
 
 def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
-    """Create or update the bridgelab profile for cfg.mac and bring it up.
-    Returns False when everything already matched (nothing was changed)."""
+    """Give the NIC with cfg.mac its address through the guest's own network
+    manager, and check it is live. False when everything already matched."""
     with shell.exclusive():
         iface = find_iface(shell, cfg.mac)
-        name = commands.profile_name(cfg.mac)
-        desired = commands.desired_settings(cfg)
-        shown = shell.run(commands.show_profile_cmd(name), NMCLI_TIMEOUT)
-        rc, out = shown.exit_code, shown.output
-        if shown.timed_out:
-            raise NetworkConfigError(f"nmcli did not answer within {NMCLI_TIMEOUT:.0f}s; is NetworkManager running?")
-        if rc == 10:  # nmcli: no such connection profile
-            shell.check(commands.add_cmd(name, desired), NMCLI_TIMEOUT)
-            changed = True  # a new profile is never active yet: no need to ask
-        elif rc == 0:
-            diff = commands.settings_diff(commands.parse_terse(out), desired)
-            if diff:
-                shell.check(commands.modify_cmd(name, diff), NMCLI_TIMEOUT)
-            changed = bool(diff) or not _active_with(shell, iface, name, cfg)
+        manager = commands.parse_manager(shell.check(commands.detect_manager_cmd()))
+        if manager == commands.NETWORK_MANAGER:
+            changed = nm.configure(shell, cfg, iface)
+        elif manager == commands.NETWORKD:
+            changed = networkd.configure(shell, cfg, iface)
         else:
-            raise NetworkConfigError(f"nmcli failed ({rc}); is NetworkManager running?\n"
-                                     f"{(out + (shown.stderr or '')).strip()}")
-        if changed:
-            shell.check(commands.up_cmd(name, iface), NMCLI_TIMEOUT)
+            raise NetworkConfigError("unsupported network manager: neither NetworkManager nor systemd-networkd "
+                                     "is enabled in the guest, and bridgelab configures guests through one of them")
         verify(shell, cfg, iface)
-        log.info("%s: %s on %s %s", shell.name, cfg.address, iface, "configured" if changed else "unchanged")
+        log.info("%s: %s on %s %s (%s)", shell.name, cfg.address, iface, "configured" if changed else "unchanged",
+                 manager)
         return changed
-
-
-def _active_with(shell: Shell, iface: str, name: str, cfg: commands.NetConfig) -> bool:
-    """Is `name` the active profile on `iface`, with exactly the wanted address live?"""
-    active = commands.parse_terse(shell.check(commands.active_profile_cmd(iface), NMCLI_TIMEOUT))
-    live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
-    return active.get("GENERAL.CONNECTION") == name and _address_ok(live, cfg)
-
-
-def _address_ok(live: list[ipaddress.IPv4Interface], cfg: commands.NetConfig) -> bool:
-    return bool(live) if cfg.side_nic else live == [cfg.address]
 
 
 def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None) -> str:
@@ -68,7 +46,7 @@ def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None) -> s
     a side NIC needs an address and must not carry a default route."""
     iface = iface or find_iface(shell, cfg.mac)
     live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
-    if not _address_ok(live, cfg):
+    if not commands.address_ok(live, cfg):
         expected = "a DHCP address" if cfg.side_nic else f"[{cfg.address}]"
         raise NetworkConfigError(f"{iface} has {[str(a) for a in live]}, expected {expected}")
     if cfg.side_nic:

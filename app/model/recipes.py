@@ -66,6 +66,7 @@ class Variant(BaseModel):
     add_packages: list[SafeStr] = Field(default_factory=list)
     remove_packages: list[SafeStr] = Field(default_factory=list)
     add_customize: list[SafeStr] = Field(default_factory=list)
+    arch: Arch | None = None
     hostname: SafeStr | None = None
     login: Login | None = None
     size: SafeStr | None = None

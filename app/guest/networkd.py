@@ -1,0 +1,47 @@
+"""systemd-networkd in the guest: one `.network` file per NIC, matched by its
+MAC (commands from commands.py). Cloud images often run networkd instead of
+NetworkManager."""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import NetworkConfigError
+from . import commands
+from .shell import Shell
+
+NETWORKCTL_TIMEOUT = 60.0
+SETTLE_TIMEOUT = 60.0  # `networkctl reconfigure` returns before the address is up
+
+
+def configure(shell: Shell, cfg: commands.NetConfig, iface: str) -> bool:
+    """Write the file when it differs, then have networkd apply it. Returns
+    False when the file was already right and the address already live."""
+    path = commands.networkd_path(cfg.mac)
+    lines = commands.networkd_unit(cfg)
+    current = shell.check(commands.read_file_cmd(path))
+    changed = current != "\n".join(lines) + "\n"
+    if changed:
+        shell.check(commands.write_file_cmd(path, lines))
+    live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
+    if not changed and commands.address_ok(live, cfg):
+        return False
+    for argv in commands.networkd_apply_cmds(iface):
+        shell.check(argv, NETWORKCTL_TIMEOUT)
+    _await_address(shell, cfg, iface)
+    return True
+
+
+def _await_address(shell: Shell, cfg: commands.NetConfig, iface: str) -> None:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
+        if commands.address_ok(live, cfg):
+            return
+        if time.monotonic() > deadline:
+            raise NetworkConfigError(f"systemd-networkd did not bring up {cfg.address or 'DHCP'} on {iface} "
+                                     f"within {SETTLE_TIMEOUT:.0f}s; {iface} has {[str(a) for a in live]}")
+        time.sleep(0.5)
+
+
+__all__ = ["configure"]
