@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -25,3 +26,20 @@ def start_serve(ns: str, tmp: Path, lab: Path, timeout: float = 10) -> tuple[sub
                              "--token-file", str(tmp / "api-token")],
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "wb"))
     return proc, httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://b", timeout=timeout)
+
+
+def wait_settled(api: httpx.Client, proc: subprocess.Popen[bytes], timeout: float) -> list[dict]:
+    """Every guest ready or failed (or the deadline): the guests as the API shows them."""
+    deadline = time.monotonic() + timeout
+    guests: list[dict] = []
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bridgelab serve exited with {proc.returncode}")
+        try:
+            guests = api.get("/guests").json()
+            if guests and all(g["state"] in ("ready", "failed") for g in guests):
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    return guests

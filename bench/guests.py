@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 from bridgelab.model import image_build, images
-from common import fresh_ns, start_serve
+from common import fresh_ns, start_serve, wait_settled
 
 
 def size_mib(d: Path) -> float:
@@ -43,16 +42,7 @@ def boot_once(image: str, idle: float) -> dict[str, Any]:
     t0 = time.time()
     proc, api = start_serve(ns, tmp, lab, timeout=600)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"serve exited: {(tmp / 'serve.log').read_text()[-2000:]}")
-            try:
-                g = api.get("/guests/g1").json()
-                if g["state"] in ("ready", "failed"):
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
+        [g] = wait_settled(api, proc, 1800)
         if g["state"] != "ready":
             raise SystemExit(f"{image}: {g['reason']}")
         out: dict[str, Any] = {"ready": g["timestamps"]["ready"] - t0}
