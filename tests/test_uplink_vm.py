@@ -29,7 +29,7 @@ from bridgelab.model import image_build
 
 from .conftest import netns, stop_process
 from .test_uplink import HOST_UP, LAN_HOST, LAN_ROUTER, host_state, hostile_firewall, ping, seen_source, sh
-from .test_vm import RunningLab, _wait_settled
+from .labrun import RunningLab, wait_settled
 
 pytestmark = pytest.mark.vm
 
@@ -97,7 +97,7 @@ def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, UplinkL
         started = {"nat": _start(stack, tmp_path_factory.mktemp("upnat"), NAT_LAB, "legacy"),
                    "proxy": _start(stack, tmp_path_factory.mktemp("upproxy"), PROXY_LAB, "nft")}
         for u in started.values():
-            _wait_settled(u.lab)
+            wait_settled(u.lab)
         yield started
 
 
