@@ -145,7 +145,7 @@ def run_mode(mode: str, variant: str, tmp: Path) -> dict[str, float]:
             teardown = timed(lambda: [sh(t.host, *c) for c in down])
         return {"setup_ms": setup, "teardown_ms": teardown, "rtt_ms": statistics.median(samples)}
     finally:
-        for ns in t.namespaces():
+        for ns in (*t.guests, t.host, t.lan):
             delete_netns(ns)
 
 

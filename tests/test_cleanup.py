@@ -46,7 +46,7 @@ def wait_settled(ns: str, tmp: Path, name: str = "t") -> dict[str, object]:
     while time.monotonic() < deadline:
         p = in_ns(ns, *CLI, "status", "--api", f"unix:{tmp}/{name}.sock", "--json")
         if p.returncode in (0, 1) and '"failed"' in p.stdout:
-            return json.loads(p.stdout)[0]  # type: ignore[no-any-return]
+            return json.loads(p.stdout)[0]
         time.sleep(0.2)
     raise AssertionError("the lab did not settle")
 

@@ -188,8 +188,8 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         links = lab_links()
         assert bridge not in links and not any(t in links for t in taps)
         assert rule_count() == 0 and f"bridgelab lab={lab_name}" not in saves()
-        again = sh(*run, env=env, check=False, cwd=ROOT)
-        assert again.returncode == 0 and "nothing to clean up" in again.stdout, again.stdout
+        second = sh(*run, env=env, check=False, cwd=ROOT)
+        assert second.returncode == 0 and "nothing to clean up" in second.stdout, second.stdout
 
         # From the clean host, up once more: the graceful `down` below must
         # then power both guests off cleanly.

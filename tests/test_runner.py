@@ -110,7 +110,7 @@ class Lab:
 
         def factory(p: GuestPlan, ledger: Ledger) -> GuestProcess:
             return FakeQemu(p, ledger, bin_dir, qa.get(p.name, []), ga.get(p.name, []))
-        self.runner = LabRunner(plan, source, shutdown_timeout=2.0, host=self.host,  # type: ignore[arg-type]
+        self.runner = LabRunner(plan, source, shutdown_timeout=2.0, host=self.host,
                                 process_factory=factory)
 
     def run(self, scenario: Callable[[LabRunner], Awaitable[None]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bridgelab.errors import SpecError
@@ -15,7 +16,7 @@ def lab(**over):
     data = {"name": "t", "bridge": {"name": "br0", "address": "10.198.101.114/24"},
             "guests": [{"name": "a", "image": "img"}, {"name": "b", "image": "img"}]}
     for path, value in over.items():
-        node = data
+        node: Any = data
         keys = path.split("__")
         for k in keys[:-1]:
             node = node[int(k)] if k.isdigit() else node[k]

@@ -1,4 +1,4 @@
-"""The code's own checks: types (mypy, with pydantic's plugin; settings in
+"""The code's own checks: types (mypy over app/, tests/ and bench/, with pydantic's plugin; settings in
 pyproject.toml) and lint (ruff). A wrong field name on a ledger entry or a
 request model fails here, in seconds, instead of in a VM test."""
 

@@ -53,7 +53,7 @@ class Topology:
 def topo() -> Iterator[Topology]:
     with contextlib.ExitStack() as stack:
         t = Topology(host=stack.enter_context(netns("blu-h")), lan=stack.enter_context(netns("blu-l")))
-        stack.callback(lambda: [delete_netns(g) for g in t.guests])
+        stack.callback(lambda: list(map(delete_netns, t.guests)))
         subprocess.run(["ip", "-n", t.host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
                         "netns", t.lan], check=True)
         for a in (f"{LAN_ROUTER}/24", f"{LAN_HOST}/24"):

@@ -15,11 +15,12 @@ sysctls and the routes are exactly as before.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import httpx
 import pytest
@@ -51,7 +52,7 @@ class UplinkLab:
 
     def exec(self, guest: str, *argv: str, timeout: float = 60) -> dict[str, object]:
         r = self.lab.api.post(f"/guests/{guest}/exec", json={"argv": list(argv), "timeout": timeout})
-        return r.raise_for_status().json()  # type: ignore[no-any-return]
+        return r.raise_for_status().json()
 
     def stop(self) -> None:
         if self.lab.proc.poll() is None:
@@ -59,7 +60,7 @@ class UplinkLab:
             assert self.lab.proc.returncode == 0, self.lab.log.read_text()[-3000:]
 
 
-def _start(stack: contextlib.ExitStack, tmp: Path, spec: dict[str, object], hostile_backend: str) -> UplinkLab:
+def _start(stack: contextlib.ExitStack[Any], tmp: Path, spec: Mapping[str, Any], hostile_backend: str) -> UplinkLab:
     """Everything made is handed to `stack` as soon as it exists, so a setup
     that fails halfway still removes it."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -80,9 +81,9 @@ def _start(stack: contextlib.ExitStack, tmp: Path, spec: dict[str, object], host
     sock, log = tmp / "api.sock", tmp / "serve.log"
     argv = ["ip", "netns", "exec", host, sys.executable, "-m", "bridgelab.cli", "serve",
             "--lab", str(lab_file), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s")]
-    env_free = {"env": {k: v for k, v in __import__("os").environ.items() if k != "BRIDGELAB_IPTABLES"}}
+    env = {k: v for k, v in os.environ.items() if k != "BRIDGELAB_IPTABLES"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **env_free)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     stack.callback(stop_process, proc, 120)
     api = stack.enter_context(httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://bridgelab",
                                            timeout=600))
