@@ -107,11 +107,13 @@ def mmdebstrap_argv(r: Recipe, rootdir: Path) -> list[str]:
              '--customize-hook=printf "%s\\n" "$BL_HOSTNAME" > "$1/etc/hostname"']
     argv += [f"--customize-hook={c}" for c in r.customize]
     if r.boot is RecipeBoot.uboot:
-        # u-boot-menu writes extlinux.conf for every installed kernel. No menu
-        # wait (prompt 0, timeout 0), root on the first partition, and no
-        # fdtdir: U-Boot passes on the device tree qemu generated.
+        # u-boot-menu writes extlinux.conf for every installed kernel: root on
+        # the first partition, no fdtdir (U-Boot passes on the device tree
+        # qemu generated) and the shortest menu wait that boots by itself.
+        # Debian's U-Boot 2023.01 waits forever at "Enter choice:" with
+        # `timeout 0`; `timeout 1` (a tenth of a second, rounded up) costs 1 s.
         argv += ['--customize-hook=printf \'%s\\n\' \'U_BOOT_ROOT="root=/dev/vda1"\' '
-                 '"U_BOOT_PARAMETERS=\\"$BL_APPEND\\"" \'U_BOOT_PROMPT="0"\' \'U_BOOT_TIMEOUT="0"\' '
+                 '"U_BOOT_PARAMETERS=\\"$BL_APPEND\\"" \'U_BOOT_PROMPT="0"\' \'U_BOOT_TIMEOUT="1"\' '
                  '\'U_BOOT_FDT_DIR="/no-fdt-"\' > "$1/etc/default/u-boot"',
                  '--customize-hook=chroot "$1" u-boot-update']
     argv += [r.suite, str(rootdir), r.mirror]

@@ -21,6 +21,7 @@ from ..errors import ImageError
 from .spec import Arch, Login, SafeStr, format_loc
 
 BUILDER_VERSION = "2"  # 2: partitioned disks for the U-Boot chain
+UBOOT_LAYOUT = "2"  # what the builder writes for boot: uboot (2: the menu waits 1 s, not forever)
 RECIPE = "recipe.yaml"
 Finder = Callable[[str], Path]  # a recipe name -> its directory
 # What goes into /etc/default/u-boot (a shell file u-boot-update sources) and
@@ -128,7 +129,9 @@ def recipe_key(recipe_dir: Path, find: Finder | None = None) -> str:
     base = _read(recipe_dir).get("base") if (recipe_dir / RECIPE).is_file() else None
     if isinstance(base, str) and find is not None:
         h.update(b"\0base\0" + recipe_key(find(base), find).encode())
+    if find is not None and load_recipe(recipe_dir, find).boot is RecipeBoot.uboot:
+        h.update(b"\0uboot\0" + UBOOT_LAYOUT.encode())
     return h.hexdigest()[:16]
 
 
-__all__ = ["BUILDER_VERSION", "RECIPE", "Recipe", "RecipeBoot", "Variant", "load_recipe", "recipe_key"]
+__all__ = ["BUILDER_VERSION", "RECIPE", "UBOOT_LAYOUT", "Recipe", "RecipeBoot", "Variant", "load_recipe", "recipe_key"]
