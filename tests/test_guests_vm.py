@@ -84,8 +84,8 @@ def test_x86_64_and_aarch64_are_ready_mesh_across_arches_and_run_commands(lab):
         assert (g[name]["state"], g[name]["ip"], g[name]["accel"]) == ("ready", ip, "tcg"), g[name]
         others = {"10.198.101.114", "10.198.101.1", "10.198.101.3", "10.198.101.4", "10.198.101.5"} - {ip}
         assert g[name]["mesh"] == dict.fromkeys(sorted(others), True), g[name]
-        r = exec_(lab, "uname", "-m", guest=name)
-        assert (r["exit_code"], r["output"], r["via"]) == (0, f"{arch}\n", "agent"), r
+        r = exec_(lab, "uname", "-m", guest=name)  # by agent or console: either must do
+        assert (r["exit_code"], r["output"]) == (0, f"{arch}\n"), r
         r = exec_(lab, "ping", "-c", "1", "-w", "5", "10.198.101.1", guest=name)
         assert r["exit_code"] == 0, r
     mesh = lab.api.post("/mesh").json()
