@@ -4,12 +4,16 @@
   OpenSBI -> U-Boot -> extlinux.conf from a partitioned disk, openEuler's
   console (banner, welcome script, prompt, a 30 s TMOUT) and no guest agent,
   so everything runs on the serial console;
-- oe2: the same image with a wrong password in the lab file;
-- x86: Debian x86_64 (q35, virtio-pci);
-- arm: Debian aarch64 (virt, -cpu max);
-- nd: Debian x86_64 run by systemd-networkd instead of NetworkManager.
+- arm: Debian aarch64 (virt, -cpu max) with NetworkManager and the agent;
+- nd: Debian x86_64 (q35, virtio-pci) run by systemd-networkd instead of
+  NetworkManager (the variant of the debian-x86_64 recipe).
 
-The x86_64 guests run `accel: tcg` explicitly: this build VM has /dev/kvm, but nested KVM
+Three guests, because every TCG boot costs this 2-core machine minutes and
+the whole suite must fit CI's time: a wrong password and idle logouts before
+a reboot are covered against a scripted openEuler console in the pure tier
+(test_console.py, test_runner.py).
+
+nd runs `accel: tcg` explicitly: this build VM has /dev/kvm, but nested KVM
 hangs its guests, and `auto` would pick it for the native arch.
 """
 
@@ -32,14 +36,10 @@ TMOUT = 30  # images/openeuler-like-riscv64/tmout.sh
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     if os.geteuid() != 0:
         pytest.fail("VM tests need root")
-    for image in ("openeuler-like-riscv64", "debian-x86_64", "debian-aarch64", "debian-x86_64-networkd"):
+    for image in ("openeuler-like-riscv64", "debian-aarch64", "debian-x86_64-networkd"):
         image_build.build_image(image)  # a no-op when the cache already has it
     spec = {"name": "mixed", "bridge": {"name": "br0", "address": "10.198.101.114/24"},
             "guests": [{"name": "oe1", "arch": "riscv64", "image": "openeuler-like-riscv64", "ip": "10.198.101.1"},
-                       {"name": "oe2", "arch": "riscv64", "image": "openeuler-like-riscv64", "ip": "10.198.101.2",
-                        "login": {"user": "root", "password": "not-the-password"}},
-                       {"name": "x86", "arch": "x86_64", "image": "debian-x86_64", "ip": "10.198.101.3",
-                        "accel": "tcg"},
                        {"name": "arm", "arch": "aarch64", "image": "debian-aarch64", "ip": "10.198.101.4"},
                        {"name": "nd", "arch": "x86_64", "image": "debian-x86_64-networkd", "ip": "10.198.101.5",
                         "accel": "tcg"}]}
@@ -64,34 +64,26 @@ def console_log(lab: RunningLab, name: str) -> str:
 def test_it_boots_through_opensbi_and_u_boot_and_is_ready(lab):
     g = lab.guests()["oe1"]
     assert (g["state"], g["ip"]) == ("ready", "10.198.101.1"), g
-    assert g["mesh"] == {"10.198.101.114": True, "10.198.101.3": True, "10.198.101.4": True,
-                         "10.198.101.5": True}  # oe2 failed: not a peer
+    assert g["mesh"] == {"10.198.101.114": True, "10.198.101.4": True, "10.198.101.5": True}
     log = console_log(lab, "oe1")
     assert log.index("OpenSBI") < log.index("U-Boot") < log.index("/boot/extlinux/extlinux.conf")
     assert "Authorized users only" in log and "openeuler-riscv64 login:" in log
     assert lab.host_ping("10.198.101.1")
 
 
-def test_a_wrong_password_fails_the_guest_after_exactly_one_attempt(lab):
-    g = lab.guests()["oe2"]
-    assert g["state"] == "failed" and "not tried again" in g["reason"], g
-    assert transcript(lab, "oe2").count("[bridgelab] login as root") == 1
-
-
 def test_x86_64_and_aarch64_are_ready_mesh_across_arches_and_run_commands(lab):
     g = lab.guests()
-    for name, arch, ip in (("x86", "x86_64", "10.198.101.3"), ("arm", "aarch64", "10.198.101.4")):
+    for name, arch, ip in (("nd", "x86_64", "10.198.101.5"), ("arm", "aarch64", "10.198.101.4")):
         assert (g[name]["state"], g[name]["ip"], g[name]["accel"]) == ("ready", ip, "tcg"), g[name]
-        others = {"10.198.101.114", "10.198.101.1", "10.198.101.3", "10.198.101.4", "10.198.101.5"} - {ip}
+        others = {"10.198.101.114", "10.198.101.1", "10.198.101.4", "10.198.101.5"} - {ip}
         assert g[name]["mesh"] == dict.fromkeys(sorted(others), True), g[name]
         r = exec_(lab, "uname", "-m", guest=name)  # by agent or console: either must do
         assert (r["exit_code"], r["output"]) == (0, f"{arch}\n"), r
         r = exec_(lab, "ping", "-c", "1", "-w", "5", "10.198.101.1", guest=name)
         assert r["exit_code"] == 0, r
     mesh = lab.api.post("/mesh").json()
-    assert mesh["skipped"] == ["oe2"], mesh
-    assert {p["target"] for p in mesh["pairs"] if not p["ok"]} == {"oe2"}, mesh  # only the failed guest
-    assert len([p for p in mesh["pairs"] if p["ok"]]) == 4 * 4, mesh  # host and three peers, from each of four
+    assert mesh["ok"] and not mesh["skipped"], mesh
+    assert len(mesh["pairs"]) == 3 * 3, mesh  # the host and two peers, from each of three
 
 
 def test_a_networkd_guest_gets_its_address_from_a_network_file_and_can_move(lab):
@@ -134,8 +126,7 @@ def test_put_network_on_the_console(lab):
     assert lab.host_ping("10.198.101.50")
 
 
-def test_reboot_after_an_idle_logout(lab):
-    time.sleep(TMOUT + 5)
+def test_reboot_through_the_firmware_chain(lab):
     r = lab.api.post("/guests/oe1/reboot")
     assert r.status_code == 200, r.text
     g = r.json()
