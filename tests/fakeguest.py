@@ -146,6 +146,8 @@ class Getty:
         env = {**os.environ, "HOSTNAME": self.hostname}
         subprocess.run(["bash", "--noprofile", "--rcfile", str(rcfile), "-i"], env=env)
         self.record("logout")
+        if self.a.password_after_logout:  # someone ran passwd in the guest
+            self.a.password = self.a.password_after_logout
         # The shell is gone; take the terminal back, as the next getty would.
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         with contextlib.suppress(OSError):  # not our controlling terminal (under fakeqemu)
@@ -164,6 +166,7 @@ def main() -> None:
     ap.add_argument("--tmout", type=int, default=0, help="the shell logs out after this many idle seconds")
     ap.add_argument("--lockout", type=float, default=0.0, help="refuse every login for this long after 3 failures")
     ap.add_argument("--attempts", help="append each user name, password and logout seen to this file")
+    ap.add_argument("--password-after-logout", help="the password changes once the first session ends")
     ap.add_argument("--getty-fails", action="store_true",
                     help="systemd gives up on ttyS0 (as seen with 8 guests on 2 cores) and no prompt ever comes")
     a = ap.parse_args()

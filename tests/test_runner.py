@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 from bridgelab.api.schemas import AddGuest, ExecRequest, NetworkRequest
-from bridgelab.errors import GuestBusy
+from bridgelab.errors import GuestBusy, LoginIncorrect
 from bridgelab.guest.process import GuestProcess
 from bridgelab.host import firewall
 from bridgelab.host.ledger import Ledger, ProcessEntry
@@ -322,3 +322,25 @@ def test_a_guest_without_a_network_manager_bridgelab_knows_fails_with_that_reaso
         assert rv2.state is GuestState.failed and "unsupported network manager" in (rv2.reason or ""), rv2.reason
         assert r.guests["rv1"].state is GuestState.ready
     lab.run(scenario)
+
+
+def test_a_password_refused_at_a_re_login_fails_the_guest_after_one_attempt(tmp_path):
+    """The password changed in the guest, then the shell logged out: the next
+    exec logs in once, is refused, and the guest fails saying why."""
+    attempts = tmp_path / "attempts"
+    lab = Lab(tmp_path, [{"name": "rv1", "ip": "10.198.101.10"}],
+              guest_args={"rv1": ["--tmout", "2", "--password-after-logout", "changed", "--attempts", str(attempts)]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv1 = r.guests["rv1"]
+        assert rv1.state is GuestState.ready, rv1.reason
+        await asyncio.sleep(2.5)
+        with pytest.raises(LoginIncorrect):
+            await r.exec("rv1", ExecRequest(argv=["true"]))
+        assert rv1.state is GuestState.failed and "not tried again" in (rv1.reason or ""), rv1.reason
+        with pytest.raises(GuestBusy):
+            await r.exec("rv1", ExecRequest(argv=["true"]))
+    lab.run(scenario)
+    seen = attempts.read_text().splitlines()
+    assert seen[seen.index("logout"):].count("password") == 1, seen

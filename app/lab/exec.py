@@ -3,7 +3,7 @@ the console). Queued per guest; guests run in parallel."""
 
 from __future__ import annotations
 
-from ..errors import GuestBusy
+from ..errors import GuestBusy, LoginIncorrect
 from .context import LabContext
 from .reports import ExecResult
 from .requests import ExecRequest
@@ -19,7 +19,14 @@ class Exec:
             shell = self.ctx.require_shell(g)
             if g.op_lock.locked():
                 raise GuestBusy(f"guest {name} is busy with a network change, reboot or stop")
-            r = await self.ctx.in_thread(shell.run, list(req.argv), req.timeout, req.max_output)
+            try:
+                r = await self.ctx.in_thread(shell.run, list(req.argv), req.timeout, req.max_output)
+            except LoginIncorrect as e:
+                # The guest ended the session and refused the password when
+                # the console logged in again: it cannot be driven any more.
+                g.fail_from(e)
+                self.ctx.check_settled()
+                raise
         return ExecResult(exit_code=r.exit_code, output=r.output, stderr=r.stderr, timed_out=r.timed_out,
                           truncated=r.truncated, duration=r.duration, via=r.via)
 
