@@ -145,6 +145,11 @@ class GuestShell(Shell):
         self._agent_failed_at = 0.0
         self.via = Via.console
 
+    def reprobe_agent(self) -> None:
+        """Ask the agent again at the next command: a guest that just became
+        ready has its agent running now even if it did not answer at login."""
+        self._agent_failed_at = 0.0
+
     def _agent_usable(self) -> AgentShell | None:
         if self.agent is None:
             return None

@@ -138,6 +138,7 @@ class Lifecycle:
             g.fail(f"cannot reach {', '.join(unreachable)} from {g.plan.ip.ip}")
         else:
             g.stage("mesh_verified")
+            g.shell.reprobe_agent()
             g.enter(GuestState.ready)
         self._announce_once()
 
