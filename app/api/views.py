@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..guest.console import strip_escapes
+from ..guest.session import strip_escapes
 from ..guest.process import tail
 from ..lab.guest_runtime import GuestRuntime
 from ..lab.runner import LabRunner

@@ -1,8 +1,8 @@
 """Serial console automation with pexpect.
 
 A `Console` wraps any pexpect spawn object (a unix-socket fd for real guests,
-a pty for tests). It logs in with a small state machine, puts the shell into
-a parseable state, and runs commands whose output and exit code come back
+a pty for tests). Its session (session.py) logs in and keeps a prepared
+shell; on it the console runs commands whose output and exit code come back
 between split markers. One user at a time: every public method holds a lock.
 """
 
@@ -13,62 +13,17 @@ import re
 import secrets
 import shlex
 import socket
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, TextIO
+from typing import Callable, Iterator, TextIO
 
 import pexpect
 
-from ..errors import (BootFailed, ConsoleClosed, ConsoleError, ConsoleTimeout, GuestCommandFailed, GuestCommandTimeout,
-                      LoginIncorrect)
+from ..errors import ConsoleClosed, ConsoleError, ConsoleTimeout, GuestCommandFailed, GuestCommandTimeout
 from .console_stream import Pump, PumpSpawn
+from .session import RELOGIN_TIMEOUT, Session, split_marker, strip_escapes
 
 log = logging.getLogger(__name__)
-
-# CSI, OSC (BEL or ST terminated), DCS/APC/PM/SOS strings, and two-byte escapes.
-# Debian sid's systemd wraps every command in OSC 3008 and agetty sends DCS
-# queries, so all of these really occur on a serial console.
-_ESCAPES = re.compile(
-    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
-    r"|\x1b[P_^X][^\x1b]*(?:\x1b\\)?"
-    r"|\x1b\[[0-?]*[ -/]*[@-~]"
-    r"|\x1b[ -/]*[0-~]"
-)
-_OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-# At the start of a line, and not the "Last login: ..." line that many
-# distributions (openEuler among them) print after a successful login.
-LOGIN_PROMPT = r"(?m)^(?!Last\b)[\w.-]+ login: "
-PASSWORD_PROMPT = r"[Pp]assword: "
-LOGIN_INCORRECT = r"Login incorrect"
-# Any usual shell prompt; only believed once a password has been sent.
-SHELL_PROMPT = r"[#$] (?:\x1b\[\?2004h)?"
-# Lines after which no login prompt will ever come: the guest fails at once,
-# with the line as its reason, instead of at the boot deadline.
-BOOT_FAILED = (r"[^\r\n]*(?:Dependency failed for [^\r\n]*getty|Timed out waiting for device [^\r\n]*tty"
-               r"|Gave up waiting for root (?:file system )?device|Kernel panic - not syncing"
-               r"|You are in emergency mode|Cannot open access to console, the root account is locked"
-               r"|Failed to mount /sysroot|ALERT! [^\r\n]* does not exist)[^\r\n]*\r*\n")
-# A session the guest ended is logged into again within this budget (a slow
-# welcome script under TCG included); the probe newline is re-sent this often
-# while getty restarts.
-RELOGIN_TIMEOUT = 120.0
-PROBE_RESEND = 5.0
-
-
-def strip_escapes(text: str) -> str:
-    """Terminal escape sequences out, CRLF normalised, stray controls dropped."""
-    text = _ESCAPES.sub("", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _OTHER_CONTROLS.sub("", text)
-
-
-def split_marker(tag: str) -> str:
-    """Shell text that prints `tag` but whose own echo does not contain it."""
-    half = len(tag) // 2
-    return f"'{tag[:half]}''{tag[half:]}'"
 
 
 def wrap_command(command: str, tag: str, cap: int | None = None) -> str:
@@ -87,31 +42,12 @@ def result_pattern(tag: str) -> re.Pattern[str]:
     return re.compile(rf"B{tag}\r?\n(.*?)E{tag} (\d+)\r?\n", re.DOTALL)
 
 
-def setup_line(prompt_tag: str) -> str:
-    """Make the shell parseable: no echo, no colours or pagers, no OSC 3008
-    context hooks, no bracketed paste, quiet kernel, a unique prompt."""
-    return ("stty -echo; unset PROMPT_COMMAND PS0 HISTFILE; "
-            "export TERM=dumb PAGER=cat SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 NO_COLOR=1 LC_ALL=C; "
-            "bind 'set enable-bracketed-paste off' 2>/dev/null; dmesg -n 1 2>/dev/null; "
-            f"PS2=''; PS1={split_marker(prompt_tag)}'# '; printf '%s\\n' {split_marker('S' + prompt_tag)}")
-
-
-class Console:
+class Console(Session):
     def __init__(self, child: pexpect.spawnbase.SpawnBase, name: str = "guest",
                  transcript: TextIO | None = None, closer: Callable[[], None] | None = None):
-        self.child = child
-        self.name = name
-        self._lock = threading.RLock()
+        super().__init__(child, name, transcript)
         self._closer = closer
-        self._prompt_tag = "BL" + secrets.token_hex(4)
         self._pump: Pump | None = None
-        self._ready = False
-        self._credentials: tuple[str, str] | None = None
-        self._refused: str | None = None  # why the guest refused our login: never tried again
-        self.relogins = 0  # sessions the guest ended that were logged into again
-        if transcript is not None:
-            child.logfile_read = transcript
-        self.transcript = transcript
 
     # ------------------------------------------------------------ plumbing
 
@@ -161,159 +97,7 @@ class Console:
         with self._lock:
             yield self
 
-    def _note(self, text: str) -> None:
-        if self.transcript:
-            self.transcript.write(f"\n[bridgelab] {text}\n")
-            self.transcript.flush()
-
-    def _tail(self) -> str:
-        before = self.child.before if isinstance(self.child.before, str) else ""
-        return strip_escapes(before)[-400:]
-
-    def _send(self, text: str) -> None:
-        # Serial consoles want CR, like a terminal's Enter key.
-        self.child.send(text + "\r")
-
-    # ------------------------------------------------------------ login
-
-    def login(self, user: str, password: str, timeout: float, idle: float = 8.0,
-              on_login_prompt: Callable[[], None] | None = None) -> None:
-        """Drive getty/login until a shell prompt, then prepare the shell.
-
-        Sends a newline whenever the console stays quiet for `idle` seconds
-        before a password was sent (getty re-prints its prompt). A second
-        password prompt, or 'Login incorrect', means bad credentials: the
-        password is never sent again on this console (guests lock accounts
-        after a few failures, and each attempt lands in their auth log).
-        The credentials are kept to log in again when the guest ends the
-        session (see `_ensure_shell`)."""
-        with self._lock:
-            self._credentials = (user, password)
-            self._login(time.monotonic() + timeout, idle, on_login_prompt, at_login_prompt=False)
-
-    def _login(self, deadline: float, idle: float, on_login_prompt: Callable[[], None] | None,
-               at_login_prompt: bool) -> None:
-        if self._refused:
-            raise LoginIncorrect(self._refused)
-        assert self._credentials is not None
-        user, password = self._credentials
-        budget = deadline - time.monotonic()
-        self._ready = False
-        sent_user = sent_password = False
-        if at_login_prompt:  # the caller just matched the prompt: answer it
-            self._note(f"login as {user}")
-            self._send(user)
-            sent_user = True
-        patterns = [LOGIN_PROMPT, PASSWORD_PROMPT, LOGIN_INCORRECT, SHELL_PROMPT, pexpect.TIMEOUT, pexpect.EOF,
-                    BOOT_FAILED]
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConsoleTimeout(f"{self.name}: no shell after {budget:.0f}s on the console; "
-                                     f"last output: {self._tail()!r}")
-            i = self.child.expect(patterns, timeout=min(idle * (4 if sent_password else 1), remaining))
-            if i == 0:
-                if sent_password:
-                    self._refuse(f"{self.name}: login as {user!r} was refused (login prompt again)")
-                if on_login_prompt:
-                    on_login_prompt()
-                self._note(f"login as {user}")
-                self._send(user)
-                sent_user = True
-            elif i == 1:
-                if sent_password:
-                    self._refuse(f"{self.name}: login as {user!r} was refused (password asked twice)")
-                if not sent_user:  # someone else's half-finished login: start over
-                    self._send("")
-                    continue
-                self._send(password)
-                sent_password = True
-            elif i == 2:
-                if sent_user:
-                    self._refuse(f"{self.name}: 'Login incorrect' for user {user!r}; check the login password "
-                                 f"(not tried again: guests lock an account after a few failures)")
-            elif i == 3:
-                if sent_password:
-                    break
-            elif i == 4:
-                self._send("")
-            elif i == 5:
-                raise ConsoleClosed(f"{self.name}: console closed while logging in (did qemu exit?)")
-            else:
-                line = strip_escapes(str(self.child.after)).strip()
-                self._note(f"boot failed: {line}")
-                raise BootFailed(f"{self.name}: boot failed: {line}")
-        self._prepare_shell(max(deadline - time.monotonic(), 30.0))
-
-    def _refuse(self, why: str) -> NoReturn:
-        self._refused = why
-        self._ready = False
-        raise LoginIncorrect(why)
-
-    def _ensure_shell(self, timeout: float) -> None:
-        """Before anything is typed: make sure our shell is still there.
-
-        A newline answers with our prompt when it is. When the guest ended
-        the session (TMOUT, a getty restart, a reboot from inside, a `logout`
-        typed on an attached console) getty answers with its login prompt
-        instead: log in again with the same credentials and prepare the
-        shell, so a command is never typed into a login or password prompt."""
-        if self._refused:
-            raise LoginIncorrect(self._refused)
-        if self._credentials is None:
-            raise ConsoleError(f"{self.name}: not logged in")
-        self._drain()
-        deadline = time.monotonic() + timeout
-        patterns = [re.escape(f"{self._prompt_tag}# "), LOGIN_PROMPT, PASSWORD_PROMPT, pexpect.TIMEOUT, pexpect.EOF]
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._ready = False
-                raise ConsoleTimeout(f"{self.name}: neither the shell nor a login prompt answered within "
-                                     f"{timeout:.0f}s; last output: {self._tail()!r}")
-            self._send("")
-            i = self.child.expect(patterns, timeout=min(PROBE_RESEND, remaining))
-            if i == 0:
-                self._ready = True
-                return
-            if i == 1:
-                self._note("the shell is gone (logged out?): logging in again")
-                log.info("%s: the guest ended the console session; logging in again", self.name)
-                self.relogins += 1
-                self._login(time.monotonic() + max(remaining, RELOGIN_TIMEOUT), 8.0, None, at_login_prompt=True)
-                return
-            if i == 2:  # someone else's half-finished login; the newline above ends it
-                continue
-            if i == 4:
-                self._ready = False
-                raise ConsoleClosed(f"{self.name}: console closed (did qemu exit?)")
-
-    def _prepare_shell(self, timeout: float) -> None:
-        tag = self._prompt_tag
-        self._send(setup_line(tag))
-        i = self.child.expect([f"S{tag}\r?\n", LOGIN_INCORRECT, pexpect.TIMEOUT, pexpect.EOF], timeout=timeout)
-        if i == 1:
-            raise LoginIncorrect(f"{self.name}: 'Login incorrect'; check the login password")
-        if i != 0:
-            raise ConsoleTimeout(f"{self.name}: shell did not answer the setup line; last output: {self._tail()!r}")
-        self._expect_prompt(timeout)
-        self._ready = True
-
-    def _expect_prompt(self, timeout: float) -> None:
-        i = self.child.expect_exact([f"{self._prompt_tag}# ", pexpect.TIMEOUT, pexpect.EOF], timeout=timeout)
-        if i != 0:
-            raise ConsoleTimeout(f"{self.name}: no prompt after {timeout:.0f}s; last output: {self._tail()!r}")
-
     # ------------------------------------------------------------ commands
-
-    def _drain(self) -> None:
-        """Discard whatever arrived while nobody was reading (late kernel lines)."""
-        try:
-            while True:
-                self.child.read_nonblocking(65536, timeout=0)
-        except (pexpect.TIMEOUT, pexpect.EOF):
-            pass
-        self.child.buffer = self.child.string_type()
 
     def run(self, command: str, timeout: float = 60.0, cap: int | None = None) -> tuple[int, str]:
         """Run one shell command; return (exit code, output with escapes stripped).
