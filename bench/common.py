@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -43,3 +44,13 @@ def wait_settled(api: httpx.Client, proc: subprocess.Popen[bytes], timeout: floa
             pass
         time.sleep(0.25)
     return guests
+
+
+def stop_serve(proc: subprocess.Popen[bytes], api: httpx.Client, ns: str, tmp: Path, timeout: float = 300) -> None:
+    """SIGTERM the daemon this bench started (its guests power off), then
+    remove the namespace and the scratch directory."""
+    proc.terminate()
+    proc.wait(timeout)
+    api.close()
+    subprocess.run(["ip", "netns", "del", ns], check=False)
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -15,9 +15,7 @@ over --reps. --build times a forced build of each image first.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import yaml
 from bridgelab.model import image_build, images
-from common import fresh_ns, start_serve, wait_settled
+from common import fresh_ns, start_serve, stop_serve, wait_settled
 
 
 def size_mib(d: Path) -> float:
@@ -58,11 +56,7 @@ def boot_once(image: str, idle: float) -> dict[str, Any]:
             out["via"] = after["via"]
         return out
     finally:
-        proc.terminate()
-        proc.wait(120)
-        api.close()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_serve(proc, api, ns, tmp)
 
 
 def main() -> None:

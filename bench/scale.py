@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 from bridgelab.model import image_build
-from common import fresh_ns, start_serve, wait_settled
+from common import fresh_ns, start_serve, stop_serve, wait_settled
 
 
 def main() -> None:
@@ -48,11 +46,7 @@ def main() -> None:
             if g["state"] != "ready":
                 print(f"  {g['name']}: {g['state']}: {g['reason']}")
     finally:
-        proc.terminate()
-        proc.wait(300)
-        api.close()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_serve(proc, api, ns, tmp)
 
 
 if __name__ == "__main__":
