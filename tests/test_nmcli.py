@@ -7,7 +7,7 @@ import shlex
 import subprocess
 
 from bridgelab.guest import commands
-from bridgelab.guest.shell import ConsoleShell
+from bridgelab.guest.shell import render
 
 IP_LINK = (
     "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\"
@@ -67,7 +67,7 @@ def test_commands_are_argv_with_every_value_one_element():
     assert add[add.index("802-3-ethernet.mac-address") + 1] == "02:11:22:33:44:55".upper()
     assert commands.up_cmd("name; reboot", "eth0") == ["nmcli", "connection", "up", "name; reboot", "ifname", "eth0"]
     # What the console backend types for it: one word per element, nothing interpreted.
-    assert shlex.split(ConsoleShell.line(commands.up_cmd("name; reboot", "eth0")))[3] == "name; reboot"
+    assert shlex.split(render(commands.up_cmd("name; reboot", "eth0")))[3] == "name; reboot"
 
 
 def test_the_ping_script_takes_its_targets_as_arguments(tmp_path):

@@ -109,14 +109,10 @@ class ConsoleShell(Shell):
         self.console = console
         self.name = console.name
 
-    @staticmethod
-    def line(argv: Sequence[str]) -> str:
-        return render(argv)
-
     def run(self, argv: Sequence[str], timeout: float = 60.0, max_output: int = MAX_OUTPUT) -> ShellResult:
         t0 = time.monotonic()
         try:
-            rc, out = self.console.run(self.line(argv), timeout, max_output)
+            rc, out = self.console.run(render(argv), timeout, max_output)
         except GuestCommandTimeout:  # the command's own; no shell to run it in raises on
             return ShellResult(exit_code=None, output="", stderr=None, timed_out=True, truncated=False,
                                duration=time.monotonic() - t0, via=self.via)
