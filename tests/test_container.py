@@ -85,9 +85,11 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
     bridge = f"{lab_name}-br"
     lab_dir = tmp_path / "lab"
     lab_dir.mkdir()
+    # One guest: the lab boots three times here, and guest to guest across
+    # the bridge is the same kernel path as outside a container (tests/test_vm.py).
     (lab_dir / "lab.yaml").write_text(
         f"name: {lab_name}\nbridge: {{name: {bridge}, address: 10.213.77.1/24}}\n"
-        "guests:\n  - {name: rv1, image: debian-riscv64}\n  - {name: rv2, image: debian-riscv64}\n")
+        "guests:\n  - {name: rv1, image: debian-riscv64}\n")
     env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(img_dir), "BRIDGELAB_LAB_DIR": str(lab_dir),
            "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": lab_name}
     env.pop("XTABLES_LOCKFILE", None)  # the container must use the host's own lock, as for users
@@ -141,10 +143,8 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
 
         guests = up_until_settled()
         logs = sh(*compose, "logs", "--no-color", env=env, check=False, cwd=ROOT).stdout
-        assert [g["state"] for g in guests] == ["ready", "ready"], logs[-4000:]
-        by = {g["name"]: g for g in guests}
-        assert by["rv1"]["mesh"] == {"10.213.77.1": True, by["rv2"]["ip"]: True}
-        assert by["rv2"]["mesh"] == {"10.213.77.1": True, by["rv1"]["ip"]: True}
+        assert [g["state"] for g in guests] == ["ready"], logs[-4000:]
+        assert guests[0]["mesh"] == {"10.213.77.1": True}
         for g in guests:
             assert sh("ping", "-n", "-q", "-c", "1", "-w", "5", g["ip"], check=False).returncode == 0
         assert f"lab {lab_name} ready: rv1 " in logs
@@ -161,7 +161,7 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         sh(*compose, "kill", env=env, cwd=ROOT)
         assert bridge in lab_links()
         again = up_until_settled()
-        assert [g["state"] for g in again] == ["ready", "ready"]
+        assert [g["state"] for g in again] == ["ready"]
         assert [g["ip"] for g in again] == [g["ip"] for g in guests]
         assert rule_count() in (0, 1)
         links = lab_links()
@@ -192,9 +192,9 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         assert second.returncode == 0 and "nothing to clean up" in second.stdout, second.stdout
 
         # From the clean host, up once more: the graceful `down` below must
-        # then power both guests off cleanly.
+        # then power the guest off cleanly.
         again = up_until_settled()
-        assert [g["state"] for g in again] == ["ready", "ready"]
+        assert [g["state"] for g in again] == ["ready"]
     except BaseException:
         sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
         raise
@@ -205,7 +205,7 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         links = lab_links()
         assert bridge not in links and not any(t in links for t in taps)
         assert rule_count() == 0 and f"bridgelab lab={lab_name}" not in saves()
-        for name in ("rv1", "rv2"):  # guests powered off cleanly: overlays must check clean
+        for name in ("rv1",):  # powered off cleanly: overlays must check clean
             check = sh(DOCKER, "run", "--rm", "--network", "none", "-v", f"{lab_name}_bridgelab-state:/s",
                        "-v", f"{img_dir}:/var/lib/bridgelab/images:ro", "--entrypoint", "qemu-img",
                        image, "check", f"/s/{lab_name}/guests/{name}/overlay.qcow2", check=False)
