@@ -333,19 +333,6 @@ def test_add_stop_start_a_guest_at_runtime(lab):
     assert r["exit_code"] == 0, "a started guest boots the disk it had"
 
 
-def test_daemon_restart_brings_back_the_lab_as_last_declared(lab):
-    before = lab.guests()
-    lab.restart()
-    wait_settled(lab)
-    after = lab.guests()
-    assert set(after) == {"rv1", "rv2", "broken", "rv3"}
-    for name in ("rv1", "rv2", "rv3"):
-        assert after[name]["state"] == "ready", after[name]
-        assert (after[name]["ip"], after[name]["mac"], after[name]["tap"]) == \
-            (before[name]["ip"], before[name]["mac"], before[name]["tap"])
-    assert after["rv2"]["ip"] == "10.198.101.50"  # the runtime network change, not the lab file's .2
-
-
 def test_remove_a_guest_powers_it_down_and_removes_its_tap(lab):
     g = lab.guests()["rv3"]
     assert lab.api.delete("/guests/rv3").status_code == 204
@@ -354,6 +341,21 @@ def test_remove_a_guest_powers_it_down_and_removes_its_tap(lab):
     assert lab.api.get("/guests/rv3").status_code == 404
     assert not (lab.state / "guests" / "rv3").exists()
     assert "rv3" not in (lab.state / "declared.json").read_text()
+
+
+def test_daemon_restart_brings_back_the_lab_as_last_declared(lab):
+    before = lab.guests()
+    lab.restart()
+    wait_settled(lab)
+    after = lab.guests()
+    # rv3, removed before the restart, stays removed (the crash tier brings
+    # back a runtime addition; a removal first spares this 2-core machine a boot).
+    assert set(after) == {"rv1", "rv2", "broken"}
+    for name in ("rv1", "rv2"):
+        assert after[name]["state"] == "ready", after[name]
+        assert (after[name]["ip"], after[name]["mac"], after[name]["tap"]) == \
+            (before[name]["ip"], before[name]["mac"], before[name]["tap"])
+    assert after["rv2"]["ip"] == "10.198.101.50"  # the runtime network change, not the lab file's .2
 
 
 def test_a_qemu_crash_fails_only_that_guest(lab):
