@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 import yaml
-from bridgelab.model import image_build
+from bridgelab.model import image_build, images
 
 from .conftest import links_in
 from .labrun import RunningLab, running_lab, wait_settled
@@ -40,6 +40,32 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
                            "qemu_args": ["-device", "no-such-device"]})
     with running_lab(tmp, spec, "blvm") as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def user_image(lab) -> Iterator[str]:
+    """An image as a user brings one: `bridgelab image add` of a disk, a kernel
+    and an initrd (the files of our own debian-riscv64 build, read in place),
+    under a name of its own; `image remove` forgets it again (the files stay)."""
+    name = f"user-riscv64-{os.getpid()}"
+    built = images.built_dir("debian-riscv64")
+    added_root = images.cache_dir() / images.ADDED
+    had_added_dir = added_root.exists()
+    bl = [sys.executable, "-m", "bridgelab.cli", "image"]
+    p = subprocess.run([*bl, "add", name, "--arch", "riscv64", "--disk", str(built / "disk.qcow2"),
+                        "--kernel", str(built / "vmlinuz"), "--initrd", str(built / "initrd.img"),
+                        "--login", "root:bridgelab", "--append", "root=/dev/vda rw console=ttyS0 quiet"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    try:
+        listed = subprocess.run([*bl, "list"], capture_output=True, text=True, check=True).stdout
+        assert any(ln.split()[:2] == [name, "riscv64"] and {"added", "ok"} <= set(ln.split())
+                   for ln in listed.splitlines()), listed
+        yield name
+    finally:
+        subprocess.run([*bl, "remove", name], capture_output=True, check=False)
+        if not had_added_dir and added_root.exists() and not any(added_root.iterdir()):
+            added_root.rmdir()
 
 
 def test_guests_come_up_ready_and_a_broken_one_fails_alone(lab):
@@ -308,8 +334,9 @@ def test_mesh_check_explains_each_failure_by_layer(lab):
     assert pairs[("rv1", "rv2")]["ok"] and pairs[("rv2", "rv1")]["ok"]
 
 
-def test_add_stop_start_a_guest_at_runtime(lab):
-    r = lab.api.post("/guests", json={"name": "rv3", "image": "debian-riscv64"})
+def test_add_stop_start_a_guest_at_runtime(lab, user_image):
+    # The added guest runs an image from a user's files, after one `image add`.
+    r = lab.api.post("/guests", json={"name": "rv3", "image": user_image})
     assert r.status_code == 201, r.text
     g = r.json()
     assert g["tap"] in links_in(lab.ns) and g["ip"] == "10.198.101.2"  # rv2 moved to .50: .2 is free again
