@@ -31,12 +31,12 @@ def size_mib(d: Path) -> float:
     return sum(f.stat().st_blocks * 512 for f in d.iterdir() if f.is_file()) / (1 << 20)
 
 
-def boot_once(image: str, idle: float) -> dict[str, Any]:
+def boot_once(image: str, arch: str, accel: str, idle: float) -> dict[str, Any]:
     ns = fresh_ns("blg")
     tmp = Path(tempfile.mkdtemp(prefix="bl-bench-guests-"))
     lab = tmp / "lab.yaml"
     lab.write_text(yaml.safe_dump({"name": "bg", "bridge": {"name": "br0", "address": "10.198.101.114/24"},
-                                   "guests": [{"name": "g1", "arch": "riscv64", "image": image}]}))
+                                   "guests": [{"name": "g1", "arch": arch, "image": image, "accel": accel}]}))
     t0 = time.time()
     proc, api = start_serve(ns, tmp, lab, timeout=600)
     try:
@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--idle", type=float, default=0.0, help="seconds to leave the guest idle (past its TMOUT)")
     ap.add_argument("--build", action="store_true", help="time a forced build of each image first")
+    ap.add_argument("--accel", default="tcg", choices=["tcg", "kvm", "auto"],
+                    help="tcg by default: the figures are for emulation, also of the host's own arch")
     a = ap.parse_args()
     for name in a.images:
         if a.build:
@@ -73,7 +75,7 @@ def main() -> None:
             print(f"{name}: build {time.monotonic() - t:.0f} s")
         d = image_build.build_image(name)
         img = images.load_manifest(d / images.MANIFEST)
-        runs = [boot_once(name, a.idle) for _ in range(a.reps)]
+        runs = [boot_once(name, img.arch.value, a.accel, a.idle) for _ in range(a.reps)]
         keys = [k for k in runs[0] if k != "via"]
         cells = ", ".join(f"{k} {statistics.median(r[k] for r in runs):.2f} s" for k in keys)
         print(f"{name} ({img.style.value}{'+' + img.payload.name if img.payload else ''}, {size_mib(d):.0f} MiB): "
