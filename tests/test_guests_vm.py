@@ -8,10 +8,11 @@
 - nd: Debian x86_64 (q35, virtio-pci) run by systemd-networkd instead of
   NetworkManager (the variant of the debian-x86_64 recipe).
 
-Three guests, because every TCG boot costs this 2-core machine minutes and
-the whole suite must fit CI's time: a wrong password and idle logouts before
-a reboot are covered against a scripted openEuler console in the pure tier
-(test_console.py, test_runner.py).
+Three guests at bring-up, because every TCG boot costs this 2-core machine
+minutes and the whole suite must fit CI's time; a fourth, oe2 with a wrong
+password in its `login`, is added last, when the others are idle. Idle
+logouts before a reboot are covered against a scripted openEuler console in
+the pure tier (test_console.py, test_runner.py).
 
 nd runs `accel: tcg` explicitly: this build VM has /dev/kvm, but nested KVM
 hangs its guests, and `auto` would pick it for the native arch.
@@ -143,3 +144,16 @@ def test_stop_after_an_idle_logout_powers_off_through_the_shell(lab):
     # before qemu would be told to quit.
     assert "guest oe1 powered down" in lab.log.read_text()
     assert "systemctl poweroff" in transcript(lab, "oe1").rsplit("logging in again", 1)[-1]
+
+
+def test_a_wrong_password_fails_the_guest_after_exactly_one_attempt(lab):
+    # Added last, at runtime, so its boot does not slow the lab's bring-up.
+    r = lab.api.post("/guests", json={"name": "oe2", "arch": "riscv64", "image": "openeuler-like-riscv64",
+                                      "ip": "10.198.101.6", "login": {"user": "root", "password": "not-the-password"}})
+    assert r.status_code == 201, r.text
+    assert lab.cli("wait", "oe2", "--timeout", "900").returncode != 0
+    g = lab.guests()["oe2"]
+    assert g["state"] == "failed" and "not tried again" in g["reason"], g
+    assert transcript(lab, "oe2").count("[bridgelab] login as root") == 1
+    assert "not-the-password" not in transcript(lab, "oe2") + console_log(lab, "oe2")
+    assert lab.api.delete("/guests/oe2").status_code == 204
