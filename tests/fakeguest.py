@@ -7,7 +7,8 @@ motd), then hands the terminal to a real bash set up the way sid's
 bracketed paste on). A background writer interleaves kernel-style messages.
 
 Usage: fakeguest.py [--password PW] [--silent] [--noise SECONDS] [--never-prompt]
-                    [--openeuler] [--welcome-delay S] [--tmout S] [--lockout S] [--attempts FILE]
+                    [--firmware S] [--autoboot-stops] [--openeuler] [--welcome-delay S]
+                    [--tmout S] [--lockout S] [--attempts FILE]
 
 Like a real guest, a shell that ends (exit, TMOUT) brings the login prompt back.
 """
@@ -19,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -75,6 +77,41 @@ OPENEULER_WELCOME = [
 ]
 
 
+def record(a: argparse.Namespace, what: str) -> None:
+    if a.attempts:
+        with open(a.attempts, "a") as f:
+            f.write(what + "\n")
+
+
+def firmware(a: argparse.Namespace) -> None:
+    """OpenSBI and U-Boot as the riscv64 chain prints them: a quiet stretch
+    (U-Boot probing its devices), then U-Boot's 2 s countdown, which a byte
+    typed before or during it stops, as a UART's receive FIFO keeps it."""
+    out("\r\nOpenSBI v1.1\r\nPlatform Name             : riscv-virtio,qemu\r\n")
+    out("\r\n\r\nU-Boot 2023.01+dfsg-2+deb12u3 (Jun 22 2026 - 08:38:07 +0000)\r\n\r\nCPU:   rv64imafdch\r\n")
+    time.sleep(a.firmware)
+    out("Hit any key to stop autoboot:  2 ")
+    stopped = a.autoboot_stops
+    for n in (1, 0):
+        if stopped or select.select([0], [], [], 1.0)[0]:
+            stopped = True
+            break
+        out(f"\b\b\b {n} ")
+    if stopped:
+        record(a, "autoboot stopped")
+        termios.tcflush(0, termios.TCIFLUSH)  # the key that stopped it is consumed
+        while True:
+            out("\r\n=> ")
+            command = read_line(echo=True)
+            if command == "boot":
+                record(a, "boot")
+                break
+            if command:
+                out(f"\r\nUnknown command '{command}' - try 'help'")
+    out("\r\n\r\nDevice 0: QEMU VirtIO Block Device\r\nRetrieving file: /boot/extlinux/extlinux.conf\r\n"
+        "append: root=/dev/vda rw console=ttyS0 quiet\r\n\r\nStarting kernel ...\r\n\r\n")
+
+
 class Getty:
     """agetty + login as a guest runs them: the issue, the login prompt, a
     password, a shell; when the shell ends (exit, TMOUT), the prompt again,
@@ -87,9 +124,7 @@ class Getty:
         self.hostname = "openeuler-riscv64" if a.openeuler else "bridgelab"
 
     def record(self, what: str) -> None:
-        if self.a.attempts:
-            with open(self.a.attempts, "a") as f:
-                f.write(what + "\n")
+        record(self.a, what)
 
     def prompt(self) -> str:
         if self.a.openeuler:
@@ -169,8 +204,14 @@ def main() -> None:
     ap.add_argument("--password-after-logout", help="the password changes once the first session ends")
     ap.add_argument("--getty-fails", action="store_true",
                     help="systemd gives up on ttyS0 (as seen with 8 guests on 2 cores) and no prompt ever comes")
+    ap.add_argument("--firmware", type=float, help="boot through a U-Boot that is quiet this long before "
+                                                   "its countdown")
+    ap.add_argument("--autoboot-stops", action="store_true",
+                    help="the countdown stops at once, as if a key was queued before it")
     a = ap.parse_args()
 
+    if a.firmware is not None:
+        firmware(a)
     out(DATA["boot"])
     if a.getty_fails:
         out("[\x1b[0;1;31m TIME \x1b[0m] Timed out waiting for device \x1b[0;1;39mdev-ttyS0.device\x1b[0m"

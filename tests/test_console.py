@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pexpect
 import pytest
 from bridgelab.errors import BootFailed, ConsoleTimeout, LoginIncorrect
 from bridgelab.guest.console import Console, result_pattern, split_marker, strip_escapes, wrap_command
+from bridgelab.guest.firmware import HOLD_LIMIT, UBOOT_STOPPED, FirmwareGuard
 
 FAKE = Path(__file__).with_name("fakeguest.py")
 DATA = json.loads((Path(__file__).parent / "data" / "sid-console.json").read_text())
@@ -256,3 +258,30 @@ def test_poweroff_after_an_idle_logout_logs_in_first(spawn_fake, tmp_path):
     assert c.try_send_and_forget("echo powering-off", timeout=20)
     c.child.expect("powering-off")
     assert _attempts(log) == ["user root", "password", "logout", "user root", "password"]
+
+
+def test_keys_are_held_from_a_reset_until_the_boot_is_past_the_firmware():
+    now = [0.0]
+    guard = FirmwareGuard(clock=lambda: now[0])
+    assert guard.keys_safe()
+    guard.expect_reset()
+    assert not guard.keys_safe()
+    guard.saw("firmware")
+    now[0] = 5.0
+    assert not guard.keys_safe()
+    guard.saw("kernel")
+    assert guard.keys_safe()
+    guard.saw("firmware")  # a reboot from inside the guest
+    guard.saw("userspace")
+    assert guard.keys_safe()
+    guard.expect_reset()  # a firmware that prints no marker: probes come back after the limit
+    now[0] += HOLD_LIMIT + 1
+    assert guard.keys_safe()
+
+
+def test_the_stopped_autoboot_pattern_matches_u_boots_prompt_only():
+    stopped = "Hit any key to stop autoboot:  2 \b\b\b 0 \r\n=> "
+    ran_out = ("Hit any key to stop autoboot:  2 \b\b\b 1 \b\b\b 0 \r\n\r\nDevice 0: QEMU VirtIO Block Device\r\n"
+               "append: root=/dev/vda rw console=ttyS0 quiet\r\nStarting kernel ...\r\n[    0.1] x => y\r\n")
+    assert re.search(UBOOT_STOPPED, stopped)
+    assert not re.search(UBOOT_STOPPED, ran_out)

@@ -344,3 +344,36 @@ def test_a_password_refused_at_a_re_login_fails_the_guest_after_one_attempt(tmp_
     lab.run(scenario)
     seen = attempts.read_text().splitlines()
     assert seen[seen.index("logout"):].count("password") == 1, seen
+
+
+def test_no_key_reaches_the_firmware_so_autoboot_runs_on_boot_and_on_reboot(tmp_path):
+    """A U-Boot that is quiet for 9 s before its countdown: the login's 8 s
+    probe newline would stop the autoboot, and did on a real reboot."""
+    attempts = tmp_path / "attempts"
+    lab = Lab(tmp_path, [{"name": "rv1", "ip": "10.198.101.10"}],
+              guest_args={"rv1": ["--firmware", "9", "--attempts", str(attempts)]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv1 = r.guests["rv1"]
+        assert rv1.state is GuestState.ready, rv1.reason
+        await r.reboot("rv1")
+        assert rv1.state is GuestState.ready, rv1.reason
+        assert rv1.stages["firmware"] < rv1.stages["kernel"] < rv1.stages["login_prompt"]
+    lab.run(scenario)
+    seen = attempts.read_text().splitlines()
+    assert "autoboot stopped" not in seen and seen.count("password") == 2, seen
+
+
+def test_a_stopped_autoboot_is_resumed_once_and_noted(tmp_path):
+    attempts = tmp_path / "attempts"
+    lab = Lab(tmp_path, [{"name": "rv1", "ip": "10.198.101.10"}],
+              guest_args={"rv1": ["--firmware", "0", "--autoboot-stops", "--attempts", str(attempts)]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        assert r.guests["rv1"].state is GuestState.ready, r.guests["rv1"].reason
+    lab.run(scenario)
+    assert attempts.read_text().splitlines()[:3] == ["autoboot stopped", "boot", "user root"]
+    transcript = (lab.runner.plan.guests[0].paths.dir / "transcript.log").read_text()
+    assert transcript.count("[bridgelab] the firmware's autoboot was stopped; typing 'boot'") == 1

@@ -21,6 +21,7 @@ import pexpect
 
 from ..errors import ConsoleClosed, ConsoleError, ConsoleTimeout, GuestCommandFailed, GuestCommandTimeout
 from .console_stream import Pump, PumpSpawn
+from .firmware import FirmwareGuard
 from .session import RELOGIN_TIMEOUT, Session, split_marker, strip_escapes
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ def result_pattern(tag: str) -> re.Pattern[str]:
 
 class Console(Session):
     def __init__(self, child: pexpect.spawnbase.SpawnBase, name: str = "guest",
-                 transcript: TextIO | None = None, closer: Callable[[], None] | None = None):
-        super().__init__(child, name, transcript)
+                 transcript: TextIO | None = None, closer: Callable[[], None] | None = None,
+                 firmware: FirmwareGuard | None = None):
+        super().__init__(child, name, transcript, firmware)
         self._closer = closer
         self._pump: Pump | None = None
 
@@ -54,9 +56,18 @@ class Console(Session):
     @classmethod
     def connect_unix(cls, path: Path, name: str, transcript_path: Path | None = None,
                      on_stage: Callable[[str], None] | None = None) -> "Console":
+        """The console of a qemu that has not run yet (started paused): its
+        firmware is on the way, so no key is sent until the boot is past it."""
+        firmware = FirmwareGuard()
+        firmware.expect_reset()
+
+        def stage_seen(stage: str) -> None:
+            firmware.saw(stage)
+            if on_stage is not None:
+                on_stage(stage)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(str(path))
-        pump = Pump(sock, name, on_stage)
+        pump = Pump(sock, name, stage_seen)
         child = PumpSpawn(pump, encoding="utf-8", codec_errors="replace", maxread=65536, searchwindowsize=None)
         transcript = open(transcript_path, "a", encoding="utf-8") if transcript_path else None
 
@@ -64,7 +75,7 @@ class Console(Session):
             pump.close()
             if transcript:
                 transcript.close()
-        console = cls(child, name, transcript, close)
+        console = cls(child, name, transcript, close, firmware)
         console._pump = pump
         return console
 

@@ -43,11 +43,12 @@ def terminal_replies(tail: bytes, data: bytes) -> list[bytes]:
 
 
 # What a guest prints on its way up, mapped to the readiness stage it marks.
-# With `quiet` the kernel prints nothing, so "kernel" may be missing; systemd's
-# first terminal query is the first sign of userspace either way.
+# With `quiet` the kernel prints nothing, so "kernel" may only come from
+# U-Boot's "Starting kernel ..." or be missing; systemd's first terminal
+# query is the first sign of userspace either way.
 BOOT_MARKERS = {
     b"OpenSBI v": "firmware", b"U-Boot ": "firmware", b"SeaBIOS": "firmware", b"EFI stub": "firmware",
-    b"Linux version ": "kernel", b"Booting Linux": "kernel",
+    b"Starting kernel ...": "kernel", b"Linux version ": "kernel", b"Booting Linux": "kernel",
     b"\x1bP+q": "userspace", b"\x1b[6n": "userspace", b"Welcome to ": "userspace",
 }
 _MARKER_TAIL = max(len(m) for m in BOOT_MARKERS) - 1

@@ -15,6 +15,7 @@ from typing import Callable, NoReturn, TextIO
 import pexpect
 
 from ..errors import BootFailed, ConsoleClosed, ConsoleError, ConsoleTimeout, LoginIncorrect
+from .firmware import UBOOT_RESUME, UBOOT_STOPPED, FirmwareGuard
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,11 @@ def setup_line(prompt_tag: str) -> str:
 class Session:
     """One login on one console. Every public method of a subclass holds `_lock`."""
 
-    def __init__(self, child: pexpect.spawnbase.SpawnBase, name: str = "guest", transcript: TextIO | None = None):
+    def __init__(self, child: pexpect.spawnbase.SpawnBase, name: str = "guest", transcript: TextIO | None = None,
+                 firmware: FirmwareGuard | None = None):
         self.child = child
         self.name = name
+        self.firmware = firmware or FirmwareGuard()
         self._lock = threading.RLock()
         self._prompt_tag = "BL" + secrets.token_hex(4)
         self._ready = False
@@ -100,6 +103,25 @@ class Session:
         # Serial consoles want CR, like a terminal's Enter key.
         self.child.send(text + "\r")
 
+    def _probe(self) -> None:
+        """A bare Enter, to make getty or the shell show its prompt; never
+        while a firmware could take it for "stop autoboot"."""
+        if self.firmware.keys_safe():
+            self._send("")
+
+    def _resume_firmware(self, resumed: bool) -> None:
+        line = strip_escapes(str(self.child.after)).strip().splitlines()[-1:]
+        if resumed:
+            raise BootFailed(f"{self.name}: the firmware stopped at its prompt again after {UBOOT_RESUME!r}: "
+                             f"{' '.join(line)}")
+        self._note(f"the firmware's autoboot was stopped; typing {UBOOT_RESUME!r}")
+        log.warning("%s: the firmware's autoboot was stopped (a key reached it); typing %r", self.name, UBOOT_RESUME)
+        self._send(UBOOT_RESUME)
+
+    def expect_reset(self) -> None:
+        """The guest was asked to reboot: no probe until its next boot is past the firmware."""
+        self.firmware.expect_reset()
+
     def _drain(self) -> None:
         """Discard whatever arrived while nobody was reading (late kernel lines)."""
         try:
@@ -113,8 +135,10 @@ class Session:
               on_login_prompt: Callable[[], None] | None = None) -> None:
         """Drive getty/login until a shell prompt, then prepare the shell.
 
-        Sends a newline whenever the console stays quiet for `idle` seconds
-        before a password was sent (getty re-prints its prompt). A second
+        Sends a newline whenever `idle` seconds pass without a prompt before
+        a password was sent (getty re-prints its prompt), except while a
+        firmware could take it for a key that stops its autoboot (firmware.py);
+        an autoboot that was stopped anyway is resumed once. A second
         password prompt, or 'Login incorrect', means bad credentials: the
         password is never sent again on this console (guests lock accounts
         after a few failures, and each attempt lands in their auth log).
@@ -138,7 +162,8 @@ class Session:
             self._send(user)
             sent_user = True
         patterns = [LOGIN_PROMPT, PASSWORD_PROMPT, LOGIN_INCORRECT, SHELL_PROMPT, pexpect.TIMEOUT, pexpect.EOF,
-                    BOOT_FAILED]
+                    BOOT_FAILED, UBOOT_STOPPED]
+        resumed = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -169,9 +194,12 @@ class Session:
                 if sent_password:
                     break
             elif i == 4:
-                self._send("")
+                self._probe()
             elif i == 5:
                 raise ConsoleClosed(f"{self.name}: console closed while logging in (did qemu exit?)")
+            elif i == 7:
+                self._resume_firmware(resumed)
+                resumed = True
             else:
                 line = strip_escapes(str(self.child.after)).strip()
                 self._note(f"boot failed: {line}")
@@ -197,14 +225,16 @@ class Session:
             raise ConsoleError(f"{self.name}: not logged in")
         self._drain()
         deadline = time.monotonic() + timeout
-        patterns = [re.escape(f"{self._prompt_tag}# "), LOGIN_PROMPT, PASSWORD_PROMPT, pexpect.TIMEOUT, pexpect.EOF]
+        patterns = [re.escape(f"{self._prompt_tag}# "), LOGIN_PROMPT, PASSWORD_PROMPT, pexpect.TIMEOUT, pexpect.EOF,
+                    UBOOT_STOPPED]
+        resumed = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._ready = False
                 raise ConsoleTimeout(f"{self.name}: neither the shell nor a login prompt answered within "
                                      f"{timeout:.0f}s; last output: {self._tail()!r}")
-            self._send("")
+            self._probe()
             i = self.child.expect(patterns, timeout=min(PROBE_RESEND, remaining))
             if i == 0:
                 self._ready = True
@@ -220,6 +250,10 @@ class Session:
             if i == 4:
                 self._ready = False
                 raise ConsoleClosed(f"{self.name}: console closed (did qemu exit?)")
+            if i == 5:  # the guest rebooted from inside and its autoboot was stopped
+                self._ready = False
+                self._resume_firmware(resumed)
+                resumed = True
 
     def _prepare_shell(self, timeout: float) -> None:
         tag = self._prompt_tag

@@ -174,9 +174,10 @@ class GuestShell(Shell):
 
     def power(self, action: Power, timeout: float) -> bool:
         agent = self._agent_usable()
-        if agent is not None and agent.power(action, timeout):
-            return True
-        return self.console.power(action, timeout)
+        asked = (agent is not None and agent.power(action, timeout)) or self.console.power(action, timeout)
+        if asked and action is Power.reboot:
+            self.console.console.expect_reset()
+        return asked
 
     def exclusive(self) -> ContextManager[object]:
         return self.console.exclusive()
