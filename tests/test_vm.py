@@ -48,13 +48,14 @@ def user_image(lab) -> Iterator[str]:
     and an initrd (the files of our own debian-riscv64 build, read in place),
     under a name of its own; `image remove` forgets it again (the files stay)."""
     name = f"user-riscv64-{os.getpid()}"
-    built = images.built_dir("debian-riscv64")
+    built = images.load_manifest(images.built_dir("debian-riscv64") / "manifest.yaml")
+    assert built.kernel and built.initrd
     added_root = images.cache_dir() / images.ADDED
     had_added_dir = added_root.exists()
     bl = [sys.executable, "-m", "bridgelab.cli", "image"]
-    p = subprocess.run([*bl, "add", name, "--arch", "riscv64", "--disk", str(built / "disk.qcow2"),
-                        "--kernel", str(built / "vmlinuz"), "--initrd", str(built / "initrd.img"),
-                        "--login", "root:bridgelab", "--append", "root=/dev/vda rw console=ttyS0 quiet"],
+    p = subprocess.run([*bl, "add", name, "--arch", "riscv64", "--disk", str(built.disk),
+                        "--kernel", str(built.kernel), "--initrd", str(built.initrd),
+                        "--login", f"{built.login.user}:{built.login.password}", "--append", built.append],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     try:
