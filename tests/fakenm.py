@@ -1,5 +1,5 @@
 """The few guest commands bridgelab runs, for the fake guest of the
-in-process runner tests: `ip`, `nmcli`, `ping` and `systemctl`, put on the
+in-process runner tests: `ip`, `nmcli`, `ping`, `systemctl` and `udevadm`, put on the
 fake guest's PATH as wrappers that run `fakenm.py TOOL ARGS...`. They keep one NIC's
 NetworkManager state in $FAKE_NM_STATE/state.json and answer in the formats
 of the real tools (the parsers in guest/commands.py are tested against
@@ -122,10 +122,17 @@ def systemctl(args: list[str]) -> int:
     return 0
 
 
+def udevadm(args: list[str]) -> int:
+    """`udevadm settle`: recorded, so a test can see it came before the configuration."""
+    with open(STATE / "events", "a") as f:
+        f.write(f"udevadm {' '.join(args)}\n")
+    return 0
+
+
 def install(bin_dir: Path) -> None:
     """The wrappers, for the test that starts a fake guest."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for tool in ("ip", "nmcli", "ping", "systemctl"):
+    for tool in ("ip", "nmcli", "ping", "systemctl", "udevadm"):
         w = bin_dir / tool
         here = shlex.quote(str(Path(__file__).resolve()))
         w.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {here} {tool} \"$@\"\n")
@@ -133,5 +140,5 @@ def install(bin_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    tool = {"ip": ip, "nmcli": nmcli, "ping": ping, "systemctl": systemctl}[sys.argv[1]]
+    tool = {"ip": ip, "nmcli": nmcli, "ping": ping, "systemctl": systemctl, "udevadm": udevadm}[sys.argv[1]]
     sys.exit(tool(sys.argv[2:]))

@@ -127,9 +127,10 @@ class Lab:
     def nm_state(self, name: str) -> dict[str, Any]:
         return json.loads((self.runner.plan.state_dir / "guests" / name / "state.json").read_text())
 
-    def events(self, name: str) -> list[str]:
+    def events(self, name: str, tool: str = "systemctl") -> list[str]:
+        """What the guest was asked to do with `tool` (systemctl: power)."""
         f = self.runner.plan.state_dir / "guests" / name / "events"
-        return f.read_text().splitlines() if f.exists() else []
+        return [e for e in f.read_text().splitlines() if e.split()[0] == tool] if f.exists() else []
 
 
 async def settle(runner: LabRunner) -> None:
@@ -158,6 +159,8 @@ def test_bring_up_goes_through_every_state_in_order_and_the_mesh_waits_for_both(
         assert all(g.stages["mesh_verified"] >= last_configured for g in r.guests.values())
     lab.run(scenario)
     assert lab.nm_state("rv1")["live"] == "10.198.101.10/24" and lab.nm_state("rv2")["live"] == "10.198.101.11/24"
+    # udev's queue was waited for (a NIC being renamed) before any change, and once.
+    assert lab.events("rv1", "udevadm") == ["udevadm settle --timeout=120"]
     profile = lab.nm_state("rv1")["profiles"]["bridgelab-" + lab.runner.plan.guests[0].mac.replace(":", "")]
     assert profile["ipv4.method"] == "manual" and profile["ipv4.addresses"] == "10.198.101.10/24"
 

@@ -141,6 +141,16 @@ def active_profile_cmd(iface: str) -> Argv:
     return [*NMCLI, "-f", "GENERAL.CONNECTION", "device", "show", iface]
 
 
+# udev may still be renaming the NIC (eth0 -> enp0s2, predictable names) when
+# the getty is up: seen on Debian amd64 under TCG once its initrd stopped
+# loading virtio_net. Wait for the queue before looking the NIC up by MAC.
+SETTLE_SECONDS = 120
+
+
+def settle_devices_cmd() -> Argv:
+    return ["udevadm", "settle", f"--timeout={SETTLE_SECONDS}"]
+
+
 def addresses_cmd(iface: str) -> Argv:
     return ["ip", "-o", "-4", "addr", "show", "dev", iface]
 

@@ -26,6 +26,9 @@ def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
     """Give the NIC with cfg.mac its address through the guest's own network
     manager, and check it is live. False when everything already matched."""
     with shell.exclusive():
+        # A guest without udevadm (exit 127), or whose queue does not empty in
+        # time, is configured anyway: the NIC's name is then as good as it gets.
+        shell.run(commands.settle_devices_cmd(), commands.SETTLE_SECONDS + 30)
         iface = find_iface(shell, cfg.mac)
         manager = commands.parse_manager(shell.check(commands.detect_manager_cmd()))
         if manager == commands.NETWORK_MANAGER:
