@@ -64,6 +64,15 @@ def test_shipped_recipe_is_valid_and_keeps_the_password_out_of_argv(tmp_path):
     assert not any(r.login.password in a for a in argv)
 
 
+def test_pre_install_steps_are_essential_hooks_and_variants_inherit_them(tmp_path):
+    base = recipes.load_recipe(images.find_recipe("debian-riscv64"), images.find_recipe)
+    arm = recipes.load_recipe(images.find_recipe("debian-aarch64"), images.find_recipe)
+    assert base.pre_install and arm.pre_install == base.pre_install
+    argv = image_build.mmdebstrap_argv(arm, tmp_path / "root")
+    hooks = [a for a in argv if a.startswith("--essential-hook=")]
+    assert hooks == [f"--essential-hook={c}" for c in base.pre_install]
+
+
 def test_unbuilt_image_is_reported_by_serve_with_status_2(tmp_path):
     lab = tmp_path / "lab.yaml"
     lab.write_text("bridge: {address: 10.0.0.1/24}\nguests:\n  - {name: a, image: nothing-here/}\n"

@@ -105,6 +105,7 @@ def mmdebstrap_argv(r: Recipe, rootdir: Path) -> list[str]:
     # environment, never spliced into the shell text.
     argv += ['--customize-hook=printf "%s:%s\\n" "$BL_USER" "$BL_PASSWORD" | chroot "$1" chpasswd',
              '--customize-hook=printf "%s\\n" "$BL_HOSTNAME" > "$1/etc/hostname"']
+    argv += [f"--essential-hook={c}" for c in r.pre_install]
     argv += [f"--customize-hook={c}" for c in r.customize]
     if r.boot is RecipeBoot.uboot:
         # u-boot-menu writes extlinux.conf for every installed kernel: root on

@@ -48,6 +48,10 @@ class Recipe(BaseModel):
     size: SafeStr = "2G"
     append: SafeStr
     boot: RecipeBoot = RecipeBoot.kernel
+    # Shell steps on the tree ($1) after the essential packages and before the
+    # others (mmdebstrap --essential-hook): configuration that the others'
+    # install scripts read, such as what goes into the initrd.
+    pre_install: list[SafeStr] = Field(default_factory=list)
     customize: list[SafeStr] = Field(default_factory=list)
 
     @field_validator("append")
