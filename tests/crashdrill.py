@@ -76,12 +76,15 @@ class Outcome:
 
 
 class Drill:
-    def __init__(self, tmp: Path, guests: int | None = None):
-        """`guests`: the first so many guests of the example lab (all by default)."""
+    def __init__(self, tmp: Path, guests: int | None = None, cpus: int | None = None):
+        """`guests`: the first so many guests of the example lab (all by
+        default); `cpus`: their vCPUs, if not the example's."""
         tmp.mkdir(parents=True, exist_ok=True)
         spec = yaml.safe_load(EXAMPLE.read_text())
         spec["name"] = LAB
         spec["guests"] = spec["guests"][:guests]
+        for g in spec["guests"]:
+            g["cpus"] = cpus or g["cpus"]
         self.lab_file = tmp / "lab.yaml"
         self.lab_file.write_text(yaml.safe_dump(spec))
         self.state = tmp / "s"

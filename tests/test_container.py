@@ -87,9 +87,10 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
     lab_dir.mkdir()
     # One guest: the lab boots three times here, and guest to guest across
     # the bridge is the same kernel path as outside a container (tests/test_vm.py).
+    # Booting alone, it gets two vCPUs (one TCG thread each; README).
     (lab_dir / "lab.yaml").write_text(
         f"name: {lab_name}\nbridge: {{name: {bridge}, address: 10.213.77.1/24}}\n"
-        "guests:\n  - {name: rv1, image: debian-riscv64}\n")
+        "guests:\n  - {name: rv1, image: debian-riscv64, cpus: 2}\n")
     env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(img_dir), "BRIDGELAB_LAB_DIR": str(lab_dir),
            "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": lab_name}
     env.pop("XTABLES_LOCKFILE", None)  # the container must use the host's own lock, as for users
