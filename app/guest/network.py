@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 
 from ..errors import NetworkConfigError
 from . import commands, networkd, nm
@@ -38,17 +39,29 @@ def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
         else:
             raise NetworkConfigError("unsupported network manager: neither NetworkManager nor systemd-networkd "
                                      "is enabled in the guest, and bridgelab configures guests through one of them")
-        verify(shell, cfg, iface)
+        verify(shell, cfg, iface, settle=VERIFY_SETTLE)
         log.info("%s: %s on %s %s (%s)", shell.name, cfg.address, iface, "configured" if changed else "unchanged",
                  manager)
         return changed
 
 
-def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None) -> str:
+# Early in a boot the guest's manager may still be activating the NIC on its
+# own (NetworkManager's autoconnect when the NIC appears late, as when its
+# driver loads from the root filesystem): the address can vanish for a moment
+# right after bridgelab brought it up. Seen after a reboot under TCG.
+VERIFY_SETTLE = 30.0
+
+
+def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None, settle: float = 0.0) -> str:
     """The address must be live on the NIC with that MAC, and be its only IPv4;
-    a side NIC needs an address and must not carry a default route."""
+    a side NIC needs an address and must not carry a default route. With
+    `settle`, a wrong address is looked at again for up to so many seconds."""
     iface = iface or find_iface(shell, cfg.mac)
+    deadline = time.monotonic() + settle
     live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
+    while not commands.address_ok(live, cfg) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
     if not commands.address_ok(live, cfg):
         expected = "a DHCP address" if cfg.side_nic else f"[{cfg.address}]"
         raise NetworkConfigError(f"{iface} has {[str(a) for a in live]}, expected {expected}")

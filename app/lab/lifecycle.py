@@ -166,7 +166,9 @@ class Lifecycle:
                     raise GuestError(f"{name}: neither the guest agent nor the console took the reboot")
                 await self._login(g)
                 g.enter(GuestState.configuring)
-                await self.ctx.in_thread(network.verify, shell, g.net_config())
+                # The guest's manager brings the address back on its own, but
+                # the login can come first (its NIC's driver still loading).
+                await self.ctx.in_thread(network.verify, shell, g.net_config(), None, network.VERIFY_SETTLE)
                 g.stage("configured")
             except BridgelabError as e:
                 g.fail_from(e)
