@@ -39,17 +39,20 @@ def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
         else:
             raise NetworkConfigError("unsupported network manager: neither NetworkManager nor systemd-networkd "
                                      "is enabled in the guest, and bridgelab configures guests through one of them")
-        verify(shell, cfg, iface, settle=VERIFY_SETTLE)
+        try:
+            verify(shell, cfg, iface, settle=VERIFY_SETTLE)
+        except NetworkConfigError as e:
+            raise NetworkConfigError(f"after {VERIFY_SETTLE:.0f}s of {manager}: {e}") from None
         log.info("%s: %s on %s %s (%s)", shell.name, cfg.address, iface, "configured" if changed else "unchanged",
                  manager)
         return changed
 
 
-# Early in a boot the guest's manager may still be activating the NIC on its
-# own (NetworkManager's autoconnect when the NIC appears late, as when its
-# driver loads from the root filesystem): the address can vanish for a moment
-# right after bridgelab brought it up. Seen after a reboot under TCG.
-VERIFY_SETTLE = 30.0
+# How long the address may take to show: `networkctl reconfigure` returns
+# before it is up, and after a reboot NetworkManager restores it only once the
+# NIC's driver has loaded from the root filesystem, which can be after the
+# login (seen under TCG with an initrd that holds only the root disk's modules).
+VERIFY_SETTLE = 60.0
 
 
 def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None, settle: float = 0.0) -> str:

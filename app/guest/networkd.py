@@ -4,14 +4,10 @@ NetworkManager."""
 
 from __future__ import annotations
 
-import time
-
-from ..errors import NetworkConfigError
 from . import commands
 from .shell import Shell
 
 NETWORKCTL_TIMEOUT = 60.0
-SETTLE_TIMEOUT = 60.0  # `networkctl reconfigure` returns before the address is up
 
 
 def configure(shell: Shell, cfg: commands.NetConfig, iface: str) -> bool:
@@ -26,22 +22,11 @@ def configure(shell: Shell, cfg: commands.NetConfig, iface: str) -> bool:
     live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
     if not changed and commands.address_ok(live, cfg):
         return False
+    # `networkctl reconfigure` returns before the address is up: the caller's
+    # check (network.verify with its settle time) waits for it.
     for argv in commands.networkd_apply_cmds(iface):
         shell.check(argv, NETWORKCTL_TIMEOUT)
-    _await_address(shell, cfg, iface)
     return True
-
-
-def _await_address(shell: Shell, cfg: commands.NetConfig, iface: str) -> None:
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while True:
-        live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
-        if commands.address_ok(live, cfg):
-            return
-        if time.monotonic() > deadline:
-            raise NetworkConfigError(f"systemd-networkd did not bring up {cfg.address or 'DHCP'} on {iface} "
-                                     f"within {SETTLE_TIMEOUT:.0f}s; {iface} has {[str(a) for a in live]}")
-        time.sleep(0.5)
 
 
 __all__ = ["configure"]

@@ -8,6 +8,7 @@ every other configured guest) waits until no guest is still on its way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -166,9 +167,8 @@ class Lifecycle:
                     raise GuestError(f"{name}: neither the guest agent nor the console took the reboot")
                 await self._login(g)
                 g.enter(GuestState.configuring)
-                # The guest's manager brings the address back on its own, but
-                # the login can come first (its NIC's driver still loading).
-                await self.ctx.in_thread(network.verify, shell, g.net_config(), None, network.VERIFY_SETTLE)
+                await self.ctx.in_thread(functools.partial(network.verify, settle=network.VERIFY_SETTLE),
+                                         shell, g.net_config())
                 g.stage("configured")
             except BridgelabError as e:
                 g.fail_from(e)
