@@ -105,6 +105,10 @@ class UnknownGuest(BridgelabError):
     """No guest of that name in the lab (HTTP 404)."""
 
 
+class UnknownSnapshot(UnknownGuest):
+    """The guest exists but has no snapshot of that name (HTTP 404, like a missing guest)."""
+
+
 class GuestBusy(BridgelabError):
     """The guest is not in a state that allows the request, or another request holds it (HTTP 409)."""
 

@@ -39,12 +39,19 @@ class RunningLab:
         return subprocess.run([sys.executable, "-m", "bridgelab.cli", *args[:1], "--api", f"unix:{self.sock}",
                                *args[1:]], capture_output=True, text=True, timeout=timeout)
 
-    def restart(self) -> None:
+    def restart(self, *extra: str) -> None:
         """SIGTERM the daemon and start it again on the same lab file and state."""
+        self.stop()
+        self.start(*extra)
+
+    def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         assert self.proc.wait(120) == 0, self.log.read_text()[-3000:]
+
+    def start(self, *extra: str) -> None:
+        """`extra`: more `serve` arguments, e.g. --cold."""
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*self.argv, *extra], stdout=out, stderr=subprocess.STDOUT)
 
     def guests(self) -> dict[str, dict[str, Any]]:
         return {g["name"]: g for g in self.api.get("/guests").raise_for_status().json()}

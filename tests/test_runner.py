@@ -82,7 +82,7 @@ class FakeQemu(GuestProcess):
         for f in (p.console_sock, p.qmp_sock, p.agent_sock):
             f.unlink(missing_ok=True)
 
-    def spawn(self) -> None:
+    def spawn(self, extra: tuple[str, ...] = ()) -> None:
         p = self.plan.paths
         env = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}", "FAKE_MAC": self.plan.mac,
                "FAKE_NM_STATE": str(p.dir)}

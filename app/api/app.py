@@ -24,15 +24,19 @@ from .schemas import (
     Health,
     MeshReport,
     NetworkRequest,
+    SNAPSHOT_NAME_PATTERN,
+    SnapshotRequest,
+    SnapshotView,
     WaitResult,
 )
-from .views import console_tail, guest_view, summary, wait_result
+from .views import console_tail, guest_view, snapshot_view, summary, wait_result
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 MAX_WAIT = 3600.0
 
 GuestName = Annotated[str, Path(pattern=GUEST_NAME_PATTERN, max_length=32, examples=["rv1"])]
+SnapName = Annotated[str, Path(pattern=SNAPSHOT_NAME_PATTERN, max_length=32, examples=["before-test"])]
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
     502: {"model": ErrorBody, "description": "the guest's console or agent failed during the request"},
@@ -194,6 +198,42 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         reader. Read-only unless ?write=true; keystrokes are then passed on
         only while no automation command is running."""
         await attach_console(ws, runner, policy, name, write)
+
+    # Snapshots: per guest, and for the whole lab as one consistent state.
+    @app.get("/guests/{name}/snapshots", dependencies=read)
+    async def list_guest_snapshots(name: GuestName) -> list[SnapshotView]:
+        return [snapshot_view(s) for s in await asyncio.to_thread(runner.list_snapshots, [name])]
+
+    @app.post("/guests/{name}/snapshots", dependencies=write, status_code=201)
+    async def save_guest_snapshot(name: GuestName, body: SnapshotRequest) -> list[SnapshotView]:
+        """Save the guest's memory, devices and disk under a name (replacing one of that name)."""
+        return [snapshot_view(s) for s in await runner.save_snapshot([name], body.name)]
+
+    @app.post("/guests/{name}/snapshots/{snap}/restore", dependencies=write)
+    async def restore_guest_snapshot(name: GuestName, snap: SnapName) -> list[GuestView]:
+        """Put the guest back to the snapshot, set its clock, verify it; the other guests run on."""
+        return [guest_view(g) for g in await runner.restore_snapshot([name], snap)]
+
+    @app.delete("/guests/{name}/snapshots/{snap}", dependencies=write, status_code=204)
+    async def delete_guest_snapshot(name: GuestName, snap: SnapName) -> None:
+        await runner.delete_snapshot([name], snap)
+
+    @app.get("/snapshots", dependencies=read)
+    async def list_snapshots() -> list[SnapshotView]:
+        return [snapshot_view(s) for s in await asyncio.to_thread(runner.list_snapshots, [])]
+
+    @app.post("/snapshots", dependencies=write, status_code=201)
+    async def save_lab_snapshot(body: SnapshotRequest) -> list[SnapshotView]:
+        """Every guest paused, then saved, then resumed: one consistent state of the lab."""
+        return [snapshot_view(s) for s in await runner.save_snapshot([], body.name)]
+
+    @app.post("/snapshots/{snap}/restore", dependencies=write)
+    async def restore_lab_snapshot(snap: SnapName) -> list[GuestView]:
+        return [guest_view(g) for g in await runner.restore_snapshot([], snap)]
+
+    @app.delete("/snapshots/{snap}", dependencies=write, status_code=204)
+    async def delete_lab_snapshot(snap: SnapName) -> None:
+        await runner.delete_snapshot([], snap)
 
     @app.post("/mesh", dependencies=write)
     async def mesh() -> MeshReport:

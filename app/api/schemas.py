@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The lab's own request and report models are API bodies as they are.
 from ..lab.reports import ExecResult, MeshPair, MeshReport
@@ -13,7 +13,11 @@ from ..lab.states import GuestState
 from ..model.spec import Arch, UplinkKind
 
 GUEST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
-STAGES = ("qemu_started", "firmware", "kernel", "userspace", "login_prompt", "logged_in", "configured",
+# Snapshot names go into HMP command lines: no spaces, quotes or separators,
+# and not the reserved bridgelab- prefix (the disk-only base snapshot).
+SNAPSHOT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
+RESERVED_SNAPSHOT_PREFIX = "bridgelab-"
+STAGES = ("qemu_started", "restored", "firmware", "kernel", "userspace", "login_prompt", "logged_in", "configured",
           "mesh_verified")
 
 
@@ -52,6 +56,30 @@ class GuestView(BaseModel):
         "console_tail": "bridgelab login: root"}]})
 
 
+class SnapshotRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=SNAPSHOT_NAME_PATTERN, examples=["before-test"])
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v.startswith(RESERVED_SNAPSHOT_PREFIX):
+            raise ValueError(f"names starting with {RESERVED_SNAPSHOT_PREFIX!r} are bridgelab's own")
+        return v
+
+
+class SnapshotView(BaseModel):
+    guest: str
+    name: str
+    size: int = Field(description="bytes of memory and device state (the disk changes are shared in the overlay)")
+    created: float = Field(description="Unix time")
+    save_seconds: float | None = Field(description="how long the save took; null if not taken by bridgelab")
+    valid: bool = Field(description="whether it can be restored into the guest as it is now declared")
+    invalid_because: str | None = Field(description="what changed since it was taken")
+    valid_for: dict[str, str] = Field(description="what the snapshot was taken with: qemu, machine, image, mac, "
+                                                  "network, login; a change to any makes it invalid")
+
+
 class UplinkView(BaseModel):
     mode: UplinkKind
     interface: str
@@ -87,4 +115,6 @@ class WaitResult(BaseModel):
 
 
 __all__ = ["AddGuest", "ErrorBody", "ExecRequest", "ExecResult", "FailedGuest", "GUEST_NAME_PATTERN",
-           "GuestView", "Health", "MeshPair", "MeshReport", "NetworkRequest", "STAGES", "WaitResult"]
+           "GuestView", "Health", "MeshPair", "MeshReport", "NetworkRequest", "RESERVED_SNAPSHOT_PREFIX",
+           "SNAPSHOT_NAME_PATTERN", "STAGES",
+           "SnapshotRequest", "SnapshotView", "WaitResult"]

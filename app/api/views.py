@@ -10,8 +10,9 @@ from ..guest.session import strip_escapes
 from ..guest.process import tail
 from ..lab.guest_runtime import GuestRuntime
 from ..lab.runner import LabRunner
+from ..lab.snapshots import SnapshotInfo
 from ..lab.states import GuestState
-from .schemas import FailedGuest, GuestView, WaitResult
+from .schemas import FailedGuest, GuestView, SnapshotView, WaitResult
 
 
 def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
@@ -29,6 +30,11 @@ def guest_view(g: GuestRuntime) -> GuestView:
         timestamps=dict(g.timestamps), stages=dict(g.stages), reason=g.reason, mesh=dict(g.mesh),
         changed=g.changed, console_tail=console_tail(p.paths.console_log),
         ssh=f"127.0.0.1:{p.user_nic.ssh_port}" if p.user_nic else None)
+
+
+def snapshot_view(s: SnapshotInfo) -> SnapshotView:
+    return SnapshotView(guest=s.guest, name=s.name, size=s.size, created=s.created, save_seconds=s.save_seconds,
+                        valid=s.invalid is None, invalid_because=s.invalid, valid_for=s.valid_for)
 
 
 def wait_result(settled: bool, targets: list[GuestRuntime]) -> WaitResult:

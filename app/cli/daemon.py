@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"bridgelab: cannot listen on {args.listen}: {e}", file=sys.stderr)
         return EXIT_INVALID
-    runner = LabRunner(plan, source, shutdown_timeout=args.shutdown_timeout)
+    runner = LabRunner(plan, source, shutdown_timeout=args.shutdown_timeout, cold=args.cold)
     try:
         with runner.hosted():
             _serve(runner, args, policy, token_file, sock)

@@ -26,7 +26,7 @@ from .client import (
 )
 from .daemon import cmd_serve
 from .exits import EXIT_INVALID
-from . import image
+from . import image, snapshot
 from .tools import cmd_cleanup, cmd_preflight, cmd_validate
 
 log = logging.getLogger("bridgelab")
@@ -47,6 +47,7 @@ def parser(env: Settings) -> argparse.ArgumentParser:
     s.add_argument("--token-file", type=Path, help="default: $BRIDGELAB_STATE_DIR/api-token (created on first start)")
     s.add_argument("--fresh", action="store_true", help="start from the lab file, ignoring runtime changes "
                                                           "recorded by an earlier run")
+    s.add_argument("--cold", action="store_true", help="boot every guest, even one with a valid ready snapshot")
     s.set_defaults(fn=cmd_serve)
 
     v = sub.add_parser("validate", help="check a lab file and print the resolved plan")
@@ -94,6 +95,8 @@ def parser(env: Settings) -> argparse.ArgumentParser:
     co = api_command("console", cmd_console, "attach to a guest's live serial console")
     co.add_argument("name")
     co.add_argument("--write", action="store_true", help="send keystrokes (only while no automation runs)")
+    snapshot.add_arguments(api_command("snapshot", snapshot.cmd_snapshot,
+                                       "save, restore, list or remove snapshots of running guests"))
     lg = api_command("logs", cmd_logs, "the tail of a guest's serial console")
     lg.add_argument("name")
     lg.add_argument("-n", "--lines", type=int, default=100)

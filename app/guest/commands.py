@@ -159,6 +159,23 @@ def parse_addresses(output: str) -> list[ipaddress.IPv4Interface]:
     return [ipaddress.IPv4Interface(a) for a in _INET.findall(output)]
 
 
+def clock_and_addresses_cmd(epoch: float) -> Argv:
+    """Set the clock to the host's, then list links and IPv4 addresses, in
+    one round trip: what a guest restored from a snapshot is checked with."""
+    return ["sh", "-c", 'date -u -s "@$1" >/dev/null && ip -o link show && echo --- && ip -o -4 addr show',
+            "sh", f"{epoch:.3f}"]
+
+
+def parse_links_and_addresses(output: str, mac: str) -> tuple[str | None, list[ipaddress.IPv4Interface]]:
+    """(the NIC with `mac`, its IPv4 addresses) from clock_and_addresses_cmd's output."""
+    links, _, addrs = output.partition("\n---\n")
+    iface = iface_for_mac(links, mac)
+    if iface is None:
+        return None, []
+    own = [ln for ln in addrs.splitlines() if ln.split(":", 1)[-1].split()[:1] == [iface]]
+    return iface, parse_addresses("\n".join(own))
+
+
 def address_ok(live: list[ipaddress.IPv4Interface], cfg: NetConfig) -> bool:
     """The NIC carries exactly the wanted address (a side NIC: any DHCP one)."""
     return bool(live) if cfg.side_nic else live == [cfg.address]

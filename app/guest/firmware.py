@@ -47,6 +47,10 @@ class FirmwareGuard:
         """A boot is on its way: a fresh qemu about to run, or a reboot asked for."""
         self._held_since = self._clock()
 
+    def restored(self) -> None:
+        """The guest was restored from a snapshot: it runs past its firmware already."""
+        self._held_since = None
+
     def saw(self, stage: str) -> None:
         """A boot stage marker went by on the console (console_stream.BOOT_MARKERS)."""
         if stage == "firmware":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from typing import Callable
 
 from ..errors import NetworkConfigError
 from . import commands, networkd, nm
@@ -73,6 +74,17 @@ def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None, sett
         if iface in defaults:
             raise NetworkConfigError(f"{iface} (user-mode NIC) carries a default route: {defaults}")
     return iface
+
+
+def set_clock_and_verify(shell: Shell, cfg: commands.NetConfig, now: Callable[[], float]) -> str:
+    """A guest restored from a snapshot: its clock set to the host's (it
+    stood still while the snapshot lay on disk) and its address read back,
+    in one command; the full `verify` if the address is not (yet) right."""
+    out = shell.check(commands.clock_and_addresses_cmd(now()), 30)
+    iface, live = commands.parse_links_and_addresses(out, cfg.mac)
+    if iface is not None and commands.address_ok(live, cfg) and not cfg.side_nic:
+        return iface
+    return verify(shell, cfg, iface, settle=VERIFY_SETTLE)
 
 
 def ping_all(shell: Shell, targets: list[ipaddress.IPv4Address]) -> dict[str, bool]:

@@ -16,7 +16,7 @@ from ..errors import QemuStartError
 from ..host.ledger import Ledger, ProcessEntry
 from ..host.links import proc_start_time
 from ..model.plan import GuestPlan
-from . import qemu_argv
+from . import qemu_argv, vmstate
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every failed connect at ERROR; bridgelab reports QMP trouble itself.
@@ -45,18 +45,27 @@ class GuestProcess:
         return self.popen.pid if self.popen else None
 
     def prepare(self, fresh: bool = True) -> None:
-        """A qcow2 overlay over the image, so the base is never written: a new
-        one per lab start, the existing one when a stopped guest starts again."""
+        """A qcow2 overlay over the image, so the base is never written. A
+        fresh start reverts the disk to the pristine image (the overlay and
+        its snapshots stay); a stopped guest that starts again, or a restore,
+        keeps the disk it had. An overlay that cannot be reverted is replaced."""
         p = self.plan.paths
         p.dir.mkdir(parents=True, exist_ok=True)
         for f in (p.console_sock, p.qmp_sock, p.agent_sock):
             f.unlink(missing_ok=True)
-        if fresh or not p.overlay.exists():
-            p.overlay.unlink(missing_ok=True)
-            proc.run(qemu_argv.overlay_argv(self.plan))
+        if not fresh and p.overlay.exists():
+            return
+        why_not = vmstate.reusable_overlay(self.plan)
+        if why_not is None:
+            vmstate.revert_to_base(self.plan)
+        else:
+            if p.overlay.exists():
+                log.debug("guest %s: new overlay (%s)", self.plan.name, why_not)
+            vmstate.create_overlay(self.plan)
 
-    def spawn(self) -> None:
-        argv = qemu_argv.argv(self.plan)
+    def spawn(self, extra: tuple[str, ...] = ()) -> None:
+        """`extra`: arguments after the lab's, e.g. -loadvm for a warm start."""
+        argv = [*qemu_argv.argv(self.plan), *extra]
         p = self.plan.paths
         p.stderr.write_text("")
         self.popen = proc.spawn(argv, stdout=p.stderr, stderr=p.stderr)
@@ -100,10 +109,10 @@ class GuestProcess:
         """Start the CPUs of a qemu started with -S, once its console is read."""
         await self.execute("cont")
 
-    async def execute(self, cmd: str) -> object:
+    async def execute(self, cmd: str, args: dict[str, object] | None = None) -> object:
         if self.qmp is None:
             raise QemuStartError("QMP is not connected")
-        return await self.qmp.execute(cmd)
+        return await self.qmp.execute(cmd, args)
 
     async def wait_exit(self, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout

@@ -37,6 +37,8 @@ PASSWORD_PROMPT = r"[Pp]assword: "
 LOGIN_INCORRECT = r"Login incorrect"
 # Any usual shell prompt; only believed once a password has been sent.
 SHELL_PROMPT = r"[#$] (?:\x1b\[\?2004h)?"
+# The prompt of a shell bridgelab prepared, in this daemon or an earlier one.
+ANY_BRIDGELAB_PROMPT = r"BL[0-9a-f]{8}# "
 # Lines after which no login prompt will ever come: the guest fails at once,
 # with the line as its reason, instead of at the boot deadline.
 BOOT_FAILED = (r"[^\r\n]*(?:Dependency failed for [^\r\n]*getty|Timed out waiting for device [^\r\n]*tty"
@@ -148,6 +150,17 @@ class Session:
             self._credentials = (user, password)
             self._login(time.monotonic() + timeout, idle, on_login_prompt, at_login_prompt=False)
 
+    def resume(self, user: str, password: str, timeout: float) -> None:
+        """Take over the console of a guest restored from a snapshot: it was
+        saved at a prompt of a shell bridgelab prepared (perhaps another
+        daemon's), or the guest has ended that session since. Either way the
+        session is known afterwards (see `_ensure_shell`)."""
+        with self._lock:
+            self._credentials = (user, password)
+            self._ready = False
+            self.firmware.restored()
+            self._ensure_shell(timeout)
+
     def _login(self, deadline: float, idle: float, on_login_prompt: Callable[[], None] | None,
                at_login_prompt: bool) -> None:
         if self._refused:
@@ -218,7 +231,9 @@ class Session:
         the session (TMOUT, a getty restart, a reboot from inside, a `logout`
         typed on an attached console) getty answers with its login prompt
         instead: log in again with the same credentials and prepare the
-        shell, so a command is never typed into a login or password prompt."""
+        shell, so a command is never typed into a login or password prompt.
+        A guest restored from a snapshot may answer with the prompt of an
+        earlier session's shell: it is prepared again as ours."""
         if self._refused:
             raise LoginIncorrect(self._refused)
         if self._credentials is None:
@@ -226,7 +241,7 @@ class Session:
         self._drain()
         deadline = time.monotonic() + timeout
         patterns = [re.escape(f"{self._prompt_tag}# "), LOGIN_PROMPT, PASSWORD_PROMPT, pexpect.TIMEOUT, pexpect.EOF,
-                    UBOOT_STOPPED]
+                    UBOOT_STOPPED, ANY_BRIDGELAB_PROMPT]
         resumed = False
         while True:
             remaining = deadline - time.monotonic()
@@ -254,6 +269,10 @@ class Session:
                 self._ready = False
                 self._resume_firmware(resumed)
                 resumed = True
+            if i == 6:  # restored from a snapshot another session prepared: make it ours
+                self._note("a bridgelab shell of an earlier session (restored snapshot): preparing it again")
+                self._prepare_shell(max(remaining, 10.0))
+                return
 
     def _prepare_shell(self, timeout: float) -> None:
         tag = self._prompt_tag

@@ -28,8 +28,9 @@ ProcessFactory = Callable[[GuestPlan, Ledger], GuestProcess]  # tests hand in a 
 
 class LabContext:
     def __init__(self, plan: LabPlan, source: LabSource, host: HostSide, shutdown_timeout: float,
-                 process_factory: ProcessFactory = GuestProcess):
+                 process_factory: ProcessFactory = GuestProcess, cold: bool = False):
         self.plan = plan
+        self.cold = cold  # serve --cold: boot every guest, whatever snapshots it has
         self._process_factory = process_factory
         self.source = source
         self.spec: Lab = declared.freeze(source.spec, plan)

@@ -36,6 +36,7 @@ class GuestRuntime:
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     agent: GuestAgent | None = None
     shell: GuestShell | None = None  # everything the lab runs in the guest goes through it
+    restored_from: str | None = None  # the snapshot this boot came from; None after a cold boot
 
     def enter(self, state: GuestState) -> None:
         check_transition(self.plan.name, self.state, state)

@@ -15,13 +15,14 @@ import time
 from typing import Callable
 
 from ..errors import BridgelabError, ConsoleClosed, GuestBusy, GuestError
-from ..guest import network
+from ..guest import network, vmstate
 from ..guest.agent import GuestAgent
 from ..guest.commands import side_nic
 from ..guest.console import Console
 from ..guest.shell import GuestShell, Power
 from .context import LabContext
 from .guest_runtime import GuestRuntime
+from .snapshots import Snapshots
 from .states import SETTLED, GuestState
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ REBOOT_ASK_TIMEOUT = 120.0  # a console the guest logged out is logged into agai
 
 
 class Lifecycle:
-    def __init__(self, ctx: LabContext, on_first_settled: Callable[[], None] = lambda: None):
+    def __init__(self, ctx: LabContext, snapshots: Snapshots, on_first_settled: Callable[[], None] = lambda: None):
         self.ctx = ctx
+        self.snapshots = snapshots
         self._on_first_settled = on_first_settled
         self._announced = False
 
@@ -62,26 +64,16 @@ class Lifecycle:
             await asyncio.sleep(0.5)
 
     async def _bring_up(self, g: GuestRuntime, fresh: bool = True) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await self.ctx.in_thread(g.process.prepare, fresh)
-            g.process.spawn()
-            g.stage("qemu_started")
-            await g.process.wait_sockets()
-            g.agent = GuestAgent(g.plan.paths.agent_sock)
-
-            def on_stage(stage: str) -> None:
-                loop.call_soon_threadsafe(g.stage, stage)
-            g.console = await self.ctx.in_thread(Console.connect_unix, g.plan.paths.console_sock, g.plan.name,
-                                                 g.plan.paths.dir / "transcript.log", on_stage)
-            g.shell = GuestShell(g.console, g.agent)
-            await g.process.resume()
-            await self._login(g)
-            g.enter(GuestState.configuring)
-            g.changed = await self.ctx.in_thread(network.configure, g.shell, g.net_config())
-            if g.plan.user_nic is not None:
-                await self.ctx.in_thread(network.configure, g.shell, side_nic(g.plan.user_nic.mac))
-            g.stage("configured")
+            tag, why = await self.ctx.in_thread(self.snapshots.warm_start, g) if fresh else (None, "")
+            if tag is not None:
+                log.info("guest %s: warm start from %s", g.plan.name, why)
+                if not await self._warm(g, tag):
+                    await self._cold(g, fresh=True)
+            else:
+                if why:
+                    log.info("guest %s: cold boot (%s)", g.plan.name, why)
+                await self._cold(g, fresh)
         except asyncio.CancelledError:
             raise
         except BridgelabError as e:
@@ -95,6 +87,87 @@ class Lifecycle:
         if g.state is GuestState.verifying:
             await self.ctx.settled.wait()
             await self.verify_mesh(g)
+
+    async def _start_qemu(self, g: GuestRuntime, fresh: bool, extra: tuple[str, ...] = ()) -> None:
+        """qemu started paused, its console read from the first byte, then running."""
+        loop = asyncio.get_running_loop()
+        await self.ctx.in_thread(g.process.prepare, fresh)
+        g.process.spawn(extra)
+        g.stage("qemu_started")
+        await g.process.wait_sockets()
+        g.agent = GuestAgent(g.plan.paths.agent_sock)
+
+        def on_stage(stage: str) -> None:
+            loop.call_soon_threadsafe(g.stage, stage)
+        g.console = await self.ctx.in_thread(Console.connect_unix, g.plan.paths.console_sock, g.plan.name,
+                                             g.plan.paths.dir / "transcript.log", on_stage)
+        g.shell = GuestShell(g.console, g.agent)
+
+    async def _cold(self, g: GuestRuntime, fresh: bool) -> None:
+        g.restored_from = None
+        await self._start_qemu(g, fresh)
+        await g.process.resume()
+        await self._login(g)
+        g.enter(GuestState.configuring)
+        g.changed = await self.ctx.in_thread(network.configure, g.shell, g.net_config())
+        if g.plan.user_nic is not None:
+            await self.ctx.in_thread(network.configure, g.shell, side_nic(g.plan.user_nic.mac))
+        g.stage("configured")
+
+    async def _warm(self, g: GuestRuntime, tag: str) -> bool:
+        """Restore the guest's snapshot into a fresh qemu; False (after one
+        log line, with qemu gone) when that failed and it must boot cold."""
+        try:
+            await self._start_qemu(g, fresh=False, extra=("-loadvm", tag))
+            await vmstate.rearm_timers(g.process)
+            await g.process.resume()
+            g.restored_from = tag
+            g.stage("restored")
+            await self.snapshots.settle(g)
+        except BridgelabError as e:
+            log.warning("guest %s: warm start failed, booting cold: %s", g.plan.name, e)
+            await self._discard(g)
+            return False
+        self._restored(g)
+        g.changed = False
+        return True
+
+    @staticmethod
+    def _restored(g: GuestRuntime) -> None:
+        """A restored guest passed the checks a login and a configuration would."""
+        if g.state is GuestState.booting:
+            g.enter(GuestState.login)
+        g.enter(GuestState.configuring)
+
+    async def _discard(self, g: GuestRuntime) -> None:
+        """Throw away a failed warm start: qemu, console and agent; the guest stays booting."""
+        old, g.process = g.process, self.ctx.new_process(g.plan)
+        for closer in (g.console, g.agent):
+            if closer is not None:
+                closer.close()
+        g.console, g.agent, g.shell = None, None, None
+        await old.shutdown(0)
+        g.stages.clear()
+        g.restored_from = None
+
+    async def restore(self, names: list[str], tag: str) -> list[GuestRuntime]:
+        """Put running guests back to a snapshot: console session, clock and
+        address as after a warm start. The mesh is not pinged again (the
+        neighbours ran on, and were told where the guest is): a reset
+        between test cases stays within a second; POST /mesh checks it."""
+        guests = await self.snapshots.restore(names, tag)
+
+        async def settle(g: GuestRuntime) -> None:
+            try:
+                await self.snapshots.settle(g)
+            except BridgelabError as e:
+                g.fail_from(e)
+                return
+            self._restored(g)
+            g.enter(GuestState.verifying)
+            g.enter(GuestState.ready)
+        await asyncio.gather(*(settle(g) for g in guests if g.state is GuestState.booting))
+        return guests
 
     @staticmethod
     async def _fail(g: GuestRuntime, e: BaseException) -> None:

@@ -5,7 +5,8 @@ as a small facade over parts with one job each:
 - `Lifecycle` (lifecycle.py): bring-up, reboot, stop, start;
 - `Topology` (topology.py): add, remove, a new address, the declared state;
 - `Probes` (probes.py): the mesh and the uplink, from inside the guests;
-- `Exec` (exec.py): commands in a guest, by agent or console.
+- `Exec` (exec.py): commands in a guest, by agent or console;
+- `Snapshots` (snapshots.py): save, restore, list, delete; warm starts.
 
 They share a `LabContext` (context.py). The API maps onto this class;
 its views are built at the API edge (api/views.py).
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Iterator
+from typing import Any, Coroutine, Iterator
 
 from .reports import ExecResult, MeshReport, UplinkProbe
 from .requests import AddGuest, ExecRequest, NetworkRequest
@@ -30,6 +31,7 @@ from .host_side import HostSide
 from .lifecycle import Lifecycle
 from .loader import LabSource
 from .probes import Probes
+from .snapshots import SnapshotInfo, Snapshots
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,14 @@ log = logging.getLogger(__name__)
 
 class LabRunner:
     def __init__(self, plan: LabPlan, source: LabSource, shutdown_timeout: float = 30.0,
-                 host: HostSide | None = None, process_factory: ProcessFactory = GuestProcess):
-        """`host` and `process_factory` are seams for the in-process tests."""
-        self.ctx = LabContext(plan, source, host or HostSide(plan), shutdown_timeout, process_factory)
+                 host: HostSide | None = None, process_factory: ProcessFactory = GuestProcess, cold: bool = False):
+        """`host` and `process_factory` are seams for the in-process tests;
+        `cold` boots every guest even when it has a valid ready snapshot."""
+        self.ctx = LabContext(plan, source, host or HostSide(plan), shutdown_timeout, process_factory, cold)
         self.started_at = time.time()
         self.probes = Probes(self.ctx)
-        self.lifecycle = Lifecycle(self.ctx, on_first_settled=self._after_first_settled)
+        self.snapshots = Snapshots(self.ctx)
+        self.lifecycle = Lifecycle(self.ctx, self.snapshots, on_first_settled=self._after_first_settled)
         self.topology = Topology(self.ctx, self.lifecycle)
         self._exec = Exec(self.ctx)
         self._background: set[asyncio.Task[None]] = set()
@@ -95,9 +99,14 @@ class LabRunner:
 
     def _after_first_settled(self) -> None:
         if self.ctx.plan.uplink is not None:
-            task = asyncio.create_task(self.probes.log_uplink_selftest())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self.probes.log_uplink_selftest())
+        for g in self.ctx.guests.values():
+            self._in_background(self.snapshots.keep_ready(g))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def get(self, name: str) -> GuestRuntime:
         return self.ctx.get(name)
@@ -131,6 +140,19 @@ class LabRunner:
 
     async def probe_uplink(self, g: GuestRuntime) -> UplinkProbe | None:
         return await self.probes.probe_uplink(g)
+
+    # Snapshots: `names` empty means every guest of the lab, as one consistent state.
+    def list_snapshots(self, names: list[str]) -> list[SnapshotInfo]:
+        return [s for g in ([self.get(n) for n in names] or self.guests.values()) for s in self.snapshots.of(g)]
+
+    async def save_snapshot(self, names: list[str], tag: str) -> list[SnapshotInfo]:
+        return await self.snapshots.save(names, tag)
+
+    async def restore_snapshot(self, names: list[str], tag: str) -> list[GuestRuntime]:
+        return await self.lifecycle.restore(names, tag)
+
+    async def delete_snapshot(self, names: list[str], tag: str) -> None:
+        await self.snapshots.delete(names, tag)
 
 
 __all__ = ["LabRunner", "LabSource"]

@@ -101,6 +101,7 @@ class LabPlan:
     guests: tuple[GuestPlan, ...] = field(default=())
     uplink: UplinkPlan | None = None
     iptables_backend: IptablesBackend | None = None  # from the lab file; None: detect
+    warm_start: bool = True  # the lab file's `warm_start`
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -315,7 +316,8 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
     return LabPlan(name=lab.name, bridge=lab.bridge.name, bridge_address=lab.bridge.address,
                    host_address=host_address, bridge_mac=derive_bridge_mac(lab.name), state_dir=state_dir,
                    guests=tuple(guests), uplink=uplink,
-                   iptables_backend=None if lab.firewall.backend == "auto" else IptablesBackend(lab.firewall.backend))
+                   iptables_backend=None if lab.firewall.backend == "auto" else IptablesBackend(lab.firewall.backend),
+                   warm_start=lab.warm_start)
 
 
 def check_new_ip(plan: LabPlan, guest: str, ip: ipaddress.IPv4Address) -> list[str]:

@@ -168,6 +168,9 @@ class Lab(_Model):
     bridge: Bridge
     uplink: Uplink = Uplink()
     firewall: Firewall = Firewall()
+    warm_start: bool = Field(default=True, description=(
+        "keep a `ready` snapshot of each guest the first time it is ready, and restore it instead of booting "
+        "on the next start while it is still valid (`serve --cold` boots anyway)"))
     guests: list[Guest] = Field(min_length=1)
 
     @field_validator("name")
