@@ -84,6 +84,7 @@ def set_clock_and_verify(shell: Shell, cfg: commands.NetConfig, now: Callable[[]
     iface, live = commands.parse_links_and_addresses(out, cfg.mac)
     if iface is not None and commands.address_ok(live, cfg) and not cfg.side_nic:
         return iface
+    log.info("%s: after the restore %s has %s; waiting for %s", shell.name, iface, [str(a) for a in live], cfg.address)
     return verify(shell, cfg, iface, settle=VERIFY_SETTLE)
 
 
