@@ -38,7 +38,7 @@ LOGIN_INCORRECT = r"Login incorrect"
 # Any usual shell prompt; only believed once a password has been sent.
 SHELL_PROMPT = r"[#$] (?:\x1b\[\?2004h)?"
 # The prompt of a shell bridgelab prepared, in this daemon or an earlier one.
-ANY_BRIDGELAB_PROMPT = r"BL[0-9a-f]{8}# "
+PREPARED_PROMPT = r"BL[0-9a-f]{8}# "
 # Lines after which no login prompt will ever come: the guest fails at once,
 # with the line as its reason, instead of at the boot deadline.
 BOOT_FAILED = (r"[^\r\n]*(?:Dependency failed for [^\r\n]*getty|Timed out waiting for device [^\r\n]*tty"
@@ -241,7 +241,7 @@ class Session:
         self._drain()
         deadline = time.monotonic() + timeout
         patterns = [re.escape(f"{self._prompt_tag}# "), LOGIN_PROMPT, PASSWORD_PROMPT, pexpect.TIMEOUT, pexpect.EOF,
-                    UBOOT_STOPPED, ANY_BRIDGELAB_PROMPT]
+                    UBOOT_STOPPED, PREPARED_PROMPT]
         resumed = False
         while True:
             remaining = deadline - time.monotonic()

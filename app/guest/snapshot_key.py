@@ -55,8 +55,13 @@ def machine_args(g: GuestPlan) -> list[str]:
 
 
 def image_fingerprint(g: GuestPlan) -> str:
-    disk = g.image.disk.stat()
-    return f"{g.image.name} {_digest(g.image.model_dump_json() + f'{disk.st_size}:{disk.st_mtime_ns}')}"
+    """The image's manifest (as resolved) and its disk file's size and mtime."""
+    try:
+        disk = g.image.disk.stat()
+        identity = f"{disk.st_size}:{disk.st_mtime_ns}"
+    except OSError:
+        identity = "missing"
+    return f"{g.image.name} {_digest(g.image.model_dump_json() + identity)}"
 
 
 def key(g: GuestPlan) -> Key:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import proc
+from qemu.qmp.error import QMPError
+
 from ..errors import CommandFailed, GuestError
 from ..model.plan import GuestPlan
 from ..model.spec import Arch
@@ -111,12 +113,27 @@ def delete_offline(g: GuestPlan, tag: str) -> None:
 
 async def _hmp(process: "GuestProcess", line: str) -> str:
     """HMP through QMP: savevm/loadvm/delvm report failure only as text."""
-    out = await process.execute("human-monitor-command", {"command-line": line})
+    out = await _qmp(process, "human-monitor-command", {"command-line": line})
     return out if isinstance(out, str) else ""
+
+
+async def _qmp(process: "GuestProcess", cmd: str, args: dict[str, object] | None = None) -> object:
+    try:
+        return await process.execute(cmd, args)
+    except (QMPError, OSError, EOFError) as e:
+        raise SnapshotError(f"{process.plan.name}: QMP {cmd}: {e}") from None
 
 
 def _failed(output: str) -> bool:
     return "rror" in output  # "Error: ..." on every failure of these commands
+
+
+async def pause(process: "GuestProcess") -> None:
+    await _qmp(process, "stop")
+
+
+async def run(process: "GuestProcess") -> None:
+    await _qmp(process, "cont")
 
 
 async def save(process: "GuestProcess", tag: str) -> float:
@@ -132,7 +149,7 @@ async def save(process: "GuestProcess", tag: str) -> float:
 
 async def load(process: "GuestProcess", tag: str) -> None:
     """Load `tag` into the running process, leaving the CPUs stopped."""
-    await process.execute("stop")
+    await _qmp(process, "stop")
     out = await _hmp(process, f"loadvm {tag}")
     if _failed(out):
         raise SnapshotError(f"{process.plan.name}: loadvm {tag}: {out.strip()}")
@@ -165,9 +182,9 @@ async def rearm_timers(process: "GuestProcess") -> None:
 
 async def announce(process: "GuestProcess") -> None:
     """Neighbours learn where the guest's MACs are now (gratuitous ARP/RARP)."""
-    await process.execute("announce-self", {"initial": 50, "max": 550, "rounds": 3, "step": 100})
+    await _qmp(process, "announce-self", {"initial": 50, "max": 550, "rounds": 3, "step": 100})
 
 
-__all__ = ["BASE_TAG", "InternalSnapshot", "READY_TAG", "SnapshotError", "announce", "create_overlay",
+__all__ = ["BASE_TAG", "InternalSnapshot", "READY_TAG", "SnapshotError", "announce", "pause", "run", "create_overlay",
            "delete", "delete_offline", "list_internal", "load", "overlay_info", "rearm_timers", "reusable_overlay",
            "revert_to_base", "save"]

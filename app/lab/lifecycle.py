@@ -86,7 +86,7 @@ class Lifecycle:
         self.ctx.check_settled()
         if g.state is GuestState.verifying:
             await self.ctx.settled.wait()
-            await self.verify_mesh(g)
+            await self.verify_mesh(g, keep_ready=g.restored_from is None)
 
     async def _start_qemu(self, g: GuestRuntime, fresh: bool, extra: tuple[str, ...] = ()) -> None:
         """qemu started paused, its console read from the first byte, then running."""
@@ -198,7 +198,11 @@ class Lifecycle:
                   if o is not g and o.state in (GuestState.verifying, GuestState.ready)]
         return [self.ctx.plan.host_address.ip, *others]
 
-    async def verify_mesh(self, g: GuestRuntime) -> None:
+    async def verify_mesh(self, g: GuestRuntime, keep_ready: bool = False) -> None:
+        """The guest pings the bridge and its peers; ready when all answer.
+        `keep_ready`: a guest that booted cold first has its ready snapshot
+        taken, before it is ready, so no request meets the pause (its peers'
+        pings, 5 s each, outlast it)."""
         if g.state is not GuestState.verifying:
             g.enter(GuestState.verifying)
         assert g.shell is not None
@@ -213,6 +217,8 @@ class Lifecycle:
         else:
             g.stage("mesh_verified")
             g.shell.reprobe_agent()
+            if keep_ready:
+                await self.snapshots.keep_ready(g)
             g.enter(GuestState.ready)
         self._announce_once()
 

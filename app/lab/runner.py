@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Coroutine, Iterator
+from typing import Iterator
 
 from .reports import ExecResult, MeshReport, UplinkProbe
 from .requests import AddGuest, ExecRequest, NetworkRequest
@@ -99,14 +99,9 @@ class LabRunner:
 
     def _after_first_settled(self) -> None:
         if self.ctx.plan.uplink is not None:
-            self._in_background(self.probes.log_uplink_selftest())
-        for g in self.ctx.guests.values():
-            self._in_background(self.snapshots.keep_ready(g))
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            task = asyncio.create_task(self.probes.log_uplink_selftest())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def get(self, name: str) -> GuestRuntime:
         return self.ctx.get(name)

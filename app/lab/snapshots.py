@@ -80,13 +80,13 @@ class Snapshots:
             return []
 
     def _read(self, g: GuestRuntime) -> list[SnapshotInfo]:
-        internal = vmstate.list_internal(g.plan.paths.overlay)
+        internal = [s for s in vmstate.list_internal(g.plan.paths.overlay) if s.name != vmstate.BASE_TAG]
+        if not internal:
+            return []
         meta = _read_meta(g)
         now = snapshot_key.key(g.plan)
         out = []
         for s in internal:
-            if s.name == vmstate.BASE_TAG:
-                continue
             m = meta.get(s.name, {})
             saved = m.get("key", {})
             invalid = "taken outside bridgelab" if not saved else snapshot_key.mismatch(saved, now)
@@ -109,11 +109,11 @@ class Snapshots:
         async with self._holding(guests):
             for g in guests:
                 self._require_running(g)
-            await asyncio.gather(*(g.process.execute("stop") for g in guests))
+            await asyncio.gather(*(vmstate.pause(g.process) for g in guests))
             try:
                 await asyncio.gather(*(self._save_one(g, tag) for g in guests))
             finally:
-                await asyncio.gather(*(g.process.execute("cont") for g in guests), return_exceptions=True)
+                await asyncio.gather(*(vmstate.run(g.process) for g in guests), return_exceptions=True)
         return [self.find(g, tag) for g in guests]
 
     async def _save_one(self, g: GuestRuntime, tag: str) -> None:
@@ -124,14 +124,12 @@ class Snapshots:
         log.info("guest %s: snapshot %r saved in %.2fs", g.plan.name, tag, seconds)
 
     async def keep_ready(self, g: GuestRuntime) -> None:
-        """The warm-start snapshot of a guest that has just become ready from
-        a cold boot. A failure (a full disk) is logged; the lab goes on."""
-        if not self.ctx.plan.warm_start or g.restored_from is not None or g.state is not GuestState.ready:
+        """The warm-start snapshot of a guest verified after a cold boot, just
+        before it is ready. A failure (a full disk) is logged; the lab goes on."""
+        if not self.ctx.plan.warm_start:
             return
         try:
-            async with self._holding([g]):
-                if g.state is GuestState.ready:
-                    await self._save_one(g, READY_TAG)
+            await self._save_one(g, READY_TAG)
         except (BridgelabError, OSError) as e:
             log.warning("guest %s: no warm-start snapshot (%s); the next start boots it cold", g.plan.name, e)
 
@@ -176,7 +174,7 @@ class Snapshots:
             await vmstate.load(g.process, tag)
             t1 = time.monotonic()
             await vmstate.rearm_timers(g.process)
-            await g.process.execute("cont")
+            await vmstate.run(g.process)
             log.info("guest %s: snapshot %r loaded in %.2fs (+%.2fs timers)", g.plan.name, tag, t1 - t0,
                      time.monotonic() - t1)
         except BridgelabError as e:
