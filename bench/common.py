@@ -19,13 +19,14 @@ def fresh_ns(prefix: str = "blb") -> str:
     return name
 
 
-def start_serve(ns: str, tmp: Path, lab: Path, timeout: float = 10) -> tuple[subprocess.Popen[bytes], httpx.Client]:
-    """The daemon in `ns`, its API on tmp/api.sock, its log in tmp/serve.log."""
+def start_serve(ns: str, tmp: Path, lab: Path, timeout: float = 10,
+                extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+    """The daemon in `ns`, its API on tmp/api.sock, its log appended to tmp/serve.log."""
     sock = tmp / "api.sock"
     proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
                              "--lab", str(lab), "--listen", f"unix:{sock}", "--state-dir", str(tmp / "s"),
-                             "--token-file", str(tmp / "api-token")],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "wb"))
+                             "--token-file", str(tmp / "api-token"), *extra],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "ab"))
     return proc, httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://b", timeout=timeout)
 
 

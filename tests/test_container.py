@@ -149,6 +149,9 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         for g in guests:
             assert sh("ping", "-n", "-q", "-c", "1", "-w", "5", g["ip"], check=False).returncode == 0
         assert f"lab {lab_name} ready: rv1 " in logs
+        assert "restored" not in guests[0]["stages"], guests[0]["stages"]  # the first start boots
+        snaps = api.get("/snapshots").json()
+        assert [(s["guest"], s["name"], s["valid"]) for s in snaps] == [("rv1", "ready", True)], snaps
         taps = [g["tap"] for g in guests]
         # Uplink sysctls need /proc/sys/net writable, and nothing else in /proc/sys.
         # (access(2) only: this lab has no uplink and must not change the host.)
@@ -164,6 +167,10 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         again = up_until_settled()
         assert [g["state"] for g in again] == ["ready"]
         assert [g["ip"] for g in again] == [g["ip"] for g in guests]
+        # The second `up` is warm: the guest comes back from its ready snapshot in the state volume.
+        assert "restored" in again[0]["stages"] and "firmware" not in again[0]["stages"], again[0]["stages"]
+        logs = sh(*compose, "logs", "--no-color", env=env, check=False, cwd=ROOT).stdout
+        assert "guest rv1: warm start from ready snapshot" in logs, logs[-3000:]
         assert rule_count() in (0, 1)
         links = lab_links()
         assert links.count(f" {bridge}:") == 1 and all(links.count(f" {t}:") == 1 for t in taps)
@@ -211,6 +218,11 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
                        "-v", f"{img_dir}:/var/lib/bridgelab/images:ro", "--entrypoint", "qemu-img",
                        image, "check", f"/s/{lab_name}/guests/{name}/overlay.qcow2", check=False)
             assert check.returncode == 0, (name, check.stdout, check.stderr)
+            # `down` keeps the snapshots (in the state volume); `down -v` below drops them.
+            listed = sh(DOCKER, "run", "--rm", "--network", "none", "-v", f"{lab_name}_bridgelab-state:/s",
+                        "-v", f"{img_dir}:/var/lib/bridgelab/images:ro", "--entrypoint", "qemu-img",
+                        image, "snapshot", "-l", f"/s/{lab_name}/guests/{name}/overlay.qcow2", check=False)
+            assert " ready " in listed.stdout, listed.stdout + listed.stderr
         # Nothing was created on the host through a bind mount.
         assert {"lab": tree(lab_dir), "images": tree(img_dir), "run": hoststate.run_paths()} == host_paths
     finally:

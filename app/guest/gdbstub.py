@@ -95,16 +95,32 @@ class GdbRemote:
             raise GdbStubError(f"writing register {number}: {reply!r}")
 
 
-def raise_supervisor_timer(path: Path) -> None:
-    """Set STIP in hart 0's `mip` through the gdbstub at `path`, then detach."""
+    def threads(self) -> list[str]:
+        """The stub's thread ids: one per vCPU."""
+        ids: list[str] = []
+        reply = self.command("qfThreadInfo")
+        while reply.startswith("m"):
+            ids += [t for t in reply[1:].split(",") if t]
+            reply = self.command("qsThreadInfo")
+        return ids
+
+
+def raise_supervisor_timer(path: Path) -> int:
+    """Set STIP in every hart's `mip` through the gdbstub at `path`, then
+    detach; returns how many harts got it."""
     stub = GdbRemote(path)
     try:
         stub.command("qSupported:xmlRegisters=riscv")
         stub.command("?")
         mip = stub.register_number("mip")
-        value, width = stub.read_register(mip)
-        stub.write_register(mip, value | MIP_STIP, width)
+        harts = stub.threads() or ["0"]
+        for thread in harts:
+            if stub.command(f"Hg{thread}") != "OK":
+                raise GdbStubError(f"cannot select thread {thread}")
+            value, width = stub.read_register(mip)
+            stub.write_register(mip, value | MIP_STIP, width)
         stub.command("D")
+        return len(harts)
     finally:
         stub.close()
 
