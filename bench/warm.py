@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import httpx
 
 from common import fresh_ns, start_serve, stop_serve, wait_settled
 
@@ -33,7 +36,8 @@ LOADED = re.compile(r"guest (\S+): snapshot '[^']+' loaded in ([\d.]+)s")
 SETTLED = re.compile(r"guest (\S+): restored guest settled in ([\d.]+)s")
 
 
-def serve_until_ready(ns: str, tmp: Path, *extra: str) -> tuple[float, list[dict], object, object]:
+def serve_until_ready(ns: str, tmp: Path, *extra: str
+                      ) -> tuple[float, list[dict], subprocess.Popen[bytes], httpx.Client]:
     t0 = time.monotonic()
     proc, api = start_serve(ns, tmp, EXAMPLE, extra=extra, timeout=60)
     guests = wait_settled(api, proc, 900)
@@ -49,7 +53,8 @@ def one_rep(resets: int) -> dict[str, list[float]]:
                                    "load_in_daemon": [], "settle_in_daemon": []}
     ns = fresh_ns("blwm")
     tmp = Path(tempfile.mkdtemp(prefix="bl-warm-"))
-    proc = api = None
+    proc: subprocess.Popen[bytes] | None = None
+    api: httpx.Client | None = None
     try:
         cold, _, proc, api = serve_until_ready(ns, tmp, "--cold")
         out["cold"].append(cold)
