@@ -11,15 +11,17 @@ from bridgelab.cli.snapshot import _problem
 from bridgelab.guest import commands, snapshot_key
 from pydantic import ValidationError
 
-# What `ip -o link show` and `ip -o -4 addr show` print in a Debian sid riscv64 guest.
-OUTPUT = """1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00
-2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc pfifo_fast state UP mode DEFAULT group default qlen 1000\\    link/ether 7e:85:5b:32:ec:ec brd ff:ff:ff:ff:ff:ff
-3: eth1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc pfifo_fast state UP mode DEFAULT group default qlen 1000\\    link/ether 52:54:00:12:34:56 brd ff:ff:ff:ff:ff:ff
----
-1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
-2: eth0    inet 10.198.101.1/24 brd 10.198.101.255 scope global noprefixroute eth0\\       valid_lft forever preferred_lft forever
-3: eth1    inet 10.0.2.15/24 brd 10.0.2.255 scope global dynamic eth1\\       valid_lft 86000sec preferred_lft 86000sec
-"""
+# What `ip -o link show` and `ip -o -4 addr show` print in a Debian sid
+# riscv64 guest (the flags and qdisc details shortened).
+OUTPUT = "\n".join([
+    "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00",
+    "2: eth0: <BROADCAST,UP,LOWER_UP> mtu 1500 state UP\\    link/ether 7e:85:5b:32:ec:ec brd ff:ff:ff:ff:ff:ff",
+    "3: eth1: <BROADCAST,UP,LOWER_UP> mtu 1500 state UP\\    link/ether 52:54:00:12:34:56 brd ff:ff:ff:ff:ff:ff",
+    "---",
+    "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever",
+    "2: eth0    inet 10.198.101.1/24 brd 10.198.101.255 scope global noprefixroute eth0\\       valid_lft forever",
+    "3: eth1    inet 10.0.2.15/24 brd 10.0.2.255 scope global dynamic eth1\\       valid_lft 86000sec",
+]) + "\n"
 
 
 def test_a_restored_guest_is_checked_by_its_nic_and_only_its_addresses():
