@@ -54,6 +54,12 @@ class GuestProcess:
         for f in (p.console_sock, p.qmp_sock, p.agent_sock):
             f.unlink(missing_ok=True)
         if not fresh and p.overlay.exists():
+            why_not = vmstate.repair_leaks(self.plan)
+            if why_not is None:
+                return
+            log.warning("guest %s: its overlay cannot be used (%s); a new one, from the image", self.plan.name,
+                        why_not)
+            vmstate.create_overlay(self.plan)
             return
         why_not = vmstate.reusable_overlay(self.plan)
         if why_not is None:

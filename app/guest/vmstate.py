@@ -83,10 +83,22 @@ def create_overlay(g: GuestPlan) -> None:
     proc.run(["qemu-img", "snapshot", "-c", BASE_TAG, str(g.paths.overlay)])
 
 
-def reusable_overlay(g: GuestPlan) -> str | None:
-    """Why the existing overlay cannot be reverted and reused (None: it can)."""
+def repair_leaks(g: GuestPlan) -> str | None:
+    """Before an overlay is used again: a qemu that was killed leaves leaked
+    clusters (wasted space, no harm), which are freed here; why it cannot be
+    used at all (corrupt, unreadable), or None."""
     if not g.paths.overlay.exists():
         return "no overlay yet"
+    r = proc.run(["qemu-img", "check", "-q", "-r", "leaks", str(g.paths.overlay)], check=False, timeout=120)
+    if r.returncode != 0:
+        return f"qemu-img check: {(r.stderr or r.stdout).strip()[:300] or f'exit {r.returncode}'}"
+    return None
+
+
+def reusable_overlay(g: GuestPlan) -> str | None:
+    """Why the existing overlay cannot be reverted and reused (None: it can)."""
+    if (problem := repair_leaks(g)) is not None:
+        return problem
     try:
         info = overlay_info(g.paths.overlay)
     except (CommandFailed, ValueError) as e:
@@ -185,6 +197,6 @@ async def announce(process: "GuestProcess") -> None:
     await _qmp(process, "announce-self", {"initial": 50, "max": 550, "rounds": 3, "step": 100})
 
 
-__all__ = ["BASE_TAG", "InternalSnapshot", "READY_TAG", "SnapshotError", "announce", "pause", "run", "create_overlay",
-           "delete", "delete_offline", "list_internal", "load", "overlay_info", "rearm_timers", "reusable_overlay",
-           "revert_to_base", "save"]
+__all__ = ["BASE_TAG", "InternalSnapshot", "READY_TAG", "SnapshotError", "announce", "create_overlay", "delete",
+           "delete_offline", "list_internal", "load", "overlay_info", "pause", "rearm_timers", "repair_leaks",
+           "reusable_overlay", "revert_to_base", "run", "save"]
