@@ -9,7 +9,7 @@ overlay and marks the disk clusters in one step), restoring into the running
 process keeps the console and agent sockets, and qemu-img can list and delete
 snapshots while no qemu runs. Measured on this 2-core TCG host, Debian sid
 riscv64 with 1 GiB: savevm 0.38-0.44 s, loadvm in place 0.49 s, a fresh
-process with -loadvm ready to run in 1.1-1.2 s.
+process with -loadvm ready to run in 0.68-1.23 s (four runs).
 
 The overlay also carries `bridgelab-base`, a disk-only snapshot taken while it
 was still empty: a cold boot reverts to it, so cold boots start from the

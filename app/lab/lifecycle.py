@@ -142,13 +142,18 @@ class Lifecycle:
     async def _discard(self, g: GuestRuntime) -> None:
         """Throw away a failed warm start: qemu, console and agent; the guest stays booting."""
         old, g.process = g.process, self.ctx.new_process(g.plan)
-        for closer in (g.console, g.agent):
-            if closer is not None:
-                closer.close()
-        g.console, g.agent, g.shell = None, None, None
+        self._close_channels(g)
         await old.shutdown(0)
         g.stages.clear()
         g.restored_from = None
+
+    @staticmethod
+    def _close_channels(g: GuestRuntime) -> None:
+        """The console and agent connections of a qemu that is going away."""
+        for channel in (g.console, g.agent):
+            if channel is not None:
+                channel.close()
+        g.console, g.agent, g.shell = None, None, None
 
     async def restore(self, names: list[str], tag: str) -> list[GuestRuntime]:
         """Put running guests back to a snapshot: console session, clock and
@@ -298,13 +303,7 @@ class Lifecycle:
             await g.process.shutdown(timeout if asked else min(5.0, timeout))
         else:
             await g.process.close_qmp()
-        g.shell = None
-        if g.console is not None:
-            g.console.close()
-            g.console = None
-        if g.agent is not None:
-            g.agent.close()
-            g.agent = None
+        self._close_channels(g)
         g.enter(GuestState.stopped)
         self.ctx.check_settled()
 

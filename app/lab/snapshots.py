@@ -119,7 +119,7 @@ class Snapshots:
     async def _save_one(self, g: GuestRuntime, tag: str) -> None:
         seconds = await vmstate.save(g.process, tag)
         meta = _read_meta(g)
-        meta[tag] = {"key": snapshot_key.key(g.plan), "save_seconds": round(seconds, 3), "saved_at": time.time()}
+        meta[tag] = {"key": snapshot_key.key(g.plan), "save_seconds": round(seconds, 3)}
         await self.ctx.in_thread(_write_meta, g, meta)
         log.info("guest %s: snapshot %r saved in %.2fs", g.plan.name, tag, seconds)
 
