@@ -37,8 +37,10 @@ PASSWORD_PROMPT = r"[Pp]assword: "
 LOGIN_INCORRECT = r"Login incorrect"
 # Any usual shell prompt; only believed once a password has been sent.
 SHELL_PROMPT = r"[#$] (?:\x1b\[\?2004h)?"
-# The prompt of a shell bridgelab prepared, in this daemon or an earlier one.
-PREPARED_PROMPT = r"BL[0-9a-f]{8}# "
+# The prompt of a shell bridgelab prepared, in this daemon or an earlier one
+# (PROMPT_PREFIX and 8 hex digits, see Session.__init__).
+PROMPT_PREFIX = "BL"
+PREPARED_PROMPT = rf"{PROMPT_PREFIX}[0-9a-f]{{8}}# "
 # Lines after which no login prompt will ever come: the guest fails at once,
 # with the line as its reason, instead of at the boot deadline.
 BOOT_FAILED = (r"[^\r\n]*(?:Dependency failed for [^\r\n]*getty|Timed out waiting for device [^\r\n]*tty"
@@ -83,7 +85,7 @@ class Session:
         self.name = name
         self.firmware = firmware or FirmwareGuard()
         self._lock = threading.RLock()
-        self._prompt_tag = "BL" + secrets.token_hex(4)
+        self._prompt_tag = PROMPT_PREFIX + secrets.token_hex(4)
         self._ready = False
         self._credentials: tuple[str, str] | None = None
         self._refused: str | None = None  # why the guest refused our login: never tried again
