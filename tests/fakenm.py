@@ -6,7 +6,9 @@ of the real tools (the parsers in guest/commands.py are tested against
 real output elsewhere). $FAKE_NM_STATE/unreachable lists addresses that
 ping must not reach; $FAKE_NM_STATE/delay slows `nmcli connection up`;
 $FAKE_NM_STATE/manager names the enabled network manager (default
-NetworkManager).
+NetworkManager); with $FAKE_NM_STATE/nic_late the NIC's driver loads late,
+as after a reboot under TCG: `ip link` shows no NIC after a boot until
+`udevadm settle` has run.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ def ip(args: list[str]) -> int:
     state = load()
     joined = " ".join(args)
     if joined == "-o link show":
+        nic_loaded = not (STATE / "nic_late").exists() or (STATE / "udev_settled").exists()
         print("1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default "
               "qlen 1000\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00")
-        print(f"2: {IFACE}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc fq_codel state UP mode DEFAULT "
-              f"group default qlen 1000\\    link/ether {os.environ['FAKE_MAC'].lower()} brd ff:ff:ff:ff:ff:ff")
+        if nic_loaded:
+            print(f"2: {IFACE}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc fq_codel state UP mode DEFAULT "
+                  f"group default qlen 1000\\    link/ether {os.environ['FAKE_MAC'].lower()} brd ff:ff:ff:ff:ff:ff")
     elif joined.startswith("-o -4 addr show dev"):
         if state["live"]:
             print(f"2: {IFACE}    inet {state['live']} brd + scope global noprefixroute {IFACE}\\       "
@@ -118,6 +122,7 @@ def systemctl(args: list[str]) -> int:
         return 0 if unit == manager else 1
     with open(STATE / "events", "a") as f:
         f.write(f"systemctl {' '.join(args)}\n")
+    (STATE / "udev_settled").unlink(missing_ok=True)  # the next boot loads its drivers anew
     os.kill(int(os.environ["FAKE_QEMU_PID"]), signal.SIGTERM if args == ["poweroff"] else signal.SIGHUP)
     return 0
 
@@ -126,6 +131,7 @@ def udevadm(args: list[str]) -> int:
     """`udevadm settle`: recorded, so a test can see it came before the configuration."""
     with open(STATE / "events", "a") as f:
         f.write(f"udevadm {' '.join(args)}\n")
+    (STATE / "udev_settled").touch()
     return 0
 
 

@@ -12,6 +12,7 @@ import pexpect
 import pytest
 from bridgelab.errors import BootFailed, ConsoleTimeout, LoginIncorrect
 from bridgelab.guest.console import Console, result_pattern, split_marker, strip_escapes, wrap_command
+from bridgelab.guest.session import readable
 from bridgelab.guest.firmware import HOLD_LIMIT, UBOOT_STOPPED, FirmwareGuard
 
 FAKE = Path(__file__).with_name("fakeguest.py")
@@ -41,6 +42,10 @@ def test_strip_escapes_on_real_sid_output():
     assert "3008" not in text and "6E616D65" not in text
     assert text.rstrip().endswith("bridgelab login:")
     assert strip_escapes("\x1b[32mWired\x1b[0m:\x1b[1;33m02:00\x1b[0m\r\n") == "Wired:02:00\n"
+    # Answers to terminal queries, echoed back in caret notation by the guest's tty.
+    echoed = "^[P0+r^[\\^[[50;200R^[[50;200R^[P0+r^[\\[ TIME ] Timed out waiting for device dev-ttyS0.device.\r\n"
+    assert readable(echoed) == "[ TIME ] Timed out waiting for device dev-ttyS0.device.\n"
+    assert strip_escapes("^[[1m\n") == "^[[1m\n"  # a command's output keeps what it printed
 
 
 def test_markers_never_match_their_own_echo():

@@ -165,6 +165,22 @@ def test_bring_up_goes_through_every_state_in_order_and_the_mesh_waits_for_both(
     assert profile["ipv4.method"] == "manual" and profile["ipv4.addresses"] == "10.198.101.10/24"
 
 
+def test_after_a_reboot_the_nic_is_looked_up_once_udev_has_settled(tmp_path):
+    """A NIC whose driver loads from the root filesystem after the login (as
+    under TCG with a root-disk-only initrd): the reboot's address check waits
+    for udev instead of failing with "no interface with MAC"."""
+    lab = Lab(tmp_path, two())
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv1 = r.guests["rv1"]
+        (rv1.plan.paths.dir / "nic_late").touch()
+        await r.reboot("rv1")
+        assert rv1.state is GuestState.ready, rv1.reason
+    lab.run(scenario)
+    assert lab.events("rv1", "udevadm") == ["udevadm settle --timeout=120"] * 2
+
+
 def test_a_refused_login_fails_that_guest_only_and_says_why(tmp_path):
     lab = Lab(tmp_path, two(), guest_args={"rv2": ["--password", "something-else"]})
 

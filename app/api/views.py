@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..guest.session import strip_escapes
+from ..guest.session import readable
 from ..guest.process import tail
 from ..lab.guest_runtime import GuestRuntime
 from ..lab.runner import LabRunner
@@ -16,7 +16,7 @@ from .schemas import FailedGuest, GuestView, SnapshotView, WaitResult
 
 
 def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
-    text = strip_escapes(tail(path, limit))
+    text = readable(tail(path, limit))
     kept = [ln for ln in text.splitlines() if ln.strip()]
     return "\n".join(kept[-lines:])
 

@@ -17,6 +17,12 @@ from .shell import Shell
 log = logging.getLogger(__name__)
 
 def find_iface(shell: Shell, mac: str) -> str:
+    """The NIC with that MAC, once udev's queue is empty: early after a boot
+    its driver may still be loading from the root filesystem (seen under TCG
+    with an initrd that holds only the root disk's modules), or it may still
+    be being renamed. A guest without udevadm (exit 127), or whose queue does
+    not empty in time, is looked at anyway: then it is as good as it gets."""
+    shell.run(commands.settle_devices_cmd(), commands.SETTLE_SECONDS + 30)
     out = shell.check(commands.list_links_cmd())
     iface = commands.iface_for_mac(out, mac)
     if iface is None:
@@ -28,9 +34,6 @@ def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
     """Give the NIC with cfg.mac its address through the guest's own network
     manager, and check it is live. False when everything already matched."""
     with shell.exclusive():
-        # A guest without udevadm (exit 127), or whose queue does not empty in
-        # time, is configured anyway: the NIC's name is then as good as it gets.
-        shell.run(commands.settle_devices_cmd(), commands.SETTLE_SECONDS + 30)
         iface = find_iface(shell, cfg.mac)
         manager = commands.parse_manager(shell.check(commands.detect_manager_cmd()))
         if manager == commands.NETWORK_MANAGER:

@@ -19,15 +19,21 @@ from .firmware import UBOOT_RESUME, UBOOT_STOPPED, FirmwareGuard
 
 log = logging.getLogger(__name__)
 
-# CSI, OSC (BEL or ST terminated), DCS/APC/PM/SOS strings, and two-byte escapes.
-# Debian sid's systemd wraps every command in OSC 3008 and agetty sends DCS
-# queries, so all of these really occur on a serial console.
-_ESCAPES = re.compile(
-    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
-    r"|\x1b[P_^X][^\x1b]*(?:\x1b\\)?"
-    r"|\x1b\[[0-?]*[ -/]*[@-~]"
-    r"|\x1b[ -/]*[0-~]"
-)
+def _escapes(esc: str) -> re.Pattern[str]:
+    """CSI, OSC (BEL or ST terminated), DCS/APC/PM/SOS strings, and two-byte
+    escapes, with ESC spelled `esc`. Debian sid's systemd wraps every command
+    in OSC 3008 and agetty sends DCS queries, so all of these really occur on
+    a serial console."""
+    return re.compile(rf"{esc}\](?:(?!{esc})[^\x07])*(?:\x07|{esc}\\)?"
+                      rf"|{esc}[P_^X](?:(?!{esc})[\s\S])*(?:{esc}\\)?"
+                      rf"|{esc}\[[0-?]*[ -/]*[@-~]"
+                      rf"|{esc}[ -/]*[0-~]")
+
+
+_ESCAPES = _escapes(r"\x1b")
+# The same, echoed back in caret notation ("^[[50;200R") by a tty with echoctl:
+# answers to terminal queries land in the middle of boot lines that way.
+_ECHOED_ESCAPES = _escapes(r"\^\[")
 _OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # At the start of a line, and not the "Last login: ..." line that many
@@ -59,6 +65,13 @@ def strip_escapes(text: str) -> str:
     text = _ESCAPES.sub("", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return _OTHER_CONTROLS.sub("", text)
+
+
+def readable(console_text: str) -> str:
+    """Console output for people (a tail, a failure line): escapes out, also
+    those the guest's tty echoed in caret notation. Not for a command's
+    output, which may print "^[" itself."""
+    return _ECHOED_ESCAPES.sub("", strip_escapes(console_text))
 
 
 def split_marker(tag: str) -> str:
@@ -101,7 +114,7 @@ class Session:
 
     def _tail(self) -> str:
         before = self.child.before if isinstance(self.child.before, str) else ""
-        return strip_escapes(before)[-400:]
+        return readable(before)[-400:]
 
     def _send(self, text: str) -> None:
         # Serial consoles want CR, like a terminal's Enter key.
@@ -114,7 +127,7 @@ class Session:
             self._send("")
 
     def _resume_firmware(self, resumed: bool) -> None:
-        line = strip_escapes(str(self.child.after)).strip().splitlines()[-1:]
+        line = readable(str(self.child.after)).strip().splitlines()[-1:]
         if resumed:
             raise BootFailed(f"{self.name}: the firmware stopped at its prompt again after {UBOOT_RESUME!r}: "
                              f"{' '.join(line)}")
@@ -216,7 +229,7 @@ class Session:
                 self._resume_firmware(resumed)
                 resumed = True
             else:
-                line = strip_escapes(str(self.child.after)).strip()
+                line = readable(str(self.child.after)).strip()
                 self._note(f"boot failed: {line}")
                 raise BootFailed(f"{self.name}: boot failed: {line}")
         self._prepare_shell(max(deadline - time.monotonic(), 30.0))
