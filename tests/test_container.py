@@ -98,9 +98,26 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
     api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
     host_paths = {"lab": tree(lab_dir), "images": tree(img_dir), "run": hoststate.run_paths()}
 
+    def container() -> str:
+        return sh(*compose, "ps", "-q", "bridgelab", env=env, cwd=ROOT).stdout.strip()
+
+    def inspect(fmt: str) -> str:
+        return sh(DOCKER, "inspect", "-f", fmt, container()).stdout.strip()
+
+    def healthy_once_ready(guests: list[dict]) -> None:
+        """The healthcheck asks /readyz: healthy once every guest is ready (and not before)."""
+        assert guests and all(g["state"] == "ready" for g in guests), guests
+        deadline = time.monotonic() + 60
+        while (health := inspect("{{.State.Health.Status}}")) != "healthy":
+            assert health == "starting" and time.monotonic() < deadline, health
+            time.sleep(1)
+
     def up_until_settled() -> list[dict]:
         up = sh(*compose, "up", "-d", "--no-build", env=env, check=False, cwd=ROOT)
         assert up.returncode == 0, up.stderr
+        return settled()
+
+    def settled() -> list[dict]:
         deadline = time.monotonic() + 600
         guests: list[dict] = []
         while time.monotonic() < deadline:
@@ -145,6 +162,8 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         guests = up_until_settled()
         logs = sh(*compose, "logs", "--no-color", env=env, check=False, cwd=ROOT).stdout
         assert [g["state"] for g in guests] == ["ready"], logs[-4000:]
+        healthy_once_ready(guests)
+        assert api.get("/readyz").json()["ready"] is True
         assert guests[0]["mesh"] == {"10.213.77.1": True}
         for g in guests:
             assert sh("ping", "-n", "-q", "-c", "1", "-w", "5", g["ip"], check=False).returncode == 0
@@ -160,11 +179,18 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
                       cwd=ROOT).stdout.split()
         assert writable == ["net"], writable
 
-        # `docker kill` leaves the host objects behind; the next `up` sweeps
-        # them from the ledger in the state volume and converges, no duplicates.
-        sh(*compose, "kill", env=env, cwd=ROOT)
+        # The daemon dies (SIGKILL: no teardown), which leaves the host objects
+        # behind; `restart: unless-stopped` starts a new one, which sweeps them
+        # from the ledger in the state volume and converges, no duplicates.
+        assert inspect("{{.HostConfig.RestartPolicy.Name}} {{.RestartCount}}") == "unless-stopped 0"
+        sh(*compose, "exec", "-T", "bridgelab", "sh", "-c", "kill -KILL $(cat /proc/1/task/1/children)",
+           env=env, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while inspect("{{.RestartCount}}") == "0":
+            assert time.monotonic() < deadline, "Docker did not restart the appliance"
+            time.sleep(0.5)
         assert bridge in lab_links()
-        again = up_until_settled()
+        again = settled()
         assert [g["state"] for g in again] == ["ready"]
         assert [g["ip"] for g in again] == [g["ip"] for g in guests]
         # The second `up` is warm: the guest comes back from its ready snapshot in the state volume.
@@ -189,7 +215,9 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         # Killed again, this time cleaned up by `bridgelab cleanup` instead of
         # another `up`, from a one-off container as the README says.
         run = [*compose, "run", "--rm", "-T", "bridgelab", "bridgelab", "cleanup", "--all"]
-        sh(*compose, "kill", env=env, cwd=ROOT)
+        sh(*compose, "kill", env=env, cwd=ROOT)  # killed by hand: no restart
+        time.sleep(2)
+        assert inspect("{{.State.Status}} {{.RestartCount}}") == "exited 1", inspect("{{.State.Status}}")
         cleaned = sh(*run, env=env, check=False, cwd=ROOT)
         assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
         assert f"lab {lab_name}: removed {bridge}" in cleaned.stdout, cleaned.stdout

@@ -75,6 +75,8 @@ def test_a_cold_lab_keeps_a_ready_snapshot_of_each_guest(lab):
     g = lab.guests()
     assert {n: (v["state"], boot_kind(v)) for n, v in g.items()} == {"rv1": ("ready", "cold"),
                                                                       "rv2": ("ready", "cold")}
+    ready = lab.api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"], ready.text
     found = wait_for_ready_snapshots(lab, {"rv1", "rv2"})
     for name in ("rv1", "rv2"):
         s = found[(name, "ready")]

@@ -24,12 +24,13 @@ from .schemas import (
     Health,
     MeshReport,
     NetworkRequest,
+    Readiness,
     SNAPSHOT_NAME_PATTERN,
     SnapshotRequest,
     SnapshotView,
     WaitResult,
 )
-from .views import console_tail, guest_view, snapshot_view, summary, wait_result
+from .views import console_tail, guest_view, readiness, snapshot_view, summary, wait_result
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -132,6 +133,16 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     @app.get("/healthz", dependencies=read)
     async def healthz() -> Health:
         return Health(status="ok", **summary(runner))
+
+    @app.get("/readyz", dependencies=read, response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "a guest is not ready: on its way, failed "
+                                                                 "(with the reason) or stopped"}})
+    async def readyz() -> Any:
+        """200 when every guest of the lab is ready, else 503 with each guest's
+        state: for a healthcheck (`docker compose up --wait`, `depends_on:
+        service_healthy`) and for CI. /healthz only says the daemon answers."""
+        body = readiness(list(runner.guests.values()))
+        return body if body.ready else JSONResponse(status_code=503, content=body.model_dump(mode="json"))
 
     @app.get("/guests", dependencies=read)
     async def list_guests() -> list[GuestView]:

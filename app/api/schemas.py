@@ -46,6 +46,7 @@ class GuestView(BaseModel):
     changed: bool | None = Field(description="whether the last network configuration changed anything")
     console_tail: str
     ssh: str | None = Field(default=None, description="host address of the user-mode NIC's ssh forward")
+    user: str = Field(description="the user bridgelab logs in as (the image's login; also ssh's)")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "name": "rv1", "state": "ready", "arch": "riscv64", "accel": "tcg", "ip": "10.198.101.1", "prefix": 24,
@@ -53,7 +54,7 @@ class GuestView(BaseModel):
         "timestamps": {"booting": 1795602727.7, "ready": 1795602790.3},
         "stages": {"qemu_started": 1795602727.9, "firmware": 1795602728.4, "login_prompt": 1795602780.8},
         "reason": None, "mesh": {"10.198.101.114": True, "10.198.101.2": True}, "changed": True,
-        "console_tail": "bridgelab login: root"}]})
+        "console_tail": "bridgelab login: root", "user": "root"}]})
 
 
 class SnapshotRequest(BaseModel):
@@ -101,6 +102,20 @@ class Health(BaseModel):
     states: dict[str, int]
 
 
+class GuestReadiness(BaseModel):
+    name: str
+    state: GuestState
+    reason: str | None = Field(description="why the guest failed, if it did")
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="every guest of the lab is ready")
+    waiting: list[str] = Field(description="guests not settled yet: on their way up, or stopping")
+    failed: list[str]
+    stopped: list[str]
+    guests: list[GuestReadiness]
+
+
 class FailedGuest(BaseModel):
     name: str
     reason: str | None
@@ -115,6 +130,6 @@ class WaitResult(BaseModel):
 
 
 __all__ = ["AddGuest", "ErrorBody", "ExecRequest", "ExecResult", "FailedGuest", "GUEST_NAME_PATTERN",
-           "GuestView", "Health", "MeshPair", "MeshReport", "NetworkRequest", "RESERVED_SNAPSHOT_PREFIX",
-           "SNAPSHOT_NAME_PATTERN", "STAGES",
-           "SnapshotRequest", "SnapshotView", "WaitResult"]
+           "GuestReadiness", "GuestView", "Health", "MeshPair", "MeshReport", "NetworkRequest", "Readiness",
+           "RESERVED_SNAPSHOT_PREFIX", "SNAPSHOT_NAME_PATTERN", "STAGES", "SnapshotRequest", "SnapshotView",
+           "WaitResult"]

@@ -11,8 +11,8 @@ from ..guest.process import tail
 from ..lab.guest_runtime import GuestRuntime
 from ..lab.runner import LabRunner
 from ..lab.snapshots import SnapshotInfo
-from ..lab.states import GuestState
-from .schemas import FailedGuest, GuestView, SnapshotView, WaitResult
+from ..lab.states import SETTLED, GuestState
+from .schemas import FailedGuest, GuestReadiness, GuestView, Readiness, SnapshotView, WaitResult
 
 
 def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
@@ -29,7 +29,7 @@ def guest_view(g: GuestRuntime) -> GuestView:
         dns=[str(d) for d in p.dns], mac=p.mac, tap=p.tap, pid=g.process.pid,
         timestamps=dict(g.timestamps), stages=dict(g.stages), reason=g.reason, mesh=dict(g.mesh),
         changed=g.changed, console_tail=console_tail(p.paths.console_log),
-        ssh=f"127.0.0.1:{p.user_nic.ssh_port}" if p.user_nic else None)
+        ssh=f"127.0.0.1:{p.user_nic.ssh_port}" if p.user_nic else None, user=p.image.login.user)
 
 
 def snapshot_view(s: SnapshotInfo) -> SnapshotView:
@@ -43,6 +43,17 @@ def wait_result(settled: bool, targets: list[GuestRuntime]) -> WaitResult:
         failed=[FailedGuest(name=g.plan.name, reason=g.reason, console_tail=console_tail(g.plan.paths.console_log))
                 for g in targets if g.state is GuestState.failed],
         guests=[guest_view(g) for g in targets])
+
+
+def readiness(guests: list[GuestRuntime]) -> Readiness:
+    """The lab is ready when every guest is: a failed or stopped one keeps it
+    not ready, so a healthcheck on this never reports a lab that lost a guest."""
+    def named(*states: GuestState) -> list[str]:
+        return [g.plan.name for g in guests if g.state in states]
+    return Readiness(ready=all(g.state is GuestState.ready for g in guests),
+                     waiting=[g.plan.name for g in guests if g.state not in SETTLED],
+                     failed=named(GuestState.failed), stopped=named(GuestState.stopped),
+                     guests=[GuestReadiness(name=g.plan.name, state=g.state, reason=g.reason) for g in guests])
 
 
 def summary(runner: LabRunner) -> dict[str, Any]:
@@ -59,4 +70,4 @@ def summary(runner: LabRunner) -> dict[str, Any]:
             "started_at": runner.started_at, "settled": runner.settled, "states": states}
 
 
-__all__ = ["console_tail", "guest_view", "summary", "wait_result"]
+__all__ = ["console_tail", "guest_view", "readiness", "summary", "wait_result"]
