@@ -157,6 +157,9 @@ def test_non_loopback_listen_needs_the_token_for_everything(tmp_path):
         p = subprocess.run(["ip", "netns", "exec", d.ns, *cli, "--token-file", str(tmp_path / "none")],
                            capture_output=True, text=True, env={**os.environ, "BRIDGELAB_TOKEN": ""})
         assert p.returncode == 1 and "401" in p.stderr
+        # ... and says where the token is, on the host and in the appliance
+        assert f"{tmp_path / 'none'} is not readable here" in p.stderr, p.stderr
+        assert "docker compose exec bridgelab cat /var/lib/bridgelab/state/api-token" in p.stderr, p.stderr
     finally:
         stop_daemon(d)
 
@@ -233,6 +236,40 @@ def test_wait_reports_the_failed_guest_with_its_reason(daemon):
     assert p.returncode == 1 and "broken failed" in p.stderr, p.stderr
 
 
+def test_readyz_is_503_while_a_guest_is_not_ready_and_names_it(daemon):
+    import json
+    status, body = daemon.request("GET", "/readyz")
+    result = json.loads(body)
+    assert status == 503 and result["ready"] is False, body
+    assert (result["failed"], result["waiting"], result["stopped"]) == (["broken"], [], [])
+    [guest] = result["guests"]
+    assert guest["state"] == "failed" and "no-such-device" in guest["reason"]
+
+
+def test_cli_options_go_before_or_after_the_subcommand_and_formats_agree(daemon):
+    import json
+    api = f"127.0.0.1:{PORT}"
+    cli = ["ip", "netns", "exec", daemon.ns, sys.executable, "-m", "bridgelab.cli"]
+    before = subprocess.run([*cli, "--api", api, "status", "--format", "json"], capture_output=True, text=True)
+    after = subprocess.run([*cli, "status", "--api", api, "--json"], capture_output=True, text=True)
+    assert before.returncode == after.returncode == 1, before.stderr + after.stderr  # broken is not ready
+    assert [g["name"] for g in json.loads(before.stdout)] == [g["name"] for g in json.loads(after.stdout)]
+    table = subprocess.run([*cli, "--api", api, "status"], capture_output=True, text=True).stdout.splitlines()
+    assert table[0].split() == ["NAME", "STATE", "IP", "MAC", "TAP", "SSH", "REASON"]
+    assert table[1].split()[:2] == ["broken", "failed"] and "no-such-device" in table[1]
+
+
+def test_shell_completion_offers_the_daemons_guest_names(daemon, tmp_path):
+    out = tmp_path / "completions"
+    line = f"bridgelab logs --api 127.0.0.1:{PORT} b"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out), "_ARGCOMPLETE_IFS": "\n"}
+    p = subprocess.run(["ip", "netns", "exec", daemon.ns, sys.executable, "-m", "bridgelab.cli"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert out.read_text().split() == ["broken"]
+
+
 def test_openapi_is_complete_with_typed_errors(daemon):
     import json
     status, body = daemon.request("GET", "/openapi.json")
@@ -244,6 +281,7 @@ def test_openapi_is_complete_with_typed_errors(daemon):
     exec_responses = paths["/guests/{name}/exec"]["post"]["responses"]
     assert {"200", "401", "404", "409", "413", "422"} <= set(exec_responses)
     assert "504" in paths["/wait"]["get"]["responses"]
+    assert {"200", "503"} <= set(paths["/readyz"]["get"]["responses"])
     assert "ExecRequest" in spec["components"]["schemas"]
 
 

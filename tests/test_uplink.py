@@ -332,7 +332,10 @@ def test_cli_reports_the_auto_choice_and_refuses_a_missing_uplink(topo, tmp_path
                    f"guests:\n  - {{name: a, image: {img}, user_nic: {{ssh_port: 2222}}}}\n")
     shown = sh(topo.host, *cli, "validate", "--lab", str(lab))
     assert "uplink: nat via up0 (auto: up0 (the default route's interface) is wired" in shown.stdout
-    assert "ssh=127.0.0.1:2222" in shown.stdout and "gateway=10.198.101.114" in shown.stdout
+    header, row = shown.stdout.splitlines()[-2:]
+    assert dict(zip(header.split(), row.split(), strict=True)) | {"MAC": "-", "TAP": "-"} == {
+        "NAME": "a", "ARCH": "riscv64", "ACCEL": "tcg", "IP": "10.198.101.1/24", "GATEWAY": "10.198.101.114",
+        "MAC": "-", "TAP": "-", "IMAGE": "junk", "SSH": "127.0.0.1:2222"}, shown.stdout
     lab.write_text(f"name: t\nbridge: {{address: 10.198.101.114/24}}\nuplink: {{mode: nat, interface: wlan9}}\n"
                    f"guests:\n  - {{name: a, image: {img}}}\n")
     served = sh(topo.host, *cli, "serve", "--lab", str(lab), "--state-dir", str(tmp_path / "s"),

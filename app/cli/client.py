@@ -4,18 +4,23 @@ remove, mesh, logs) and the raw-tty console attach."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from ..api.auth import client_token
+from ..api.auth import TOKEN_ENV, client_token, default_token_file, env_token
 from ..errors import BridgelabError
 from ..lab.states import SETTLED, GuestState
 from .exits import EXIT_INVALID, EXIT_TIMEOUT
+from .output import as_json, emit
+
+# Where compose.yaml's state volume holds the token (BRIDGELAB_STATE_DIR in the Dockerfile).
+CONTAINER_TOKEN_FILE = "/var/lib/bridgelab/state/api-token"
 
 
 def client(args: argparse.Namespace, timeout: float = 30.0) -> httpx.Client:
@@ -48,21 +53,46 @@ class APIError(BridgelabError):
         super().__init__(f"{status}: {detail}")
 
 
+class NoDaemon(BridgelabError):
+    """Nothing answers at the API address: said once, with where and what next."""
+
+    def __init__(self, api: str, why: object):
+        reason = re.sub(r"^\[Errno \d+\] ", "", str(why)) or type(why).__name__
+        super().__init__(f"no bridgelab daemon answers at {api} ({reason}). Start one with `bridgelab serve` "
+                         "(it reads ./lab.yaml) or `docker compose up -d`, or point --api or $BRIDGELAB_API at "
+                         "the one that runs")
+
+
+def unauthorized_hint(token_file: Path | None) -> str:
+    """After a 401: where the token is, on the host and in the appliance."""
+    path = token_file or default_token_file()
+    if env_token():
+        mine = f"${TOKEN_ENV} is set, but the daemon has another token"
+    elif os.access(path, os.R_OK):
+        mine = f"{path} was sent, but the daemon has another token"
+    else:
+        mine = f"no token was sent: {path} is not readable here" + ("" if os.geteuid() == 0 else " (try sudo)")
+    return (f"{mine}. The daemon's token is in the api-token file of its state directory: {default_token_file()} "
+            f"on its host, or in the appliance `docker compose exec bridgelab cat {CONTAINER_TOKEN_FILE}`. "
+            f"Pass it with --token-file FILE or ${TOKEN_ENV}")
+
+
+def guest_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Shell completion of guest names, from the daemon (nothing when none answers)."""
+    try:
+        with client(parsed_args, timeout=2.0) as c:
+            return [g["name"] for g in c.get("/guests").json() if g["name"].startswith(prefix)]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with client(args) as c:
         guests: list[dict[str, Any]] = checked(c.get("/guests"))
-    if args.json:
-        print(json.dumps(guests, indent=2))
-    else:
-        print_table(guests)
+    emit(args.format, guests, ("NAME", "STATE", "IP", "MAC", "TAP", "SSH", "REASON"),
+         [(g["name"], g["state"], g["ip"], g["mac"], g["tap"], g.get("ssh") or "-", g["reason"] or "")
+          for g in guests])
     return 0 if all(g["state"] == GuestState.ready for g in guests) else 1
-
-
-def print_table(guests: list[dict[str, Any]]) -> None:
-    print(f"{'NAME':16} {'STATE':12} {'IP':16} {'MAC':18} {'TAP':16} {'SSH':16} REASON")
-    for g in guests:
-        print(f"{g['name']:16} {g['state']:12} {g['ip']:16} {g['mac']:18} {g['tap']:16} {g.get('ssh') or '-':16} "
-              f"{g['reason'] or ''}")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -100,12 +130,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 break
     for f in body["failed"]:
         print(f"bridgelab: {f['name']} failed: {f['reason']}\n{f['console_tail']}", file=sys.stderr)
+    if args.format == "json":
+        print(as_json(body))
     if not body["settled"]:
         waiting = [g["name"] + " (" + g["state"] + ")" for g in body["guests"]
                    if g["state"] not in SETTLED]
         print(f"bridgelab: timed out after {args.timeout:.0f}s waiting for {', '.join(waiting)}", file=sys.stderr)
         return EXIT_TIMEOUT
-    print(" ".join(f"{g['name']}={g['ip']}" for g in body["guests"] if g["state"] == GuestState.ready))
+    if args.format == "table":
+        print(" ".join(f"{g['name']}={g['ip']}" for g in body["guests"] if g["state"] == GuestState.ready))
     return 1 if body["failed"] else 0
 
 
@@ -157,17 +190,17 @@ def guest_action(method: str, suffix: str) -> Any:
 def cmd_mesh(args: argparse.Namespace) -> int:
     with client(args, timeout=300) as c:
         report = checked(c.post("/mesh"))
-    for p in report["pairs"]:
-        mark = "ok  " if p["ok"] else "FAIL"
-        print(f"{mark} {p['source']:12} -> {p['target']:12} {p['target_ip']:16} {p['diagnosis']}"
-              + ("" if p["ok"] else f": {p['detail']}"))
-    for p in report.get("uplink", []):
-        mark = "ok  " if p["ok"] else "FAIL"
-        print(f"{mark} {p['source']:12} -> {'uplink':12} {p['target']:16} {p['layer']}"
-              + ("" if p["ok"] else f": {p['detail']}"))
-    for name in report["skipped"]:
-        print(f"skip {name}: not ready")
+    emit(args.format, report, ("RESULT", "SOURCE", "TARGET", "IP", "LAYER", "DETAIL"), mesh_rows(report))
     return 0 if report["ok"] else 1
+
+
+def mesh_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    def row(p: dict[str, Any], target: str, ip: str, layer: str) -> tuple[str, ...]:
+        return ("ok" if p["ok"] else "FAIL", p["source"], target, ip, layer, "" if p["ok"] else p["detail"])
+    rows = [row(p, p["target"], p["target_ip"], p["diagnosis"]) for p in report["pairs"]]
+    rows += [row(p, "uplink", p["target"], p["layer"]) for p in report.get("uplink", [])]
+    rows += [("skip", name, "-", "-", "-", "not ready") for name in report["skipped"]]
+    return rows
 
 
 DETACH = b"\x1d"  # Ctrl-], as telnet and virsh console
@@ -184,11 +217,14 @@ def cmd_console(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     path = f"/guests/{args.name}/console/attach" + ("?write=true" if args.write else "")
     api: str = args.api
-    if api.startswith("unix:"):
-        ws = unix_connect(api[5:], f"ws://bridgelab{path}", additional_headers=headers)
-    else:
-        base = api.split("://", 1)[-1].rstrip("/")
-        ws = connect(f"{'wss' if api.startswith('https') else 'ws'}://{base}{path}", additional_headers=headers)
+    try:
+        if api.startswith("unix:"):
+            ws = unix_connect(api[5:], f"ws://bridgelab{path}", additional_headers=headers)
+        else:
+            base = api.split("://", 1)[-1].rstrip("/")
+            ws = connect(f"{'wss' if api.startswith('https') else 'ws'}://{base}{path}", additional_headers=headers)
+    except (ConnectionRefusedError, FileNotFoundError) as e:
+        raise NoDaemon(api, e) from None
     print(f"bridgelab: attached to {args.name}" + (" (Ctrl-] detaches)" if args.write else " (read-only; Ctrl-C)"),
           file=sys.stderr)
 
@@ -225,6 +261,35 @@ def _type_raw(ws: Any) -> None:
             ws.send(keys)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        guests: list[dict[str, Any]] = checked(c.get("/guests"))
+    reachable = [g for g in guests if g.get("ssh")]
+    left_out = [g["name"] for g in guests if not g.get("ssh")]
+    if left_out:
+        print(f"bridgelab: without an ssh NIC (user_nic), left out: {', '.join(left_out)}", file=sys.stderr)
+    print(inventory(reachable, args.format), end="")
+    return 0
+
+
+def inventory(guests: list[dict[str, Any]], fmt: str) -> str:
+    """Guests with an ssh NIC as an Ansible INI inventory or an ssh_config.
+    Host keys are not pinned (as `vagrant ssh-config`): every overlay is new,
+    and the forward listens on the host's loopback only."""
+    def address(g: dict[str, Any]) -> tuple[str, str]:
+        host, _, port = str(g["ssh"]).rpartition(":")
+        return host, port
+    if fmt == "ansible":
+        lines = ["[bridgelab]"] + [f"{g['name']} ansible_host={address(g)[0]} ansible_port={address(g)[1]} "
+                                   f"ansible_user={g['user']}" for g in guests]
+        lines += ["", "[bridgelab:vars]",
+                  "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'"]
+        return "\n".join(lines) + "\n"
+    blocks = [f"Host {g['name']}\n  HostName {address(g)[0]}\n  Port {address(g)[1]}\n  User {g['user']}\n"
+              "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n" for g in guests]
+    return "\n".join(blocks)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from ..errors import ImageError
 from ..model import catalog, image_build, images
 from ..model.spec import Arch
 from .exits import EXIT_INVALID
+from .output import add_format, emit
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -46,14 +47,17 @@ def cmd_image_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
-    rows = [("NAME", "ARCH", "BOOT", "SOURCE", "STATE", "WHERE")]
-    for e in catalog.entries():
-        state = ("built" if e.ready else "not built") if e.source == "recipe" else ("ok" if e.ready else "broken")
-        rows.append((e.name, e.arch, e.boot, e.source, state, str(e.where)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+    listed = [{"name": e.name, "arch": e.arch, "boot": e.boot, "source": e.source, "state": _state(e),
+               "where": str(e.where)} for e in catalog.entries()]
+    emit(args.format, listed, ("NAME", "ARCH", "BOOT", "SOURCE", "STATE", "WHERE"),
+         [[e[k] for k in ("name", "arch", "boot", "source", "state", "where")] for e in listed])
     return 0
+
+
+def _state(e: catalog.Entry) -> str:
+    if e.source == "recipe":
+        return "built" if e.ready else "not built"
+    return "ok" if e.ready else "broken"
 
 
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -80,6 +84,7 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     a.add_argument("--force", action="store_true", help="replace an image added under this name")
     a.set_defaults(fn=cmd_image_add)
     ls = im.add_parser("list", help="recipes (built or not) and added images")
+    add_format(ls)
     ls.set_defaults(fn=cmd_image_list)
     rm = im.add_parser("remove", help="forget an added image (its files stay)")
     rm.add_argument("name")

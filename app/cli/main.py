@@ -1,4 +1,5 @@
 """Command line: `serve` runs the daemon; the rest are thin API clients or tools."""
+# PYTHON_ARGCOMPLETE_OK  (argcomplete's global completion looks for this line)
 
 from __future__ import annotations
 
@@ -8,39 +9,51 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import argcomplete
 import httpx
 
+from .. import __version__
 from ..errors import BridgelabError, SettingsError, SpecError
 from ..settings import Settings, current
 from .client import (
     APIError,
+    NoDaemon,
     cmd_add,
     cmd_console,
     cmd_down,
     cmd_exec,
+    cmd_inventory,
     cmd_logs,
     cmd_mesh,
     cmd_status,
     cmd_wait,
     guest_action,
+    guest_names,
+    unauthorized_hint,
 )
 from .daemon import cmd_serve
-from .exits import EXIT_INVALID
+from .exits import EXIT_INVALID, EXIT_NO_DAEMON
+from .output import add_format
 from . import image, snapshot
 from .tools import cmd_cleanup, cmd_preflight, cmd_validate
 
 log = logging.getLogger("bridgelab")
 DEFAULT_LISTEN = "127.0.0.1:8700"
+DEFAULT_LAB = Path("lab.yaml")
 
 
 def parser(env: Settings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bridgelab", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--log-level", default=env.log)
+    # --api and --token-file go before or after the subcommand, as with docker -H.
+    p.add_argument("--api", default=env.api, help="HOST:PORT, URL or unix:/path (default: $BRIDGELAB_API or "
+                                                 "%(default)s)")
+    p.add_argument("--token-file", type=Path, help="default: $BRIDGELAB_TOKEN, else the daemon's token file")
     sub = p.add_subparsers(dest="command", required=True)
-    api_default = env.api
 
     s = sub.add_parser("serve", help="build the network, boot and configure the guests, serve the API")
-    s.add_argument("--lab", type=Path, required=True)
+    s.add_argument("--lab", type=Path, default=DEFAULT_LAB, help="the lab file (default ./%(default)s)")
     s.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT or unix:/path (default %(default)s)")
     s.add_argument("--state-dir", type=Path, help="default: $BRIDGELAB_STATE_DIR/<lab> or /run/bridgelab/<lab>")
     s.add_argument("--shutdown-timeout", type=float, default=30.0)
@@ -51,27 +64,30 @@ def parser(env: Settings) -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_serve)
 
     v = sub.add_parser("validate", help="check a lab file and print the resolved plan")
-    v.add_argument("--lab", type=Path, required=True)
+    v.add_argument("--lab", type=Path, default=DEFAULT_LAB, help="the lab file (default ./%(default)s)")
     v.add_argument("--state-dir", type=Path)
+    add_format(v)
     v.set_defaults(fn=cmd_validate)
 
     def api_command(name: str, fn: Any, helptext: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext)
-        c.add_argument("--api", default=api_default, help="HOST:PORT, URL or unix:/path (default: $BRIDGELAB_API "
-                                                          "or %(default)s)")
-        c.add_argument("--token-file", type=Path, help="default: $BRIDGELAB_TOKEN, else the daemon's token file")
+        c.add_argument("--api", default=argparse.SUPPRESS, help="as before the subcommand")
+        c.add_argument("--token-file", type=Path, default=argparse.SUPPRESS, help="as before the subcommand")
         c.set_defaults(fn=fn)
         return c
 
-    api_command("status", cmd_status, "show the guests (exit 0 when all are ready)").add_argument(
-        "--json", action="store_true")
+    def guest_arg(c: argparse.ArgumentParser, **kw: Any) -> None:
+        c.add_argument("name", **kw).completer = guest_names  # type: ignore[attr-defined]
+
+    add_format(api_command("status", cmd_status, "show the guests (exit 0 when all are ready)"))
     api_command("down", cmd_down, "stop the daemon: guests power off, host objects go").add_argument(
         "--timeout", type=float, default=120.0)
     w = api_command("wait", cmd_wait, "wait until a guest (or all) is ready; exit 1 if one failed, 124 on timeout")
-    w.add_argument("name", nargs="?")
+    guest_arg(w, nargs="?")
     w.add_argument("--timeout", type=float, default=900.0)
+    add_format(w)
     e = api_command("exec", cmd_exec, "run a command in a guest; exits with its exit code (124 on timeout)")
-    e.add_argument("name")
+    guest_arg(e)
     e.epilog = "usage: bridgelab exec NAME [--timeout S] -- COMMAND [ARG...]"
     e.add_argument("--timeout", type=float, default=60.0)
     e.add_argument("--max-output", type=int, default=1 << 20)
@@ -89,16 +105,19 @@ def parser(env: Settings) -> argparse.ArgumentParser:
                                            ("start", "POST", "/start", "boot a stopped guest again"),
                                            ("reboot", "POST", "/reboot", "reboot a guest through its shell")):
         c = api_command(verb, guest_action(method, suffix), helptext)
-        c.add_argument("name")
+        guest_arg(c)
         c.add_argument("--timeout", type=float, default=900.0)
-    api_command("mesh", cmd_mesh, "ping every pair of guests now; explain failures")
+    add_format(api_command("mesh", cmd_mesh, "ping every pair of guests now; explain failures"))
+    inv = api_command("inventory", cmd_inventory, "the guests with an ssh NIC, as an Ansible inventory or an "
+                                                  "ssh_config (ssh -F FILE NAME)")
+    inv.add_argument("--format", choices=("ansible", "ssh-config"), default="ansible")
     co = api_command("console", cmd_console, "attach to a guest's live serial console")
-    co.add_argument("name")
+    guest_arg(co)
     co.add_argument("--write", action="store_true", help="send keystrokes (only while no automation runs)")
     snapshot.add_arguments(api_command("snapshot", snapshot.cmd_snapshot,
                                        "save, restore, list or remove snapshots of running guests"))
     lg = api_command("logs", cmd_logs, "the tail of a guest's serial console")
-    lg.add_argument("name")
+    guest_arg(lg)
     lg.add_argument("-n", "--lines", type=int, default=100)
 
     cl = sub.add_parser("cleanup", help="remove what a dead daemon left on this host (links, rules, routes, "
@@ -125,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as e:
         print(f"bridgelab: {e}", file=sys.stderr)
         return EXIT_INVALID
-    args = parser(env).parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    p = parser(env)
+    argcomplete.autocomplete(p)  # returns only when the shell is not asking for completions
+    args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.argv = command
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -138,7 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except APIError as e:
         print(f"bridgelab: {e}", file=sys.stderr)
+        if e.status == 401:
+            print(f"bridgelab: {unauthorized_hint(args.token_file)}", file=sys.stderr)
         return EXIT_INVALID if e.status == 422 else 1
+    except NoDaemon as e:
+        print(f"bridgelab: {e}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except httpx.ConnectError as e:
+        print(f"bridgelab: {NoDaemon(args.api, e)}", file=sys.stderr)
+        return EXIT_NO_DAEMON
     except BridgelabError as e:
         print(f"bridgelab: {e}", file=sys.stderr)
         return 1

@@ -4,7 +4,6 @@ the whole lab as one consistent state; with guests, each of them."""
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -14,6 +13,7 @@ from urllib.parse import quote
 from ..api.schemas import GUEST_NAME_PATTERN, RESERVED_SNAPSHOT_PREFIX, SNAPSHOT_NAME_PATTERN
 from .client import checked, client
 from .exits import EXIT_INVALID
+from .output import add_format, as_json, emit
 
 ACTIONS = ("save", "restore", "list", "rm")
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("words", nargs="*", metavar="NAME [GUEST...]",
                    help="the snapshot's name (not for list), then guests (default: the whole lab)")
-    p.add_argument("--json", action="store_true")
+    add_format(p)
     p.epilog = ("save NAME [GUEST...] | restore NAME [GUEST...] | list [GUEST...] | rm NAME [GUEST...]; "
                 "restore waits until the guests are verified again")
 
@@ -39,19 +39,20 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             rows: list[dict[str, Any]] = []
             for path in _paths(words):
                 rows += checked(c.get(path))
-            return _show(rows, args.json)
+            return _show(rows, args.format)
         assert name is not None
         if args.action == "save":
             body = {"name": name}
             rows = [r for path in _paths(words) for r in checked(c.post(path, json=body))]
-            return _show(rows, args.json)
+            return _show(rows, args.format)
         if args.action == "restore":
             t0 = time.monotonic()
             guests = [g for path in _paths(words) for g in checked(c.post(f"{path}/{quote(name)}/restore"))]
-            if args.json:
-                print(json.dumps(guests, indent=2))
-            for g in guests:
-                print(f"{g['name']}: {g['state']}" + (f" ({g['reason']})" if g.get("reason") else ""))
+            if args.format == "json":
+                print(as_json(guests))
+            else:
+                for g in guests:
+                    print(f"{g['name']}: {g['state']}" + (f" ({g['reason']})" if g.get("reason") else ""))
             print(f"restored in {time.monotonic() - t0:.2f}s", file=sys.stderr)
             return 0 if all(g["state"] == "ready" for g in guests) else 1
         for path in _paths(words):
@@ -72,16 +73,13 @@ def _paths(guests: list[str]) -> list[str]:
     return [f"/guests/{g}/snapshots" for g in guests] if guests else ["/snapshots"]
 
 
-def _show(rows: list[dict[str, Any]], as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    width = max([5, *(len(r["guest"]) for r in rows)])
-    nwidth = max([4, *(len(r["name"]) for r in rows)])
-    print(f"{'GUEST':{width}} {'NAME':{nwidth}} {'SIZE':>9} {'CREATED':19} {'SAVE':>6} VALID")
-    for r in rows:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))
-        save = f"{r['save_seconds']:.2f}s" if r.get("save_seconds") is not None else "-"
-        valid = "yes" if r["valid"] else f"no: {r['invalid_because']}"
-        print(f"{r['guest']:{width}} {r['name']:{nwidth}} {r['size'] / 2**20:8.1f}M {created:19} {save:>6} {valid}")
+def _show(rows: list[dict[str, Any]], fmt: str) -> int:
+    def created(r: dict[str, Any]) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))
+
+    def save(r: dict[str, Any]) -> str:
+        return f"{r['save_seconds']:.2f}s" if r.get("save_seconds") is not None else "-"
+    emit(fmt, rows, ("GUEST", "NAME", "SIZE", "CREATED", "SAVE", "VALID"),
+         [(r["guest"], r["name"], f"{r['size'] / 2**20:.1f}M", created(r), save(r),
+           "yes" if r["valid"] else f"no: {r['invalid_because']}") for r in rows])
     return 0

@@ -9,17 +9,27 @@ from ..errors import FieldIssue, SpecError
 from ..host import cleanup, preflight
 from ..lab.loader import load_plan
 from ..model.spec import lab_name_problem, load_lab_text
+from .output import as_json, table
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     plan = load_plan(args.lab, args.state_dir)
-    if plan.uplink is not None:
-        up = plan.uplink
+    up = plan.uplink
+    uplink = None if up is None else {"mode": str(up.mode), "interface": up.interface, "reason": up.reason,
+                                      "target": str(up.target) if up.target else None}
+    guests = [{"name": g.name, "arch": g.arch.value, "accel": g.accel, "ip": str(g.ip),
+               "gateway": str(g.gateway) if g.gateway else None, "mac": g.mac, "tap": g.tap, "image": g.image.name,
+               "ssh": f"127.0.0.1:{g.user_nic.ssh_port}" if g.user_nic else None} for g in plan.guests]
+    if args.format == "json":
+        print(as_json({"lab": plan.name, "bridge": plan.bridge, "address": str(plan.host_address),
+                       "uplink": uplink, "guests": guests}))
+        return 0
+    print(f"lab {plan.name}: bridge {plan.bridge} {plan.host_address}")
+    if up is not None:
         print(f"uplink: {up.mode} via {up.interface} ({up.reason}); self-test target {up.target or 'none'}")
-    for g in plan.guests:
-        ssh = f" ssh=127.0.0.1:{g.user_nic.ssh_port}" if g.user_nic else ""
-        print(f"{g.name}: {g.arch.value} {g.accel} ip={g.ip} gateway={g.gateway} mac={g.mac} tap={g.tap} "
-              f"image={g.image.name}{ssh}")
+    print(table(("NAME", "ARCH", "ACCEL", "IP", "GATEWAY", "MAC", "TAP", "IMAGE", "SSH"),
+                [[g[k] or "-" for k in ("name", "arch", "accel", "ip", "gateway", "mac", "tap", "image", "ssh")]
+                 for g in guests]))
     return 0
 
 
