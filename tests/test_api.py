@@ -285,6 +285,18 @@ def test_openapi_is_complete_with_typed_errors(daemon):
     assert "ExecRequest" in spec["components"]["schemas"]
 
 
+def test_docs_work_offline_from_the_packages_own_files(daemon):
+    import re
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        status, html = daemon.request("GET", page)
+        assert status == 200 and "/openapi.json" in html, html[:500]
+        urls = re.findall(r"""(?:src|href)=["']?([^"' >]+)""", html) + re.findall(r"url: ?'([^']+)'", html)
+        assert urls and not [u for u in urls if "//" in u], urls  # nothing from another host
+        [js] = [u for u in urls if u.endswith(asset)]
+        status, body = daemon.request("GET", js)
+        assert status == 200 and len(body) > 100_000, (js, status)
+
+
 # ---------------------------------------------------------------- fuzzing
 
 

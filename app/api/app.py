@@ -9,6 +9,7 @@ from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 
 from .. import __version__
 from ..errors import AuthError, BridgelabError, GuestBusy, GuestError, GuestTimeout, SpecError, UnknownGuest
@@ -103,8 +104,10 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         finally:
             await runner.stop()
 
-    app = FastAPI(title="bridgelab", version=__version__, lifespan=lifespan, responses=ERRORS,
-                  description="QEMU guests on one Linux bridge: readiness, exec, network, runtime guests.")
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline
+    # package, not from a CDN: a lab host is often offline.
+    app = FastAPIOffline(title="bridgelab", version=__version__, lifespan=lifespan, responses=ERRORS,
+                         description="QEMU guests on one Linux bridge: readiness, exec, network, runtime guests.")
     app.add_middleware(BodyLimit)
 
     def reader(request: Request) -> None:
