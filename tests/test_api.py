@@ -283,6 +283,23 @@ def test_openapi_is_complete_with_typed_errors(daemon):
     assert "504" in paths["/wait"]["get"]["responses"]
     assert {"200", "503"} <= set(paths["/readyz"]["get"]["responses"])
     assert "ExecRequest" in spec["components"]["schemas"]
+    # Static constraints are in the document, not only in the server.
+    schemas = spec["components"]["schemas"]
+    name = schemas["AddGuest"]["properties"]["name"]
+    assert (name["minLength"], name["maxLength"], name["pattern"]) == (1, 32, "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+    assert schemas["ExecRequest"]["properties"]["argv"]["items"]["pattern"] == r"^[^\x00-\x1f\x7f-\x9f]*$"
+    examples = paths["/guests/{name}/network"]["put"]["responses"]["422"]["content"]["application/json"]["examples"]
+    assert "address_outside" in examples  # a dynamic 422, documented
+
+
+def test_a_405_names_every_method_of_the_path(daemon):
+    for method, path, allow in (("OPTIONS", "/guests", "GET, POST"), ("PATCH", "/guests/broken", "DELETE, GET"),
+                                ("GET", "/mesh", "POST")):
+        code = ("import httpx, sys\n"
+                "r = httpx.request(sys.argv[1], sys.argv[2], timeout=30)\n"
+                "print(r.status_code, r.headers.get('allow'))")
+        p = daemon.py(code, method, f"http://127.0.0.1:{PORT}{path}")
+        assert p.stdout.strip() == f"405 {allow}", (method, path, p.stdout, p.stderr)
 
 
 def test_docs_work_offline_from_the_packages_own_files(daemon):
@@ -300,17 +317,20 @@ def test_docs_work_offline_from_the_packages_own_files(daemon):
 # ---------------------------------------------------------------- fuzzing
 
 
-def test_schemathesis_finds_no_server_error(daemon, tmp_path):
-    """Property-based requests from the live OpenAPI document: no 5xx, every
-    response matches its schema. /shutdown is left out (it ends the run)."""
+def test_schemathesis_with_every_check_finds_nothing(daemon, tmp_path):
+    """Property-based requests from the live OpenAPI document, with every
+    check: no 5xx, every response as documented, nothing valid by the schema
+    refused for a static reason (tests/schemathesis.toml lists the dynamic
+    422s), nothing invalid accepted, 405s that name every method.
+    /shutdown is left out (it ends the run)."""
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     if st is None:
         pytest.fail("schemathesis is not installed (tests/run installs .[test])")
     before = host_objects(daemon)
     p = subprocess.run(
-        ["ip", "netns", "exec", daemon.ns, st, "run", f"http://127.0.0.1:{PORT}/openapi.json",
-         "-H", f"Authorization: Bearer {TOKEN}", "--exclude-path", "/shutdown",
-         "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
+        ["ip", "netns", "exec", daemon.ns, st, "--config-file", str(Path(__file__).parent / "schemathesis.toml"),
+         "run", f"http://127.0.0.1:{PORT}/openapi.json",
+         "-H", f"Authorization: Bearer {TOKEN}", "--exclude-path", "/shutdown", "--checks", "all",
          "--max-examples", "25", "--seed", "1", "--no-color", "--request-timeout", "30",
          "--max-time", "150", "--report-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600)

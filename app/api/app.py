@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import AuthError, BridgelabError, GuestBusy, GuestError, GuestTimeout, SpecError, UnknownGuest
 from ..lab.runner import LabRunner
 from .auth import Policy
+from .methods import AllowEveryMethod
 from .schemas import (
     GUEST_NAME_PATTERN,
     AddGuest,
@@ -29,6 +30,7 @@ from .schemas import (
     SNAPSHOT_NAME_PATTERN,
     SnapshotRequest,
     SnapshotView,
+    ValidationErrorBody,
     WaitResult,
 )
 from .views import console_tail, guest_view, readiness, snapshot_view, summary, wait_result
@@ -40,12 +42,25 @@ MAX_WAIT = 3600.0
 GuestName = Annotated[str, Path(pattern=GUEST_NAME_PATTERN, max_length=32, examples=["rv1"])]
 SnapName = Annotated[str, Path(pattern=SNAPSHOT_NAME_PATTERN, max_length=32, examples=["before-test"])]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the body is not JSON"},
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
     502: {"model": ErrorBody, "description": "the guest's console or agent failed during the request"},
     404: {"model": ErrorBody, "description": "no such guest"},
     409: {"model": ErrorBody, "description": "the guest is busy or in the wrong state"},
     413: {"model": ErrorBody, "description": "request body too large"},
 }
+
+
+def dynamic_422(description: str, **examples: str) -> dict[int | str, dict[str, Any]]:
+    """A 422 that depends on the lab's state (subnet, names in use, built
+    images), which no schema can state: documented with examples, so that a
+    client knows to expect it although its request matched the schema."""
+    return {422: {"model": ValidationErrorBody, "description": description, "content": {"application/json": {
+        "examples": {
+        key: {"summary": detail, "value": {"detail": [{"loc": ["body"], "msg": detail, "type": "value_error"}]}}
+            for key, detail in examples.items()}}}}}
+
+
 # First match wins: the specific guest errors before GuestError (the guest
 # failed us: 502, like a gateway whose upstream broke).
 STATUS = {UnknownGuest: 404, GuestBusy: 409, GuestTimeout: 504, AuthError: 401, GuestError: 502}
@@ -109,6 +124,7 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     app = FastAPIOffline(title="bridgelab", version=__version__, lifespan=lifespan, responses=ERRORS,
                          description="QEMU guests on one Linux bridge: readiness, exec, network, runtime guests.")
     app.add_middleware(BodyLimit)
+    app.add_middleware(AllowEveryMethod, routes=lambda: app.routes)
 
     def reader(request: Request) -> None:
         if policy is not None:
@@ -151,7 +167,12 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     async def list_guests() -> list[GuestView]:
         return [guest_view(g) for g in runner.guests.values()]
 
-    @app.post("/guests", dependencies=write, status_code=201)
+    @app.post("/guests", dependencies=write, status_code=201, responses=dynamic_422(
+        "invalid by the schema, or in conflict with the lab as it is now",
+        address_outside="10.198.102.9 is outside the bridge network 10.198.101.0/24",
+        address_in_use="10.198.101.1 is already used by guest rv1",
+        name_in_use="guest rv1 already exists",
+        image_not_built="image debian-x86_64 is not built: bridgelab image build debian-x86_64"))
     async def add_guest(body: AddGuest) -> GuestView:
         """Add a guest to the running lab: a new tap, qemu, configuration. Returns at once
         (state `booting`); wait for it with `GET /guests/{name}/wait`."""
@@ -176,12 +197,19 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     async def wait_guest(name: GuestName, timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 30.0) -> Any:
         return _wait_response(wait_result(*await runner.wait([name], timeout)))
 
-    @app.post("/guests/{name}/exec", dependencies=write)
+    @app.post("/guests/{name}/exec", dependencies=write, responses=dynamic_422(
+        "invalid by the schema, or arguments over the total length",
+        too_long="arguments too long (16384 characters in all)"))
     async def exec_in_guest(name: GuestName, body: ExecRequest) -> ExecResult:
         """Run a command in the guest; its exit code and merged output. Serialized per guest."""
         return await runner.exec(name, body)
 
-    @app.put("/guests/{name}/network", dependencies=write)
+    @app.put("/guests/{name}/network", dependencies=write, responses=dynamic_422(
+        "invalid by the schema, or in conflict with the lab as it is now",
+        address_outside="10.198.102.9 is outside the bridge network 10.198.101.0/24",
+        address_in_use="10.198.101.1 is already used by guest rv1",
+        bridge_address="10.198.101.114 is the bridge's own address",
+        gateway_outside="gateway 192.0.2.1 is not on the guest's network"))
     async def put_network(name: GuestName, body: NetworkRequest) -> GuestView:
         return guest_view(await runner.set_network(name, body))
 

@@ -25,6 +25,17 @@ class ErrorBody(BaseModel):
     detail: str = Field(examples=["no guest named 'rv9'"])
 
 
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: body, then the field's path")
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """422: one entry per problem (FastAPI's own shape, also for the lab's checks)."""
+    detail: list[FieldError]
+
+
 class GuestView(BaseModel):
     name: str
     state: GuestState
@@ -132,4 +143,4 @@ class WaitResult(BaseModel):
 __all__ = ["AddGuest", "ErrorBody", "ExecRequest", "ExecResult", "FailedGuest", "GUEST_NAME_PATTERN",
            "GuestReadiness", "GuestView", "Health", "MeshPair", "MeshReport", "NetworkRequest", "Readiness",
            "RESERVED_SNAPSHOT_PREFIX", "SNAPSHOT_NAME_PATTERN", "STAGES", "SnapshotRequest", "SnapshotView",
-           "WaitResult"]
+           "ValidationErrorBody", "WaitResult"]

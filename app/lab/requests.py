@@ -4,10 +4,27 @@ validated requests, whose fields are also the API's request bodies."""
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ..model.spec import Guest, SafeStr
+
+MAX_ARG = 4096
+MAX_ARGV = 16384
+# A recipe name: no '/', not starting with '.', no control characters (the
+# JSON schema's form of AddGuest._recipe_only).
+RECIPE_NAME_PATTERN = r"^[^/.\x00-\x1f\x7f-\x9f][^/\x00-\x1f\x7f-\x9f]*$"
+
+
+
+def _arg_length(value: str) -> str:
+    if len(value) > MAX_ARG:
+        raise ValueError(f"an argument is longer than {MAX_ARG} characters")
+    return value
+
+
+Arg = Annotated[SafeStr, AfterValidator(_arg_length), Field(json_schema_extra={"maxLength": MAX_ARG})]
 
 
 class _Body(BaseModel):
@@ -24,23 +41,29 @@ class NetworkRequest(_Body):
 
 
 class ExecRequest(_Body):
-    argv: list[SafeStr] = Field(min_length=1, max_length=256, examples=[["uname", "-a"]],
-                                description="the command and its arguments; each is shell-quoted, never "
-                                            "interpreted by a shell (use [\"sh\", \"-c\", ...] for that)")
+    argv: list[Arg] = Field(
+        min_length=1, max_length=256, examples=[["uname", "-a"]],
+        description=f"the command and its arguments; each is shell-quoted, never interpreted by a shell (use "
+                    f"[\"sh\", \"-c\", ...] for that). At most {MAX_ARGV} characters in all (422 beyond)")
     timeout: float = Field(default=60.0, gt=0, le=3600)
     max_output: int = Field(default=65536, ge=1, le=1 << 20, description="bytes of output kept")
 
     @field_validator("argv")
     @classmethod
     def _arg_length(cls, v: list[str]) -> list[str]:
-        if any(len(a) > 4096 for a in v) or sum(len(a) for a in v) > 16384:
-            raise ValueError("arguments too long (4096 per argument, 16384 in all)")
+        if sum(len(a) for a in v) > MAX_ARGV:
+            raise ValueError(f"arguments too long ({MAX_ARGV} characters in all)")
         return v
 
 
 class AddGuest(Guest):
     """A guest added at runtime. Same fields as in the lab file, except that
     the image must be a recipe name and qemu_args are not accepted over the API."""
+
+    image: SafeStr = Field(min_length=1, json_schema_extra={"pattern": RECIPE_NAME_PATTERN},
+                           description="a recipe name (`bridgelab image list`); 422 if it is not built")
+    qemu_args: list[SafeStr] = Field(default_factory=list, json_schema_extra={"maxItems": 0},
+                                     description="only in the lab file")
 
     @field_validator("image")
     @classmethod

@@ -7,7 +7,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 IFNAMSIZ = 16  # including the trailing NUL, so 15 usable characters
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -55,7 +55,7 @@ def _ifname(value: str) -> str:
 
 
 def normalize_mac(value: str) -> str:
-    mac = value.strip().lower().replace("-", ":")
+    mac = value.lower().replace("-", ":")
     if not _MAC.match(mac):
         raise ValueError(f"invalid MAC address {value!r}: expected six hex octets like 02:00:5e:10:00:01")
     first = int(mac[:2], 16)
@@ -82,7 +82,35 @@ def parse_memory_mib(value: Any) -> int:
     return mib
 
 
-SafeStr = Annotated[str, AfterValidator(_no_control)]
-IfName = Annotated[str, AfterValidator(_ifname)]
-Mac = Annotated[str, BeforeValidator(lambda v: normalize_mac(v) if isinstance(v, str) else v)]
+def _guest_name(value: str) -> str:
+    if not GUEST_NAME.match(value):
+        raise ValueError(f"invalid guest name {value[:40]!r}: 1-32 of a-z 0-9 '-', starting and ending with a "
+                         "letter or digit")
+    return value
+
+
+# What the validators enforce, also written into the JSON schema (the API's
+# OpenAPI document), so that a generated client never sends what is refused
+# for a static reason. The validators stay the ones that run: their messages
+# say what is wrong in words, a pattern mismatch would not.
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# 1-15 of A-Za-z0-9_.- except "." and ".." (written without a lookahead,
+# which not every JSON-schema engine has).
+IFNAME_PATTERN = r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,13}|\.\.[A-Za-z0-9_.-]{1,13})$"
+# Six octets, ':' or '-' between, unicast (the first octet even); not all zero.
+MAC_PATTERN = r"^[0-9A-Fa-f][02468aceACE](?:[:-][0-9A-Fa-f]{2}){5}$"
+MAC_ZERO_PATTERN = r"^00(?:[:-]00){5}$"
+
+
+def _schema(**extra: Any) -> Any:
+    return Field(json_schema_extra=extra)
+
+
+SafeStr = Annotated[str, AfterValidator(_no_control), _schema(pattern=NO_CONTROL_PATTERN)]
+GuestName = Annotated[str, AfterValidator(_guest_name),
+                      _schema(pattern=GUEST_NAME.pattern, minLength=1, maxLength=32, examples=["rv1"])]
+IfName = Annotated[str, AfterValidator(_ifname), _schema(pattern=IFNAME_PATTERN, minLength=1, maxLength=15)]
+Mac = Annotated[str, BeforeValidator(lambda v: normalize_mac(v) if isinstance(v, str) else v),
+                _schema(pattern=MAC_PATTERN, **{"not": {"pattern": MAC_ZERO_PATTERN}},
+                        examples=["02:00:5e:10:00:01"])]
 MemoryMiB = Annotated[int, BeforeValidator(parse_memory_mib)]

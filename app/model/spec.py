@@ -23,6 +23,7 @@ from ..errors import FieldIssue, SpecError
 from ..settings import IptablesBackend
 from .fields import (
     GUEST_NAME,
+    GuestName,
     IFNAMSIZ,
     RESERVED_QEMU_OPTIONS,
     Accel,
@@ -43,7 +44,7 @@ class _Model(BaseModel):
 
 
 class Login(_Model):
-    user: SafeStr = Field(min_length=1, max_length=32, pattern=r"^[a-z_][a-z0-9_.-]*$")
+    user: str = Field(min_length=1, max_length=32, pattern=r"^[a-z_][a-z0-9_.-]*$")
     password: SafeStr = Field(min_length=1, max_length=256)
 
 
@@ -122,7 +123,7 @@ class UserNic(_Model):
 
 
 class Guest(_Model):
-    name: str
+    name: GuestName
     arch: Arch = Arch.riscv64
     image: SafeStr = Field(min_length=1)
     cpus: int = Field(default=1, ge=1, le=64)
@@ -144,15 +145,6 @@ class Guest(_Model):
     @classmethod
     def _user_nic_shorthand(cls, v: Any) -> Any:
         return {} if v is True else None if v is False else v
-
-    @field_validator("name")
-    @classmethod
-    def _guest_name(cls, v: str) -> str:
-        if not GUEST_NAME.match(v):
-            raise ValueError(
-                f"invalid guest name {v!r}: 1-32 of a-z 0-9 '-', starting and ending with a letter or digit"
-            )
-        return v
 
     @field_validator("qemu_args")
     @classmethod
