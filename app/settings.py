@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     images_dir: str = Field("./images", description=(
         "The host directory of recipes and the image cache, mounted into the appliance."),
         json_schema_extra={"scope": APPLIANCE})
+    ready_within: str = Field("900s", description=(
+        "The healthcheck's start period: how long a start may take to have every guest ready (a first start "
+        "builds the image) before a guest that is not ready turns the appliance unhealthy and "
+        "`docker compose up --wait` fails."), json_schema_extra={"scope": APPLIANCE})
     shutdown_timeout: float = Field(30.0, description=(
         "Seconds the appliance gives guests to power off at `docker compose down` (keep it well under "
         "compose.yaml's `stop_grace_period`, 90 s)."),

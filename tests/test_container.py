@@ -255,3 +255,60 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         assert {"lab": tree(lab_dir), "images": tree(img_dir), "run": hoststate.run_paths()} == host_paths
     finally:
         sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
+
+
+def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fails(image, tmp_path):
+    """`docker compose up -d --wait` (Compose v2, from tests/compose-v2) is the
+    whole CI recipe: it returns 0 only when the lab is ready (the healthcheck
+    asks /readyz), and non-zero when a guest fails (here once a short
+    BRIDGELAB_READY_WITHIN is over)."""
+    docker_config = os.environ.get("COMPOSE_V2_CONFIG")
+    if not docker_config:
+        pytest.fail("no Compose v2: tests/run provides it (tests/compose-v2) in $COMPOSE_V2_CONFIG")
+    image_build.build_image("debian-riscv64")
+    cached = images.built_dir("debian-riscv64")
+    img_dir = tmp_path / "images"
+    (img_dir / "cache" / "debian-riscv64").mkdir(parents=True)
+    sh("cp", "-al", str(cached), str(img_dir / "cache" / "debian-riscv64" / cached.name))
+    api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
+    host_run = hoststate.run_paths()
+
+    def lab(name: str, guest: str) -> tuple[list[str], dict[str, str]]:
+        lab_dir = tmp_path / name
+        lab_dir.mkdir()
+        (lab_dir / "lab.yaml").write_text(f"name: {name}\nbridge: {{name: {name}-br, address: 10.213.78.1/24}}\n"
+                                          f"guests:\n  - {guest}\n")
+        env = {**os.environ, "DOCKER_CONFIG": docker_config, "BRIDGELAB_IMAGES_DIR": str(img_dir),
+               "BRIDGELAB_LAB_DIR": str(lab_dir), "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": name}
+        env.pop("XTABLES_LOCKFILE", None)
+        return [DOCKER, "compose", "-f", str(ROOT / "compose.yaml")], env
+
+    ready_name = f"blw{secrets.token_hex(2)}"
+    compose, env = lab(ready_name, "{name: rv1, image: debian-riscv64, cpus: 2}")
+    assert sh(*compose, "version", env=env).stdout.startswith("Docker Compose version 2.")
+    try:
+        up = sh(*compose, "up", "-d", "--wait", "--no-build", env=env, check=False, cwd=ROOT, timeout=1200)
+        assert up.returncode == 0, up.stdout + up.stderr
+        ready = api.get("/readyz")  # at once: --wait returned only once the lab was ready
+        assert ready.status_code == 200 and [g["state"] for g in ready.json()["guests"]] == ["ready"], ready.text
+    finally:
+        down = sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
+    assert down.returncode == 0, down.stderr
+    assert _lab_processes(ready_name) == [] and f"{ready_name}-br" not in sh("ip", "-o", "link").stdout
+
+    failing_name = f"blf{secrets.token_hex(2)}"
+    compose, env = lab(failing_name, '{name: rv1, image: debian-riscv64, qemu_args: ["-device", "no-such-device"]}')
+    env["BRIDGELAB_READY_WITHIN"] = "5s"
+    try:
+        t0 = time.monotonic()
+        up = sh(*compose, "up", "-d", "--wait", "--no-build", env=env, check=False, cwd=ROOT, timeout=600)
+        waited = time.monotonic() - t0
+        assert up.returncode != 0 and "unhealthy" in up.stdout + up.stderr, up.stdout + up.stderr
+        assert waited < 120, waited
+        body = api.get("/readyz").json()
+        assert body["failed"] == ["rv1"] and "no-such-device" in body["guests"][0]["reason"], body
+    finally:
+        down = sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
+    assert down.returncode == 0, down.stderr
+    assert f"{failing_name}-br" not in sh("ip", "-o", "link").stdout
+    assert hoststate.run_paths() == host_run  # no host path made by a bind mount
