@@ -57,7 +57,8 @@ def parser(env: Settings) -> argparse.ArgumentParser:
     s.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT or unix:/path (default %(default)s)")
     s.add_argument("--state-dir", type=Path, help="default: $BRIDGELAB_STATE_DIR/<lab> or /run/bridgelab/<lab>")
     s.add_argument("--shutdown-timeout", type=float, default=30.0)
-    s.add_argument("--token-file", type=Path, help="default: $BRIDGELAB_STATE_DIR/api-token (created on first start)")
+    s.add_argument("--token-file", type=Path, default=argparse.SUPPRESS,
+                   help="default: $BRIDGELAB_STATE_DIR/api-token (created on first start)")
     s.add_argument("--fresh", action="store_true", help="start from the lab file, ignoring runtime changes "
                                                           "recorded by an earlier run")
     s.add_argument("--cold", action="store_true", help="boot every guest, even one with a valid ready snapshot")
