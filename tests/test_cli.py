@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from bridgelab import __version__
-from bridgelab.cli.client import inventory, mesh_rows
+from bridgelab.cli.client import mesh_rows
+from bridgelab.cli.inventory import inventory
 from bridgelab.cli.output import table
 
 from .conftest import junk_image

@@ -22,7 +22,6 @@ from .client import (
     cmd_console,
     cmd_down,
     cmd_exec,
-    cmd_inventory,
     cmd_logs,
     cmd_mesh,
     cmd_status,
@@ -32,6 +31,7 @@ from .client import (
     unauthorized_hint,
 )
 from .daemon import cmd_serve
+from .inventory import cmd_inventory
 from .exits import EXIT_INVALID, EXIT_NO_DAEMON
 from .output import add_format
 from . import image, snapshot
