@@ -82,6 +82,15 @@ def test_interleaved_kernel_messages_do_not_break_exit_codes(spawn_fake):
         assert f"line{i}" in out
 
 
+def test_capped_output_keeps_the_commands_own_exit_status(spawn_fake):
+    """256 KiB, far past the pipe's buffer, after the cap: the command still
+    ends by itself with its own status, not by SIGPIPE (141)."""
+    c = spawn_fake()
+    c.login("root", "bridgelab", timeout=20)
+    rc, out = c.run("head -c 262144 /dev/zero | tr '\\0' y", cap=100)
+    assert (rc, out) == (0, "y" * 101), (rc, out[:200])  # 101: one byte past the cap shows the cut
+
+
 def test_wrong_password_is_a_clear_failure(spawn_fake):
     c = spawn_fake("--password", "other")
     t = time.monotonic()

@@ -30,12 +30,15 @@ log = logging.getLogger(__name__)
 def wrap_command(command: str, tag: str, cap: int | None = None) -> str:
     """The line sent for `command`: begin marker, the command with stdin closed
     and stderr merged, end marker with the exit status. With `cap`, output
-    beyond cap+1 bytes is cut in the guest (the +1 shows it was cut), and the
-    status is still the command's own (bash's PIPESTATUS)."""
+    beyond cap+1 bytes is cut in the guest (the +1 shows it was cut) and the
+    rest drained there, so the command runs to its end as through the agent:
+    were the pipe closed at the cap, its next write would kill it with
+    SIGPIPE and its status would be 141, not its own (bash's PIPESTATUS)."""
     if cap is None:
         return (f"printf '%s\\n' {split_marker('B' + tag)}; {{ {command}\n}} </dev/null 2>&1; "
                 f"printf '%s %s\\n' {split_marker('E' + tag)} \"$?\"")
-    return (f"printf '%s\\n' {split_marker('B' + tag)}; {{ {command}\n}} </dev/null 2>&1 | head -c {cap + 1}; "
+    return (f"printf '%s\\n' {split_marker('B' + tag)}; {{ {command}\n}} </dev/null 2>&1 | "
+            f"{{ head -c {cap + 1}; cat >/dev/null; }}; "
             f"printf '\\n%s %s\\n' {split_marker('E' + tag)} \"${{PIPESTATUS[0]}}\"")
 
 
