@@ -79,7 +79,7 @@ class FakeQemu(GuestProcess):
     def prepare(self, fresh: bool = True) -> None:
         p = self.plan.paths
         p.dir.mkdir(parents=True, exist_ok=True)
-        for f in (p.console_sock, p.qmp_sock, p.agent_sock):
+        for f in p.sockets:
             f.unlink(missing_ok=True)
 
     def spawn(self, extra: tuple[str, ...] = ()) -> None:

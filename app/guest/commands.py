@@ -147,8 +147,18 @@ def active_profile_cmd(iface: str) -> Argv:
 SETTLE_SECONDS = 120
 
 
+# The people's console (hvc0, see terminal.py) gets its getty here, once its
+# driver has loaded: systemd's getty generator adds one only when hvc0
+# exists at boot, and virtio_console often loads later, from the root disk.
+# No systemd, or no hvc0: nothing to do. --no-block: the login does not wait.
+_TERMINAL_GETTY = ('if [ -e /sys/class/tty/hvc0 ] && command -v systemctl >/dev/null; then '
+                   'systemctl start --no-block serial-getty@hvc0.service 2>/dev/null; fi')
+
+
 def settle_devices_cmd() -> Argv:
-    return ["udevadm", "settle", f"--timeout={SETTLE_SECONDS}"]
+    """Wait for udev's queue (its status is the command's), then give hvc0 its getty."""
+    return ["sh", "-c", f'udevadm settle --timeout="$1"; rc=$?; {_TERMINAL_GETTY}; exit $rc',
+            "sh", str(SETTLE_SECONDS)]
 
 
 def addresses_cmd(iface: str) -> Argv:

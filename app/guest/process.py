@@ -51,7 +51,7 @@ class GuestProcess:
         keeps the disk it had. An overlay that cannot be reverted is replaced."""
         p = self.plan.paths
         p.dir.mkdir(parents=True, exist_ok=True)
-        for f in (p.console_sock, p.qmp_sock, p.agent_sock):
+        for f in p.sockets:
             f.unlink(missing_ok=True)
         if not fresh and p.overlay.exists():
             why_not = vmstate.repair_leaks(self.plan)

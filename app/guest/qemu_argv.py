@@ -82,6 +82,12 @@ def argv(g: GuestPlan) -> list[str]:
         "-chardev", f"socket,id=qga,path={_q(p.agent_sock)},server=on,wait=off",
         "-device", f"virtio-serial-{bus}",
         "-device", "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+        # The people's console, apart from the automation's serial one: a
+        # virtio console (hvc0 in the guest, port 0 of the same bus), where
+        # the guest runs its own getty with echo. Typing there can never
+        # reach a command bridgelab runs on ttyS0, and the reverse.
+        "-chardev", f"socket,id=term,path={_q(p.term_sock)},server=on,wait=off",
+        "-device", "virtconsole,chardev=term,name=org.bridgelab.term",
         "-drive", f"file={_q(p.overlay)},format=qcow2,if=none,id=hd0,discard=unmap",
         "-device", f"virtio-blk-{bus},drive=hd0",
         "-netdev", f"tap,id=net0,ifname={g.tap},script=no,downscript=no"

@@ -83,7 +83,7 @@ class LabRunner:
         # Overlays stay for inspection (and `qemu-img check`); the next start
         # replaces them. Sockets are dead once qemu is gone.
         for g in self.ctx.plan.guests:
-            for f in (g.paths.console_sock, g.paths.qmp_sock, g.paths.agent_sock):
+            for f in g.paths.sockets:
                 f.unlink(missing_ok=True)
         self.ctx.pool.shutdown(wait=False, cancel_futures=True)
 

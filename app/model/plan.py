@@ -66,7 +66,12 @@ class GuestPaths:
     console_log: Path
     qmp_sock: Path
     agent_sock: Path  # qemu-guest-agent's virtio-serial port
+    term_sock: Path  # the people's console: a virtio console (hvc0) with its own getty
     stderr: Path
+
+    @property
+    def sockets(self) -> tuple[Path, ...]:
+        return (self.console_sock, self.qmp_sock, self.agent_sock, self.term_sock)
 
 
 @dataclass(frozen=True)
@@ -230,7 +235,7 @@ def guest_paths(state_dir: Path, name: str) -> GuestPaths:
     d = state_dir / "guests" / name
     return GuestPaths(dir=d, overlay=d / "overlay.qcow2", console_sock=d / "console.sock",
                       console_log=d / "console.log", qmp_sock=d / "qmp.sock", agent_sock=d / "qga.sock",
-                      stderr=d / "qemu.log")
+                      term_sock=d / "term.sock", stderr=d / "qemu.log")
 
 
 # systemd gives a device 90 s and a unit 90 s to start by default; under TCG on
@@ -300,7 +305,7 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
             issues.append(FieldIssue(f"{at}.image",
                                      f"image {image.name} is {image.arch.value}, guest is {g.arch.value}"))
         paths = guest_paths(state_dir, g.name)
-        for sock in (paths.console_sock, paths.qmp_sock, paths.agent_sock):
+        for sock in paths.sockets:
             if len(str(sock)) > UNIX_PATH_MAX:
                 issues.append(FieldIssue(at, f"socket path {sock} is longer than {UNIX_PATH_MAX} bytes; "
                                              "use a shorter --state-dir"))
