@@ -3,6 +3,12 @@
 #   docker compose up                      # open internet
 #   DOCKER_BUILDKIT=1 docker build --secret id=ca,src=/path/to/extra-ca.pem -t bridgelab .
 #                                          # behind a TLS-intercepting proxy
+# The status page's xterm.js: Debian trixie's libjs-xterm (5.3; bookworm has
+# 3.8), checked by apt against Debian's keyring and unpacked, not installed.
+FROM debian:bookworm-slim AS web
+COPY tools/fetch-deb tools/web-assets /tools/
+RUN /tools/web-assets /web
+
 FROM debian:bookworm-slim
 
 ARG DEBIAN_FRONTEND=noninteractive
@@ -42,6 +48,7 @@ RUN --mount=type=secret,id=ca \
 
 COPY app /src/app
 RUN /opt/bridgelab/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src && rm -rf /src
+COPY --from=web /web /usr/share/javascript
 COPY images /usr/share/bridgelab/images
 COPY lab.yaml /etc/bridgelab/lab/lab.yaml
 COPY entrypoint.sh /usr/local/bin/entrypoint.sh

@@ -119,3 +119,7 @@ class GuestTimeout(GuestError):
 
 class AuthError(BridgelabError):
     """A request without the right bearer token (HTTP 401)."""
+
+
+class CrossOrigin(BridgelabError):
+    """A browser request from another site's page to change the lab (HTTP 403)."""

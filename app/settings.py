@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     images: Path | None = Field(None, description=(
         "A directory of image recipes, searched before the source tree and `/usr/share/bridgelab/images`."))
     cache: Path = Field(Path("/var/cache/bridgelab/images"), description="Where built guest images are kept.")
+    web_assets: Path = Field(Path("/usr/share/javascript"), description=(
+        "Where the status page finds xterm.js (`xterm/xterm.js`, as Debian's `libjs-xterm` >= 5 installs it; "
+        "`tools/web-assets DIR` puts it there). Without it the page shows no console."))
     port: int = Field(8700, description="The appliance's API port on the host's loopback.",
                       json_schema_extra={"scope": APPLIANCE})
     lab_dir: str = Field(".", description="The host directory holding the appliance's lab file (mounted read-only).",

@@ -8,6 +8,7 @@ what the API accepts, refuses, and leaves untouched on the host. Real guests
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -137,6 +138,100 @@ def test_console_attach_needs_the_token_and_a_console(daemon):
     assert daemon.py(ATTACH, url, "wrong-token-0123456789").stdout.startswith("4401 ")
     assert daemon.py(ATTACH, url, TOKEN).stdout.startswith("4409 ")  # authorised; qemu never started
     assert daemon.py(ATTACH, url.replace("broken", "nope"), TOKEN).stdout.startswith("4404 ")
+
+
+def test_the_terminal_needs_the_token_and_names_a_missing_guest(daemon):
+    url = f"ws://127.0.0.1:{PORT}/guests/broken/terminal"
+    assert daemon.py(ATTACH, url, "").stdout.startswith("4401 ")
+    assert daemon.py(ATTACH, url, TOKEN).stdout.startswith("4409 ")  # authorised; qemu never started
+    assert daemon.py(ATTACH, url.replace("broken", "nope"), TOKEN).stdout.startswith("4404 ")
+
+
+BROWSER = """
+import json, sys
+import httpx
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+base, token = sys.argv[1], sys.argv[2]
+own = {"Origin": base}
+evil = {"Origin": "http://evil.example"}
+out = {}
+with httpx.Client(base_url=base, timeout=30) as c:
+    out["wrong"] = c.post("/session", json={"token": "wrong-token-0123456789"}, headers=own).status_code
+    out["foreign_session"] = c.post("/session", json={"token": token}, headers=evil).status_code
+    out["no_cookie_write"] = c.post("/mesh", headers=own).status_code
+    r = c.post("/session", json={"token": token}, headers=own)
+    out["session"] = r.status_code
+    out["set_cookie"] = r.headers.get("set-cookie", "")
+    cookie = c.cookies.get("bridgelab_session")
+    out["cookie_is_not_the_token"] = cookie is not None and token not in cookie
+    out["cookie_write"] = c.post("/mesh", headers=own).status_code
+    out["cookie_write_foreign"] = c.post("/mesh", headers=evil).status_code
+    out["bearer_write_foreign"] = c.post("/mesh", headers={**evil, "Authorization": "Bearer " + token}).status_code
+    out["logout"] = c.delete("/session", headers=own).status_code
+    out["after_logout"] = c.post("/mesh", headers=own).status_code
+
+def ws(path, headers):
+    with connect("ws" + base[4:] + path, additional_headers=headers) as w:
+        try:
+            w.recv(timeout=5)
+            return "open"
+        except ConnectionClosed as e:
+            return e.rcvd.code
+session = "bridgelab_session=" + cookie
+out["ws_cookie"] = ws("/guests/broken/terminal", {**own, "Cookie": session})
+out["ws_cookie_foreign"] = ws("/guests/broken/terminal", {**evil, "Cookie": session})
+out["ws_bearer_foreign"] = ws("/guests/broken/console/attach", {**evil, "Authorization": "Bearer " + token})
+out["ws_bad_cookie"] = ws("/guests/broken/terminal", {**own, "Cookie": "bridgelab_session=" + "0" * 64})
+print(json.dumps(out))
+"""
+
+
+def test_a_browser_session_is_a_cookie_for_the_token_and_only_for_the_daemons_own_pages(daemon):
+    p = daemon.py(BROWSER, f"http://127.0.0.1:{PORT}", TOKEN)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["wrong"] == 401 and out["foreign_session"] == 403 and out["no_cookie_write"] == 401
+    assert out["session"] == 204
+    cookie_attrs = [a.strip().lower() for a in out["set_cookie"].split(";")]
+    assert "httponly" in cookie_attrs and "samesite=strict" in cookie_attrs and "path=/" in cookie_attrs
+    assert out["cookie_is_not_the_token"]
+    assert out["cookie_write"] == 200  # the mesh check ran: the cookie stands for the token
+    assert out["cookie_write_foreign"] == 403 and out["bearer_write_foreign"] == 403
+    assert out["logout"] == 204 and out["after_logout"] == 401
+    assert out["ws_cookie"] == 4409  # admitted; this guest's qemu never started
+    assert out["ws_cookie_foreign"] == 4403 and out["ws_bearer_foreign"] == 4403
+    assert out["ws_bad_cookie"] == 4401
+    assert TOKEN not in daemon.log.read_text()
+
+
+FEED = """
+import sys
+import httpx
+with httpx.stream("GET", sys.argv[1] + "/events", timeout=30) as r:
+    print(r.status_code, r.headers["content-type"])
+    for line in r.iter_lines():
+        if line.startswith("data: "):
+            print(line[6:])
+            break
+"""
+
+
+def test_the_status_page_and_its_live_feed(daemon):
+    status, html = daemon.request("GET", "/")
+    assert status == 200 and "<title>bridgelab</title>" in html and "/events" not in html
+    status, script = daemon.request("GET", "/static/app.js")
+    assert status == 200 and 'new EventSource("/events")' in script
+    assert daemon.request("GET", "/static/../app.py")[0] == 404
+    p = daemon.py(FEED, f"http://127.0.0.1:{PORT}")
+    assert p.returncode == 0, p.stderr
+    head, data = p.stdout.splitlines()[:2]
+    assert head.startswith("200 text/event-stream")
+    state = json.loads(data)
+    assert state["health"]["lab"] == "blapi" and state["health"]["bridge"] == "blapi0"
+    assert [(g["name"], g["state"]) for g in state["guests"]] == [("broken", "failed")]
+    assert state["guests"][0]["ip"].startswith("10.199.7.") and state["guests"][0]["console_tail"] == ""
+    assert "/events" not in daemon.request("GET", "/openapi.json")[1]
 
 
 def test_non_loopback_listen_needs_the_token_for_everything(tmp_path):

@@ -178,6 +178,11 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         writable = sh(*compose, "exec", "-T", "bridgelab", "sh", "-c", probe, env=env, check=False,
                       cwd=ROOT).stdout.split()
         assert writable == ["net"], writable
+        # The status page, with xterm.js from the image (trixie's libjs-xterm), not a CDN.
+        assert "<title>bridgelab</title>" in api.get("/").text
+        xterm = api.get("/vendor/xterm/xterm.js")
+        assert xterm.status_code == 200 and len(xterm.content) > 100_000
+        assert api.get("/vendor/xterm/addons/fit/xterm-addon-fit.js").status_code == 200
 
         # The daemon dies (SIGKILL: no teardown), which leaves the host objects
         # behind; `restart: unless-stopped` starts a new one, which sweeps them

@@ -7,15 +7,18 @@ import contextlib
 import logging
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
-from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 
 from .. import __version__
-from ..errors import AuthError, BridgelabError, GuestBusy, GuestError, GuestTimeout, SpecError, UnknownGuest
+from ..errors import (AuthError, BridgelabError, CrossOrigin, GuestBusy, GuestError, GuestTimeout, SpecError,
+                      UnknownGuest)
 from ..lab.runner import LabRunner
-from .auth import Policy
+from .auth import SESSION_COOKIE, Policy, same_origin, session_value
+from .consoles import Terminals, attach_serial, attach_terminal
 from .methods import AllowEveryMethod
+from .page import mount_page
 from .schemas import (
     GUEST_NAME_PATTERN,
     AddGuest,
@@ -29,6 +32,7 @@ from .schemas import (
     Readiness,
     SNAPSHOT_NAME_PATTERN,
     SnapshotRequest,
+    SessionRequest,
     SnapshotView,
     ValidationErrorBody,
     WaitResult,
@@ -44,6 +48,7 @@ SnapName = Annotated[str, Path(pattern=SNAPSHOT_NAME_PATTERN, max_length=32, exa
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "the body is not JSON"},
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    403: {"model": ErrorBody, "description": "a browser page of another origin tried to change the lab"},
     502: {"model": ErrorBody, "description": "the guest's console or agent failed during the request"},
     404: {"model": ErrorBody, "description": "no such guest"},
     409: {"model": ErrorBody, "description": "the guest is busy or in the wrong state"},
@@ -63,7 +68,8 @@ def dynamic_422(description: str, **examples: str) -> dict[int | str, dict[str, 
 
 # First match wins: the specific guest errors before GuestError (the guest
 # failed us: 502, like a gateway whose upstream broke).
-STATUS = {UnknownGuest: 404, GuestBusy: 409, GuestTimeout: 504, AuthError: 401, GuestError: 502}
+STATUS = {UnknownGuest: 404, GuestBusy: 409, GuestTimeout: 504, AuthError: 401, CrossOrigin: 403,
+          GuestError: 502}
 
 
 class BodyLimit:
@@ -110,13 +116,16 @@ async def _too_large(scope: Any, receive: Any, send: Any, limit: int) -> None:
 
 
 def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: None,
-               policy: Policy | None = None) -> FastAPI:
+               policy: Policy | None = None, exiting: Callable[[], bool] = lambda: False) -> FastAPI:
+    terminals = Terminals(runner)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner.start_guests()
         try:
             yield
         finally:
+            await terminals.close()
             await runner.stop()
 
     # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline
@@ -128,11 +137,17 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
 
     def reader(request: Request) -> None:
         if policy is not None:
-            policy.check(request.headers.get("authorization"), mutating=False)
+            policy.check(request.headers.get("authorization"), mutating=False,
+                         cookie=request.cookies.get(SESSION_COOKIE))
 
     def writer(request: Request) -> None:
+        # A browser names its page's origin on every change it sends: only
+        # the daemon's own page may use the session cookie to change the lab.
+        if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+            raise CrossOrigin("cross-origin requests may not change the lab")
         if policy is not None:
-            policy.check(request.headers.get("authorization"), mutating=True)
+            policy.check(request.headers.get("authorization"), mutating=True,
+                         cookie=request.cookies.get(SESSION_COOKIE))
 
     read = [Depends(reader)]
     write = [Depends(writer)]
@@ -148,6 +163,26 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(status_code=status, content={"detail": str(exc)}, headers=headers)
+
+    @app.post("/session", status_code=204, responses={401: {"model": ErrorBody, "description": "wrong token"}})
+    async def open_session(body: SessionRequest, request: Request) -> Response:
+        """For browsers: the token, once, for an HttpOnly, SameSite=Strict
+        session cookie that the page's requests and consoles then carry. The
+        token never goes into a URL."""
+        if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+            raise CrossOrigin("cross-origin requests may not open a session")
+        if policy is not None and not policy.token_matches(f"Bearer {body.token}"):
+            raise AuthError("wrong token (see the token file or $BRIDGELAB_TOKEN)")
+        response = Response(status_code=204)
+        response.set_cookie(SESSION_COOKIE, session_value(policy.token if policy else body.token), httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https", path="/")
+        return response
+
+    @app.delete("/session", status_code=204)
+    async def close_session() -> Response:
+        response = Response(status_code=204)
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", path="/")
+        return response
 
     @app.get("/healthz", dependencies=read)
     async def healthz() -> Health:
@@ -239,7 +274,14 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         """The live serial console, shared with the automation through the one
         reader. Read-only unless ?write=true; keystrokes are then passed on
         only while no automation command is running."""
-        await attach_console(ws, runner, policy, name, write)
+        await attach_serial(ws, runner, policy, name, write)
+
+    @app.websocket("/guests/{name}/terminal")
+    async def terminal_attach(ws: WebSocket, name: str) -> None:
+        """The guest's console for people: its virtio console (hvc0), where
+        the guest runs its own getty, with echo. Shared by every viewer;
+        apart from the automation's serial console."""
+        await attach_terminal(ws, terminals, policy, name)
 
     # Snapshots: per guest, and for the whole lab as one consistent state.
     @app.get("/guests/{name}/snapshots", dependencies=read)
@@ -288,59 +330,8 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         asyncio.get_running_loop().call_later(0.1, request_exit)
         return {"status": "stopping"}
 
+    mount_page(app, runner, read, exiting)
     return app
-
-
-ATTACH_QUEUE = 4096  # chunks; a client slower than the guest loses output, never stalls the guest
-BUSY_NOTICE = b"\r\n[bridgelab: automation is using the console; input dropped]\r\n"
-
-
-async def attach_console(ws: WebSocket, runner: LabRunner, policy: Policy | None, name: str, write: bool) -> None:
-    try:
-        if policy is not None:
-            policy.check(ws.headers.get("authorization"), mutating=True)
-        console = runner.get(name).console
-    except AuthError:
-        return await _refuse(ws, 4401, "a valid bearer token is required")
-    except UnknownGuest:
-        return await _refuse(ws, 4404, f"no guest named {name[:40]!r}")
-    if console is None:
-        return await _refuse(ws, 4409, f"guest {name} has no console yet")
-    await ws.accept()
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes] = asyncio.Queue(ATTACH_QUEUE)
-
-    def offer(data: bytes) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(data)
-    def from_pump(data: bytes) -> None:  # on the pump thread
-        loop.call_soon_threadsafe(offer, data)
-    unwatch = console.watch(from_pump)
-
-    async def forward() -> None:
-        while True:
-            await ws.send_bytes(await queue.get())
-    sender = asyncio.create_task(forward())
-    try:
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            keys = message.get("bytes") or (message.get("text") or "").encode()
-            if write and keys and not await asyncio.to_thread(console.type_if_idle, keys[:4096]):
-                offer(BUSY_NOTICE)
-    except WebSocketDisconnect:
-        pass
-    finally:
-        unwatch()
-        sender.cancel()
-
-
-async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
-    """Accept, then close with a code (4000 + the HTTP status) and a reason a
-    client can show: a refused handshake would only say 403."""
-    await ws.accept()
-    await ws.close(code=code, reason=reason)
 
 
 def _wait_response(result: WaitResult) -> Any:

@@ -12,6 +12,7 @@ created (0600) on first start. It is compared in constant time.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -80,6 +81,25 @@ def client_token(path: Path | None) -> str | None:
         return None
 
 
+SESSION_COOKIE = "bridgelab_session"
+_SESSION_LABEL = b"bridgelab browser session v1"
+
+
+def session_value(token: str) -> str:
+    """What a browser's cookie holds: derived from the token (so it outlives a
+    daemon restart and dies with a new token), never the token itself."""
+    return hmac.new(token.encode(), _SESSION_LABEL, hashlib.sha256).hexdigest()
+
+
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """A browser names the page's origin on every websocket and on mutating
+    fetches; it must be the daemon's own (scheme aside: TLS may end in front).
+    No Origin at all is a client that is not a browser (curl, the CLI)."""
+    if origin is None:
+        return True
+    return bool(host) and origin.partition("://")[2].rstrip("/").lower() == (host or "").lower()
+
+
 @dataclass(frozen=True)
 class Policy:
     token: str
@@ -91,14 +111,22 @@ class Policy:
         unix = listen.startswith("unix:")
         return cls(token=token, open_reads=is_loopback_listen(listen), trusted_transport=unix)
 
-    def check(self, authorization: str | None, mutating: bool) -> None:
+    def check(self, authorization: str | None, mutating: bool, cookie: str | None = None) -> None:
+        """A bearer token (clients), or the session cookie a browser got for
+        it (POST /session). The cookie is SameSite=Strict, and the routes
+        check Origin besides, so another site's page cannot use it."""
         if self.trusted_transport or (self.open_reads and not mutating):
             return
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.token.encode()):
+        if cookie is not None and hmac.compare_digest(cookie.encode(), session_value(self.token).encode()):
+            return
+        if not self.token_matches(authorization):
             raise AuthError("a valid bearer token is required (Authorization: Bearer <token>; "
                             "see the token file or $BRIDGELAB_TOKEN)")
 
+    def token_matches(self, authorization: str | None) -> bool:
+        scheme, _, presented = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self.token.encode())
 
-__all__ = ["Policy", "TOKEN_ENV", "client_token", "default_token_file", "is_loopback_listen",
-           "load_or_create_token"]
+
+__all__ = ["Policy", "SESSION_COOKIE", "TOKEN_ENV", "client_token", "default_token_file", "is_loopback_listen",
+           "load_or_create_token", "same_origin", "session_value"]

@@ -140,7 +140,18 @@ class WaitResult(BaseModel):
     guests: list[GuestView]
 
 
-__all__ = ["AddGuest", "ErrorBody", "ExecRequest", "ExecResult", "FailedGuest", "GUEST_NAME_PATTERN",
+class SessionRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=256, description="the API token, exchanged for a session cookie")
+
+
+class LabState(BaseModel):
+    """What the status page draws, sent by `GET /events` on every change."""
+    health: Health
+    guests: list[GuestView] = Field(description="console_tail is empty here: the page has the live console")
+    terminal: bool = Field(description="xterm.js is installed, so the page can show consoles")
+
+
+__all__ = ["AddGuest", "ErrorBody", "ExecRequest", "ExecResult", "FailedGuest", "GUEST_NAME_PATTERN", "LabState",
            "GuestReadiness", "GuestView", "Health", "MeshPair", "MeshReport", "NetworkRequest", "Readiness",
-           "RESERVED_SNAPSHOT_PREFIX", "SNAPSHOT_NAME_PATTERN", "STAGES", "SnapshotRequest", "SnapshotView",
-           "ValidationErrorBody", "WaitResult"]
+           "RESERVED_SNAPSHOT_PREFIX", "SNAPSHOT_NAME_PATTERN", "STAGES", "SessionRequest", "SnapshotRequest",
+           "SnapshotView", "ValidationErrorBody", "WaitResult"]

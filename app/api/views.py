@@ -21,14 +21,16 @@ def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
     return "\n".join(kept[-lines:])
 
 
-def guest_view(g: GuestRuntime) -> GuestView:
+def guest_view(g: GuestRuntime, with_tail: bool = True) -> GuestView:
+    """with_tail=False for the page's feed: it shows the live console instead
+    of reading the log file on every look."""
     p = g.plan
     return GuestView(
         name=p.name, state=g.state, arch=p.arch, accel=p.accel,
         ip=str(p.ip.ip), prefix=p.ip.network.prefixlen, gateway=str(p.gateway) if p.gateway else None,
         dns=[str(d) for d in p.dns], mac=p.mac, tap=p.tap, pid=g.process.pid,
         timestamps=dict(g.timestamps), stages=dict(g.stages), reason=g.reason, mesh=dict(g.mesh),
-        changed=g.changed, console_tail=console_tail(p.paths.console_log),
+        changed=g.changed, console_tail=console_tail(p.paths.console_log) if with_tail else "",
         ssh=f"127.0.0.1:{p.user_nic.ssh_port}" if p.user_nic else None, user=p.image.login.user)
 
 

@@ -207,7 +207,8 @@ DETACH = b"\x1d"  # Ctrl-], as telnet and virsh console
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    """Attach to a guest's serial console over the API's websocket."""
+    """A guest's console for people (hvc0, its own getty, with echo), or with
+    --serial the serial console bridgelab automates (read-only unless --write)."""
     import threading
 
     from websockets.exceptions import ConnectionClosed
@@ -215,7 +216,11 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     token = client_token(args.token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    path = f"/guests/{args.name}/console/attach" + ("?write=true" if args.write else "")
+    if args.serial:
+        path = f"/guests/{args.name}/console/attach" + ("?write=true" if args.write else "")
+    else:
+        path = f"/guests/{args.name}/terminal"
+    interactive = args.write or not args.serial
     api: str = args.api
     try:
         if api.startswith("unix:"):
@@ -225,12 +230,15 @@ def cmd_console(args: argparse.Namespace) -> int:
             ws = connect(f"{'wss' if api.startswith('https') else 'ws'}://{base}{path}", additional_headers=headers)
     except (ConnectionRefusedError, FileNotFoundError) as e:
         raise NoDaemon(api, e) from None
-    print(f"bridgelab: attached to {args.name}" + (" (Ctrl-] detaches)" if args.write else " (read-only; Ctrl-C)"),
+    print(f"bridgelab: attached to {args.name}" + (" (Ctrl-] detaches)" if interactive else " (read-only; Ctrl-C)"),
           file=sys.stderr)
+
+    last_output = [time.monotonic()]
 
     def show() -> None:
         try:
             for data in ws:
+                last_output[0] = time.monotonic()
                 sys.stdout.buffer.write(data if isinstance(data, bytes) else data.encode())
                 sys.stdout.buffer.flush()
         except ConnectionClosed:
@@ -238,8 +246,12 @@ def cmd_console(args: argparse.Namespace) -> int:
     reader = threading.Thread(target=show, daemon=True)
     reader.start()
     try:
-        if args.write and sys.stdin.isatty():
+        if not args.serial:
+            ws.send(b"\r")  # a getty prints its prompt once: Enter brings it back
+        if interactive and sys.stdin.isatty():
             _type_raw(ws)
+        elif interactive:
+            _type_piped(ws, last_output)
         else:
             reader.join()
     except KeyboardInterrupt:
@@ -247,6 +259,25 @@ def cmd_console(args: argparse.Namespace) -> int:
     finally:
         ws.close()
     return 0
+
+
+# Piped input goes a line at a time, each once the guest has been quiet: a
+# login turns echo off with TCSAFLUSH before the password, which drops
+# whatever was typed ahead.
+QUIET = 1.0
+LINE_WAIT = 30.0
+
+
+def _type_piped(ws: Any, last_output: list[float]) -> None:
+    def settle() -> None:
+        deadline = time.monotonic() + LINE_WAIT
+        while time.monotonic() < deadline and time.monotonic() - last_output[0] < QUIET:
+            time.sleep(0.1)
+    settle()
+    for line in sys.stdin.buffer:
+        ws.send(line.rstrip(b"\r\n") + b"\r")
+        last_output[0] = time.monotonic()
+        settle()
 
 
 def _type_raw(ws: Any) -> None:

@@ -83,9 +83,11 @@ def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_fi
     def request_exit() -> None:
         if server is not None:
             server.should_exit = True
-    app = create_app(runner, request_exit, policy)
+    app = create_app(runner, request_exit, policy, exiting=lambda: server is not None and server.should_exit)
+    # timeout_graceful_shutdown: a long-poll (/wait) or a console left open
+    # must not hold the guests' shutdown back; the page's feed ends by itself.
     config = uvicorn.Config(app, log_level=args.log_level.lower(), lifespan="on", access_log=False,
-                            limit_concurrency=1000, timeout_keep_alive=30)
+                            limit_concurrency=1000, timeout_keep_alive=30, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it caught once it has shut down; with the
     # default handler that would kill us before the taps and bridge are

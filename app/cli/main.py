@@ -112,9 +112,12 @@ def parser(env: Settings) -> argparse.ArgumentParser:
     inv = api_command("inventory", cmd_inventory, "the guests with an ssh NIC, as an Ansible inventory or an "
                                                   "ssh_config (ssh -F FILE NAME)")
     inv.add_argument("--format", choices=("ansible", "ssh-config"), default="ansible")
-    co = api_command("console", cmd_console, "attach to a guest's live serial console")
+    co = api_command("console", cmd_console, "log in on a guest's console (its own, with echo; Ctrl-] detaches), "
+                                             "or watch the serial console bridgelab automates (--serial)")
     guest_arg(co)
-    co.add_argument("--write", action="store_true", help="send keystrokes (only while no automation runs)")
+    co.add_argument("--serial", action="store_true", help="the automation's serial console, read-only")
+    co.add_argument("--write", action="store_true", help="with --serial: send keystrokes (only while no "
+                                                         "automation runs)")
     snapshot.add_arguments(api_command("snapshot", snapshot.cmd_snapshot,
                                        "save, restore, list or remove snapshots of running guests"))
     lg = api_command("logs", cmd_logs, "the tail of a guest's serial console")
