@@ -1,6 +1,6 @@
 """Every BRIDGELAB_* environment variable, with its default and meaning, in
 one typed class. The daemon, the CLI and the appliance (compose.yaml and
-entrypoint.sh) use the same names; the README's table is generated from
+entrypoint.sh) use the same names; the table in docs/appliance.md is generated from
 here (`python -m bridgelab.settings`) and a test keeps the two equal.
 """
 

@@ -87,7 +87,7 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
     lab_dir.mkdir()
     # One guest: the lab boots three times here, and guest to guest across
     # the bridge is the same kernel path as outside a container (tests/test_vm.py).
-    # Booting alone, it gets two vCPUs (one TCG thread each; README).
+    # Booting alone, it gets two vCPUs (one TCG thread each; docs/benchmarks.md).
     (lab_dir / "lab.yaml").write_text(
         f"name: {lab_name}\nbridge: {{name: {bridge}, address: 10.213.77.1/24}}\n"
         "guests:\n  - {name: rv1, image: debian-riscv64, cpus: 2}\n")
@@ -218,7 +218,7 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         assert all(f" {t}:" in lab_links() for t in taps)
 
         # Killed again, this time cleaned up by `bridgelab cleanup` instead of
-        # another `up`, from a one-off container as the README says.
+        # another `up`, from a one-off container as docs/appliance.md says.
         run = [*compose, "run", "--rm", "-T", "bridgelab", "bridgelab", "cleanup", "--all"]
         sh(*compose, "kill", env=env, cwd=ROOT)  # killed by hand: no restart
         time.sleep(2)

@@ -29,7 +29,7 @@ def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
         pytest.fail("VM tests need root")
     image_build.build_image("debian-riscv64")
     # One guest booting alone gets both of a 2-core runner's cores: under TCG
-    # (one host thread per vCPU) its boot takes ~0.7x as long (README).
+    # (one host thread per vCPU) its boot takes ~0.7x as long (docs/benchmarks.md).
     d = Drill(tmp_path_factory.mktemp("crash"), guests=1, cpus=2)
     try:
         yield d

@@ -115,7 +115,7 @@ def test_exec_after_an_idle_logout_logs_in_again(lab):
     text = transcript(lab, "oe1")
     assert "[bridgelab] the shell is gone (logged out?): logging in again" in text
     assert "timed out waiting for input: auto-logout" in text
-    # For the README's table: the re-login's cost next to a live shell's.
+    # For docs/benchmarks.md's table: the re-login's cost next to a live shell's.
     print(f"\nexec on a live shell: {sorted(live)[1]:.2f} s; first exec after the idle logout: {r['duration']:.2f} s")
 
 

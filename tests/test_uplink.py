@@ -271,7 +271,7 @@ def test_a_killed_runs_rules_are_swept_at_the_next_start_even_without_its_ledger
     assert "lab=upt" in sh(topo.host, "iptables-legacy-save").stdout
     (tmp_path / "ledger.json").unlink()  # the state volume was lost with the container
     # Without the ledger the bridge is no longer provably ours: bridgelab
-    # refuses to adopt it, so the admin removes it (README, "how to undo").
+    # refuses to adopt it, so the admin removes it (docs/appliance.md, "how to undo").
     sh(topo.host, "ip", "link", "del", "br0")
     monkeypatch.setenv("BRIDGELAB_IPTABLES", "nft")
     again = Lab(topo, plan, tmp_path)

@@ -135,7 +135,7 @@ def test_user_nic_forwards_ssh_and_never_takes_the_default_route(labs, tmp_path)
                 f"import socket;s=socket.create_connection(('127.0.0.1',{port}),30);s.settimeout(60);"
                 "print(s.recv(64).decode(errors='replace'))").stdout
     assert banner.startswith("SSH-2.0-OpenSSH"), banner
-    # The README's way in: a key installed through exec (argv, no shell on
+    # docs/uplinks.md's way in: a key installed through exec (argv, no shell on
     # the host side), then a real ssh login through the forward.
     key = tmp_path / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
