@@ -129,3 +129,30 @@ def test_a_guest_prefix_must_keep_its_gateway_on_its_network():
     paths = {i.path: i.message for i in e.value.issues}
     assert "not on the guest's network 10.0.0.0/25" in paths["guests[0].gateway"]
     assert "network or broadcast" in paths["guests[1].ip"]
+
+
+def test_the_lab_file_reference_is_generated_from_the_models_and_its_example_is_valid() -> None:
+    import re
+
+    from bridgelab.model.lab_reference import markdown_table
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "lab-file.md").read_text()
+    assert markdown_table() in doc
+    example = re.search(r"```yaml\n(.*?)```", doc, re.S)
+    assert example is not None
+    lab = load_lab_text(example.group(1))
+    keys = {row.split("|")[1].strip().strip("`") for row in markdown_table().splitlines()[2:]}
+    shown = {"name", "bridge", "uplink", "firewall", "warm_start", "guests"}
+    shown |= {f"bridge.{k}" for k in type(lab.bridge).model_fields}
+    shown |= {f"uplink.{k}" for k in type(lab.uplink).model_fields}
+    shown |= {"firewall.backend"} | {f"guests[].{k}" for k in type(lab.guests[0]).model_fields}
+    shown |= {"guests[].login.user", "guests[].login.password", "guests[].user_nic.ssh_port",
+              "guests[].user_nic.restrict"}
+    assert keys == shown  # the table names every key of the models, nothing more
+    assert lab.guests[0].login is not None and lab.guests[0].user_nic is not None  # the example uses them all
+
+
+def test_an_unquoted_all_digit_mac_is_explained() -> None:
+    text = "bridge: {address: 10.0.0.1/24}\nguests:\n  - {name: a, image: x, mac: 52:54:00:12:34:55}\n"
+    with pytest.raises(SpecError, match=r"guests\[0\]\.mac: .*write the MAC in quotes"):
+        load_lab_text(text)

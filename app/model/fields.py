@@ -110,7 +110,16 @@ SafeStr = Annotated[str, AfterValidator(_no_control), _schema(pattern=NO_CONTROL
 GuestName = Annotated[str, AfterValidator(_guest_name),
                       _schema(pattern=GUEST_NAME.pattern, minLength=1, maxLength=32, examples=["rv1"])]
 IfName = Annotated[str, AfterValidator(_ifname), _schema(pattern=IFNAME_PATTERN, minLength=1, maxLength=15)]
-Mac = Annotated[str, BeforeValidator(lambda v: normalize_mac(v) if isinstance(v, str) else v),
+def _mac_input(v: Any) -> Any:
+    # YAML 1.1 reads an unquoted all-digit MAC (52:54:00:12:34:55) as a
+    # base-60 number: say so instead of "should be a valid string".
+    if isinstance(v, int) and not isinstance(v, bool):
+        raise ValueError("write the MAC in quotes: unquoted, YAML reads digits and colons as a number "
+                         "(mac: \"52:54:00:12:34:55\")")
+    return normalize_mac(v) if isinstance(v, str) else v
+
+
+Mac = Annotated[str, BeforeValidator(_mac_input),
                 _schema(pattern=MAC_PATTERN, **{"not": {"pattern": MAC_ZERO_PATTERN}},
                         examples=["02:00:5e:10:00:01"])]
 MemoryMiB = Annotated[int, BeforeValidator(parse_memory_mib)]

@@ -44,12 +44,13 @@ class _Model(BaseModel):
 
 
 class Login(_Model):
-    user: str = Field(min_length=1, max_length=32, pattern=r"^[a-z_][a-z0-9_.-]*$")
-    password: SafeStr = Field(min_length=1, max_length=256)
+    user: str = Field(min_length=1, max_length=32, pattern=r"^[a-z_][a-z0-9_.-]*$",
+                      description="the user bridgelab logs in as on the serial console")
+    password: SafeStr = Field(min_length=1, max_length=256, description="its password")
 
 
 class Bridge(_Model):
-    name: IfName = "br0"
+    name: IfName = Field(default="br0", description="the bridge's interface name")
     address: ipaddress.IPv4Interface | None = Field(
         default=None, description="the host's address on the bridge; required unless the uplink is proxy-arp")
 
@@ -92,7 +93,9 @@ class UplinkKind(StrEnum):
 class Uplink(_Model):
     """How guests reach beyond the host."""
 
-    mode: UplinkMode = UplinkMode.none
+    mode: UplinkMode = Field(default=UplinkMode.none, description=(
+        "nat: guests share the host's address; proxy-arp: guests take addresses on the uplink's LAN; "
+        "auto: either, by `lan_reachable`, on the default route's interface"))
     interface: IfName | None = Field(default=None, description="default: the interface of the default route")
     lan_reachable: bool = Field(
         default=False, description="auto mode: guests take addresses on the uplink's LAN (proxy-arp) "
@@ -123,23 +126,32 @@ class UserNic(_Model):
 
 
 class Guest(_Model):
-    name: GuestName
-    arch: Arch = Arch.riscv64
-    image: SafeStr = Field(min_length=1)
-    cpus: int = Field(default=1, ge=1, le=64)
-    memory: MemoryMiB = 1024
-    ip: ipaddress.IPv4Address | None = None
-    prefix: int | None = Field(default=None, ge=8, le=30, description="default: the bridge's prefix length")
-    mac: Mac | None = None
-    tap: IfName | None = None
+    name: GuestName = Field(description="unique in the lab; names the tap and the guest's state")
+    arch: Arch = Field(default=Arch.riscv64, description="the guest's architecture (qemu-system-ARCH)")
+    image: SafeStr = Field(min_length=1, description=(
+        "a recipe name (images/, `bridgelab image list`), or a path to a manifest.yaml or its directory"))
+    cpus: int = Field(default=1, ge=1, le=64, description="vCPUs; under TCG each is one host thread")
+    memory: MemoryMiB = Field(default=1024, description="MiB, or with a unit: 1G, 512M")
+    ip: ipaddress.IPv4Address | None = Field(default=None, description=(
+        "default: the lowest free address in the bridge's subnet"))
+    prefix: int | None = Field(default=None, ge=8, le=30, description=(
+        "default: the bridge's prefix length (a longer one isolates a guest on purpose)"))
+    mac: Mac | None = Field(default=None, description=(
+        "default: locally administered unicast, hashed from the lab and guest names"))
+    tap: IfName | None = Field(default=None, description=(
+        "default: blXXXX-GUEST (XXXX from the lab name), at most 15 characters"))
     gateway: ipaddress.IPv4Address | None = Field(default=None, description="default: the bridge address")
-    dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=3)
-    login: Login | None = None
+    dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=3, description="name servers")
+    login: Login | None = Field(default=None, description="default: the image's login")
     append: SafeStr | None = Field(default=None, description="extra kernel arguments, after the image's own")
-    accel: Accel = Accel.auto
-    qemu_args: list[SafeStr] = Field(default_factory=list)
-    boot_timeout: float | None = Field(default=None, gt=0, le=3600)
-    user_nic: UserNic | None = None
+    accel: Accel = Field(default=Accel.auto, description=(
+        "auto: kvm when the arch is the host's and /dev/kvm works, else tcg"))
+    qemu_args: list[SafeStr] = Field(default_factory=list, description=(
+        "appended last; options bridgelab owns (-serial, -kernel, ...) are refused"))
+    boot_timeout: float | None = Field(default=None, gt=0, le=3600, description=(
+        "seconds to a shell; default 600 under tcg, 120 under kvm"))
+    user_nic: UserNic | None = Field(default=None, description=(
+        "a second NIC on qemu's user network for ssh from the host; `true` for the defaults"))
 
     @field_validator("user_nic", mode="before")
     @classmethod
@@ -156,14 +168,14 @@ class Guest(_Model):
 
 
 class Lab(_Model):
-    name: str = "bridgelab"
-    bridge: Bridge
-    uplink: Uplink = Uplink()
-    firewall: Firewall = Firewall()
+    name: str = Field(default="bridgelab", description="a-z 0-9 -; seeds MACs and tap names")
+    bridge: Bridge = Field(description="the Linux bridge every guest's tap joins")
+    uplink: Uplink = Field(default=Uplink(), description="how guests reach beyond the host (docs/uplinks.md)")
+    firewall: Firewall = Field(default=Firewall(), description="where the lab's own tagged iptables rules go")
     warm_start: bool = Field(default=True, description=(
         "keep a `ready` snapshot of each guest the first time it is ready, and restore it instead of booting "
         "on the next start while it is still valid (`serve --cold` boots anyway)"))
-    guests: list[Guest] = Field(min_length=1)
+    guests: list[Guest] = Field(min_length=1, description="at least one")
 
     @field_validator("name")
     @classmethod
