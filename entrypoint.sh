@@ -56,11 +56,9 @@ if ! bridgelab validate --lab "$lab" >/dev/null 2>/tmp/validate.err; then
     # mmdebstrap runs foreign-arch package scripts through qemu-user (binfmt_misc).
     grep -qw binfmt_misc /proc/filesystems \
       || fail "the host kernel has no binfmt_misc, needed to build foreign-arch guest images: run 'sudo modprobe binfmt_misc' on the host"
-    for name in $(grep -o "bridgelab image build [a-z0-9-]*" /tmp/validate.err | awk '{print $4}' | sort -u); do
-      say "building guest image $name (first start only, a few minutes)"
-      bridgelab image build "$name" \
-        || fail "building guest image $name failed (the reason is above); a retry resumes from scratch"
-    done
+    # The daemon builds them itself (--build-missing below), with its API up
+    # meanwhile: /healthz and `bridgelab wait` show the build's progress.
+    say "guest images to build first (first start only, a few minutes): $(grep -o "bridgelab image build [a-z0-9-]*" /tmp/validate.err | awk '{print $4}' | sort -u | tr '\n' ' ')"
   else
     cat /tmp/validate.err >&2
     exit 2
@@ -76,4 +74,4 @@ bnf=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo "abse
 say "host iptables: nft backend ${nft:-0} rules, legacy backend ${legacy:-0} rules; bridge-nf-call-iptables=$bnf"
 
 exec bridgelab serve --lab "$lab" --listen "127.0.0.1:${BRIDGELAB_PORT:-8700}" \
-  --shutdown-timeout "${BRIDGELAB_SHUTDOWN_TIMEOUT:-30}"
+  --shutdown-timeout "${BRIDGELAB_SHUTDOWN_TIMEOUT:-30}" --build-missing

@@ -12,7 +12,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .errors import CommandFailed
 
@@ -44,6 +44,30 @@ def run(argv: list[str], *, check: bool = True, timeout: float | None = 120,
     if check and cp.returncode != 0:
         raise CommandFailed(argv, cp.returncode, res.stdout, res.stderr)
     return res
+
+
+def run_lines(argv: list[str], on_line: Callable[[str], None], *, env: Mapping[str, str] | None = None,
+              on_start: Callable[[subprocess.Popen[str]], None] | None = None) -> Result:
+    """Run to completion, handing each line of its merged stdout and stderr
+    to `on_line` as it comes (a long build whose progress is read from its
+    output). `on_start` gets the process, so that its owner can stop it."""
+    log.info("$ %s", shlex.join(argv))
+    try:
+        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+    except FileNotFoundError:
+        raise CommandFailed(argv, None, "", "", reason="is not installed") from None
+    if on_start is not None:
+        on_start(child)
+    tail: list[str] = []
+    assert child.stdout is not None
+    for line in child.stdout:
+        on_line(line.rstrip("\n"))
+        tail = (tail + [line])[-40:]
+    code = child.wait()
+    if code != 0:
+        raise CommandFailed(argv, code, "", "".join(tail))
+    return Result(argv, code, "".join(tail), "")
 
 
 def _text(b: bytes | str | None) -> str:

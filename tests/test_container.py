@@ -10,9 +10,11 @@ The guest image comes from the host cache (hard links), as a user's second
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -317,3 +319,57 @@ def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fa
     assert down.returncode == 0, down.stderr
     assert f"{failing_name}-br" not in sh("ip", "-o", "link").stdout
     assert hoststate.run_paths() == host_run  # no host path made by a bind mount
+
+
+def test_a_first_start_builds_its_image_while_the_api_answers(image, tmp_path):
+    """No image in the cache: the daemon builds it itself, and its API
+    answers from the first seconds with the build's phase and percent
+    (/healthz, /readyz, `bridgelab wait`), then serves the lab. An x86_64
+    image (native: about a minute) and a guest whose qemu cannot start, so
+    that nothing boots once it is built."""
+    name = f"blb{secrets.token_hex(2)}"
+    img_dir, lab_dir = tmp_path / "images", tmp_path / "lab"
+    img_dir.mkdir()
+    lab_dir.mkdir()
+    (lab_dir / "lab.yaml").write_text(
+        f"name: {name}\nbridge: {{name: {name}-br, address: 10.213.79.1/24}}\nguests:\n"
+        '  - {name: nd, arch: x86_64, image: debian-x86_64-networkd, accel: tcg, qemu_args: ["-device", "nope"]}\n')
+    env = {**os.environ, "BRIDGELAB_IMAGES_DIR": str(img_dir), "BRIDGELAB_LAB_DIR": str(lab_dir),
+           "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": name}
+    env.pop("XTABLES_LOCKFILE", None)
+    compose = ["docker-compose", "-f", str(ROOT / "compose.yaml")]
+    api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
+    try:
+        up = sh(*compose, "up", "-d", "--no-build", env=env, check=False, cwd=ROOT)
+        assert up.returncode == 0, up.stderr
+        t0 = time.monotonic()
+        health: dict = {}
+        while time.monotonic() - t0 < 60 and not health:
+            try:
+                health = api.get("/healthz").raise_for_status().json()
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        answered = time.monotonic() - t0
+        assert health.get("status") == "building", health
+        assert health["build"]["image"] == "debian-x86_64-networkd" and health["build"]["failed"] is None, health
+        assert answered < 30, answered  # the API is up while the build has just begun
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["waiting"] == ["nd"] and ready.json()["build"], ready.text
+        busy = api.post("/mesh")
+        assert busy.status_code == 503 and busy.headers["retry-after"], busy.text
+        assert f"lab {name} is starting: building image debian-x86_64-networkd" in busy.json()["detail"]
+        wait = sh(sys.executable, "-m", "bridgelab.cli", "wait", "--api", f"127.0.0.1:{PORT}", "--timeout", "900",
+                  check=False, timeout=1000)
+        shown = [ln for ln in wait.stderr.splitlines() if ln.startswith("building image debian-x86_64-networkd: ")]
+        assert any(re.search(r": installing (essential )?packages [1-9]0%$", ln) for ln in shown), wait.stderr
+        assert shown[-1].endswith(": built") or any("converting the disk" in ln for ln in shown), shown
+        # Then the lab's own API: its guest settles (failed: its qemu cannot start).
+        assert wait.returncode == 1 and "nd failed" in wait.stderr, wait.stderr
+        assert api.get("/healthz").json()["status"] == "ok"
+        assert [p.name for p in (img_dir / "cache").iterdir()] == ["debian-x86_64-networkd"]
+        logs = sh(*compose, "logs", "--no-color", env=env, check=False, cwd=ROOT).stdout
+        assert "building guest image debian-x86_64-networkd while the API answers" in logs, logs[-3000:]
+        assert "Setting up " not in logs  # every package's line is counted, not logged
+    finally:
+        sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
+    assert f"{name}-br" not in sh("ip", "-o", "link").stdout

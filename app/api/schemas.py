@@ -113,6 +113,23 @@ class Health(BaseModel):
     states: dict[str, int]
 
 
+class BuildView(BaseModel):
+    """A first start's image build, while the lab waits for it."""
+    image: str
+    phase: str = Field(examples=["installing packages"])
+    percent: float | None = Field(description="of the packages being installed, when apt said how many")
+    started_at: float
+    images_left: list[str] = Field(description="built after this one")
+    failed: str | None = Field(description="why the build failed; the daemon then exits")
+
+
+class Building(BaseModel):
+    """/healthz while the daemon builds the images its lab needs."""
+    status: Literal["building"]
+    lab: str
+    build: BuildView
+
+
 class GuestReadiness(BaseModel):
     name: str
     state: GuestState
@@ -125,6 +142,7 @@ class Readiness(BaseModel):
     failed: list[str]
     stopped: list[str]
     guests: list[GuestReadiness]
+    build: BuildView | None = Field(default=None, description="the image build the lab waits for, if any")
 
 
 class FailedGuest(BaseModel):
@@ -138,6 +156,7 @@ class WaitResult(BaseModel):
     ready: list[str]
     failed: list[FailedGuest]
     guests: list[GuestView]
+    build: BuildView | None = Field(default=None, description="the image build the lab waits for, if any")
 
 
 class SessionRequest(BaseModel):
@@ -151,7 +170,8 @@ class LabState(BaseModel):
     terminal: bool = Field(description="xterm.js is installed, so the page can show consoles")
 
 
-__all__ = ["AddGuest", "ErrorBody", "ExecRequest", "ExecResult", "FailedGuest", "GUEST_NAME_PATTERN", "LabState",
+__all__ = ["AddGuest", "Building", "BuildView",
+           "ErrorBody", "ExecRequest", "ExecResult", "FailedGuest", "GUEST_NAME_PATTERN", "LabState",
            "GuestReadiness", "GuestView", "Health", "MeshPair", "MeshReport", "NetworkRequest", "Readiness",
            "RESERVED_SNAPSHOT_PREFIX", "SNAPSHOT_NAME_PATTERN", "STAGES", "SessionRequest", "SnapshotRequest",
            "SnapshotView", "ValidationErrorBody", "WaitResult"]

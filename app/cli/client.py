@@ -116,11 +116,21 @@ def cmd_wait(args: argparse.Namespace) -> int:
     path = f"/guests/{args.name}/wait" if args.name else "/wait"
     deadline = time.monotonic() + args.timeout
     shown: set[tuple[str, str]] = set()
+    shown_builds: set[str] = set()
     with client(args, timeout=None) as c:  # type: ignore[arg-type]
         while True:
             slice_s = max(0.0, min(10.0, deadline - time.monotonic()))
-            r = c.get(path, params={"timeout": slice_s})
+            try:
+                r = c.get(path, params={"timeout": slice_s})
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                # A first start's build API hands the socket to the lab's:
+                # a kept-alive connection to it may be reset; ask again.
+                time.sleep(0.5)
+                continue
             body = r.json() if r.status_code == 504 else checked(r)
+            if (build := body.get("build")) and (line := build_line(build)) not in shown_builds:
+                shown_builds.add(line)
+                print(line, file=sys.stderr)
             for g in body["guests"]:
                 for stage, _at in sorted(g["stages"].items(), key=lambda kv: kv[1]):
                     if (g["name"], stage) not in shown:
@@ -140,6 +150,14 @@ def cmd_wait(args: argparse.Namespace) -> int:
     if args.format == "table":
         print(" ".join(f"{g['name']}={g['ip']}" for g in body["guests"] if g["state"] == GuestState.ready))
     return 1 if body["failed"] else 0
+
+
+def build_line(build: dict[str, Any]) -> str:
+    """A first start's image build, as `wait` shows it: the phase, and the
+    percent in steps of 10 (one line per step, not per package)."""
+    percent = build.get("percent")
+    step = f" {int(percent // 10 * 10)}%" if percent is not None else ""
+    return f"building image {build['image']}: {build['phase']}{step}"
 
 
 def cmd_exec(args: argparse.Namespace) -> int:

@@ -53,14 +53,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..lab.runner import LabRunner
 
     preflight.preflight()
-    plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
     token_file = args.token_file or default_token_file()
+    todo = _images_to_build(args.lab) if args.build_missing else []
+    if not todo:  # every check before the socket, so a bad lab fails before it is served
+        plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
     policy = Policy.for_listen(args.listen, load_or_create_token(token_file))
     try:
         sock = bind_listen(args.listen)
     except (OSError, ValueError) as e:
         print(f"bridgelab: cannot listen on {args.listen}: {e}", file=sys.stderr)
         return EXIT_INVALID
+    if todo:
+        try:
+            if (code := _build_while_serving(todo, args, policy, sock)) is not None:
+                return code
+            plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
+        except BaseException:
+            sock.close()
+            raise
     runner = LabRunner(plan, source, shutdown_timeout=args.shutdown_timeout, cold=args.cold)
     try:
         with runner.hosted():
@@ -70,6 +80,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.listen.startswith("unix:"):
             Path(args.listen[5:]).unlink(missing_ok=True)
     return 0
+
+
+def _images_to_build(lab_file: Path) -> list[str]:
+    from ..lab.image_prep import unbuilt_recipes
+    from ..model.spec import load_lab_text
+
+    try:
+        lab = load_lab_text(lab_file.read_text())
+    except OSError:
+        return []  # load_lab reports it
+    return unbuilt_recipes(lab, lab_file.resolve().parent)
+
+
+def _build_while_serving(todo: list[str], args: argparse.Namespace, policy: Policy,
+                         sock: socket.socket) -> int | None:
+    """Build the images with the build's API on a copy of the socket (closing
+    it leaves the listening socket to the lab's API; connections wait in its
+    backlog in between). None when built; else the exit code: 0 when a
+    signal stopped the build, 1 when it failed."""
+    import os
+    import threading
+
+    import uvicorn
+
+    from ..api.building import create_build_app
+    from ..lab.image_prep import ImageBuilds
+    from ..model.spec import load_lab_text
+
+    lab = load_lab_text(args.lab.read_text())
+    builds = ImageBuilds(todo)
+    server = uvicorn.Server(uvicorn.Config(create_build_app(builds, lab, policy), log_level=args.log_level.lower(),
+                                           access_log=False, timeout_graceful_shutdown=5))
+    log.info("lab %s: building %s first; the API answers meanwhile on %s", lab.name, ", ".join(todo), args.listen)
+
+    def end_when_built() -> None:
+        builds.finished.wait()
+        server.should_exit = True
+    builds.start()
+    threading.Thread(target=end_when_built, name="build-watch", daemon=True).start()
+    _quiet_signals()
+    server.run(sockets=[socket.socket(fileno=os.dup(sock.fileno()))])
+    if not builds.finished.is_set():  # a signal ended the server: stop the build too
+        builds.stop()
+        builds.finished.wait()
+        log.info("stopped during the image build; nothing of the lab was created")
+        return 0
+    return None if builds.ok else 1
+
+
+def _quiet_signals() -> None:
+    """uvicorn re-raises the signal it caught once it has shut down; with the
+    default handler that would kill us before the taps and bridge are
+    removed. A handler of our own makes the re-raise harmless."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
 
 
 def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_file: Path,
@@ -89,11 +154,7 @@ def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_fi
     config = uvicorn.Config(app, log_level=args.log_level.lower(), lifespan="on", access_log=False,
                             limit_concurrency=1000, timeout_keep_alive=30, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
-    # uvicorn re-raises the signal it caught once it has shut down; with the
-    # default handler that would kill us before the taps and bridge are
-    # removed. A handler of our own makes the re-raise harmless.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
+    _quiet_signals()
     exposure = ("reads open, changes need the token" if policy.open_reads else "every request needs the token")
     if policy.trusted_transport:
         exposure = "unix socket, mode 0600"

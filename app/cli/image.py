@@ -14,7 +14,7 @@ from .output import add_format, emit
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    out = image_build.build_image(args.name, force=args.force)
+    out = image_build.build_image(args.name, force=args.force, verbose=args.verbose)
     print(out)
     return 0
 
@@ -65,6 +65,7 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     b = im.add_parser("build", help="build a recipe from images/ into the cache")
     b.add_argument("name")
     b.add_argument("--force", action="store_true")
+    b.add_argument("--verbose", action="store_true", help="show apt's and dpkg's output (every package)")
     b.set_defaults(fn=cmd_image_build)
     ip = im.add_parser("path", help="print where a recipe's image is (or would be) cached")
     ip.add_argument("name")

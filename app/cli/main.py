@@ -62,6 +62,9 @@ def parser(env: Settings) -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="start from the lab file, ignoring runtime changes "
                                                           "recorded by an earlier run")
     s.add_argument("--cold", action="store_true", help="boot every guest, even one with a valid ready snapshot")
+    s.add_argument("--build-missing", action="store_true",
+                   help="build the recipe images the lab needs and lacks, with the API answering meanwhile "
+                        "(progress on /healthz and `bridgelab wait`), then start the lab")
     s.set_defaults(fn=cmd_serve)
 
     v = sub.add_parser("validate", help="check a lab file and print the resolved plan")

@@ -97,9 +97,11 @@ def packages(r: Recipe) -> list[str]:
                            else [])]
 
 
-def mmdebstrap_argv(r: Recipe, rootdir: Path) -> list[str]:
+def mmdebstrap_argv(r: Recipe, rootdir: Path, verbose: bool = False) -> list[str]:
     argv = ["mmdebstrap", f"--arch={debian_arch(r.arch)}", f"--variant={r.variant}",
             "--include=" + ",".join(packages(r))]
+    if verbose:  # apt's and dpkg's lines: how many packages, and each one set up (a build's progress)
+        argv.append("--verbose")
     argv += [f"--aptopt={o}" for o in r.aptopts]
     # Hooks receive the root directory as $1; values are passed through the
     # environment, never spliced into the shell text.
@@ -181,7 +183,7 @@ def _check_tools(r: Recipe) -> None:
 # ------------------------------------------------------------------ build
 
 
-def build_image(name: str, cache: Path | None = None, force: bool = False) -> Path:
+def build_image(name: str, cache: Path | None = None, force: bool = False, verbose: bool = False) -> Path:
     """Build the named recipe into the cache; return the image directory."""
     recipe_dir = find_recipe(name)
     r = load_recipe(recipe_dir, find_recipe)
@@ -194,7 +196,7 @@ def build_image(name: str, cache: Path | None = None, force: bool = False) -> Pa
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        _build_into(r, recipe_dir, work)
+        _build_into(r, recipe_dir, work, verbose)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -223,11 +225,11 @@ def build_env(r: Recipe, recipe_dir: Path) -> dict[str, str]:
     return env
 
 
-def _build_into(r: Recipe, recipe_dir: Path, work: Path) -> None:
+def _build_into(r: Recipe, recipe_dir: Path, work: Path, verbose: bool = False) -> None:
     rootdir = work / "root"
     env = build_env(r, recipe_dir)
     with foreign_binaries(r.arch):
-        proc.run(mmdebstrap_argv(r, rootdir), env=env, timeout=3600, stream=True)
+        proc.run(mmdebstrap_argv(r, rootdir, verbose), env=env, timeout=3600, stream=True)
     boot = _boot_files(r, rootdir, work)
     fs = work / "fs.raw"
     _filesystem(rootdir, fs, r.size)
