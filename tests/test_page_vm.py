@@ -97,8 +97,11 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def until(driver: Any, what: Callable[[Any], Any], timeout: float = 60) -> Any:
+    """Wait for `what`; an element the live feed redrew meanwhile is looked up again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(what)
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(what)
 
 
 def css(driver: Any, selector: str) -> list[Any]:
@@ -111,15 +114,20 @@ def page_url() -> str:
 
 
 def guest_rows(driver: Any) -> dict[str, tuple[str, str]]:
-    return {r.get_attribute("data-guest"): (r.find_element("css selector", "td.state").text,
-                                            r.find_element("css selector", "td.ip").text)
-            for r in css(driver, "#guests tbody tr")}
+    """The guests table as shown, read in one go: the feed redraws it on every change."""
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#guests tbody tr')].map(r => [r.dataset.guest,"
+        " r.querySelector('td.state').textContent, r.querySelector('td.ip').textContent])")
+    return {name: (state, ip) for name, state, ip in rows}
 
 
 def screen_lines(driver: Any, box: str) -> list[str]:
-    """The terminal's rows as text, without the blank rows below the cursor."""
+    """The terminal's rows as text, without the blank rows below the cursor.
+    Scrolled into view first, as a reader would: xterm.js draws a terminal
+    only while it is on screen."""
     lines = [line.strip() for line in driver.execute_script(
-        "return document.querySelector(arguments[0] + ' .xterm-rows')?.innerText || ''", box).splitlines()]
+        "const box = document.querySelector(arguments[0]); box.scrollIntoView({block: 'nearest'});"
+        "return box.querySelector('.xterm-rows')?.innerText || ''", box).splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     return lines
@@ -149,7 +157,8 @@ def test_the_page_follows_the_lab_live(lab, browser):
         lab.api.put("/guests/rv1/network", json={"ip": ip}).raise_for_status()
         shown = ("ready", f"{ip}/24")
         until(browser, lambda d: guest_rows(d).get("rv1") == shown, 120)  # noqa: B023 (waited for here)
-        assert ip in css(browser, "#topology [data-node=rv1]")[0].text
+        until(browser, lambda d: ip in d.execute_script(  # noqa: B023
+            "return document.querySelector('#topology [data-node=rv1]').textContent"))
     report = lab.api.post("/mesh").raise_for_status().json()
     assert report["ok"], report
     until(browser, lambda d: len(css(d, "#mesh [data-mesh=rv1] td.ok")) == 2)  # the bridge and oe1
