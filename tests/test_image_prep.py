@@ -59,3 +59,22 @@ def test_only_recipes_that_are_not_built_are_built(tmp_path: Path, monkeypatch: 
         "  - {name: c, arch: x86_64, image: debian-x86_64-networkd}\n"
         f"  - {{name: d, image: {manifest}}}\n  - {{name: e, image: no-such-recipe}}\n")
     assert unbuilt_recipes(lab, tmp_path) == ["debian-riscv64", "debian-x86_64-networkd"]
+
+
+def test_a_build_removes_the_work_directories_of_interrupted_builds_and_no_running_one(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from bridgelab.model.image_build import _remove_abandoned_builds
+
+    out = tmp_path / "debian-x86_64-networkd" / "5f46dacccb0af956"
+    out.parent.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a PID that no process has now
+    dead = out.parent / f".build-{out.name}-{gone.pid}"
+    live = out.parent / f".build-{out.name}-{os.getpid()}"
+    other = out.parent / f".build-0123456789abcdef-{gone.pid}"  # an older recipe version's
+    for d in (dead, live, other):
+        (d / "root" / "etc").mkdir(parents=True)
+    _remove_abandoned_builds(out)
+    assert not dead.exists() and not other.exists() and live.exists()

@@ -138,6 +138,9 @@ class ImageBuilds:
                 self._build(name)
         except BridgelabError as e:
             assert self.progress is not None
+            if self._stopping:  # interrupted on purpose: not a failure
+                log.info("building image %s: interrupted, the daemon is stopping", self.progress.image)
+                return
             self.progress = replace(self.progress, failed=str(e)[-2000:])
             log.error("building image %s failed: %s", self.progress.image, e)
         finally:

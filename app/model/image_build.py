@@ -192,6 +192,7 @@ def build_image(name: str, cache: Path | None = None, force: bool = False, verbo
         log.info("image %s already built at %s", name, out)
         return out
     _check_tools(r)
+    _remove_abandoned_builds(out)
     work = out.parent / f".build-{out.name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -245,6 +246,17 @@ def _build_into(r: Recipe, recipe_dir: Path, work: Path, verbose: bool = False) 
                                 "disk_format": "qcow2", "login": r.login.model_dump()}
     (work / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
     load_manifest(work / MANIFEST)  # the builder must produce what the loader accepts
+
+
+def _remove_abandoned_builds(out: Path) -> None:
+    """Work directories of builds whose process is gone: an interrupted build
+    removes its own, but what its children still wrote as they died (an
+    appliance stopped during its first start) can outlive that."""
+    for work in out.parent.glob(".build-*-*"):  # of this recipe, any version
+        pid = work.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(work, ignore_errors=True)
+            log.info("removed the work directory of an interrupted build, %s", work)
 
 
 def _prune_older_builds(current: Path) -> None:
