@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from bridgelab.errors import HostNetError
-from bridgelab.host import links, undo
+from bridgelab.host import links, netlink_batch, tuntap, undo
 from bridgelab.host.ledger import Ledger, LinkEntry, ProcessEntry
 from bridgelab.model.plan import derive_bridge_mac
 
@@ -287,3 +288,24 @@ def test_backend_choice_follows_the_hosts_rules():
         choose_backend("xt", {}, both)
     with pytest.raises(HostNetError, match="neither"):
         choose_backend(None, {}, set())
+
+
+def test_a_batch_reports_each_link_the_kernel_refused_and_applies_the_rest(in_netns, tmp_path):
+    """The taps are attached in one netlink batch: one bad request (a master
+    that does not exist) is reported by name, the others still take effect."""
+    states, _ = apply(tmp_path / "ledger.json")
+    batch = netlink_batch.LinkBatch()
+    try:
+        tuntap.create_tap("bltap9")
+        index = socket.if_nametoindex("bltap9")
+        with pytest.raises(HostNetError, match=r"cannot attach and bring up bltap9: Invalid argument$"):
+            batch.set_links([netlink_batch.LinkSet("bltap9", index, 999999, "x"),
+                             netlink_batch.LinkSet("bltap0", states["bltap0"].index, states["br0"].index, "again")])
+    finally:
+        batch.close()
+    link = ip_json(in_netns, "-d", "link", "show", "dev", "bltap0")[0]
+    assert link["master"] == "br0" and link["ifalias"] == "again"
+    assert "master" not in ip_json(in_netns, "link", "show", "dev", "bltap9")[0]
+    with pytest.raises(HostNetError, match="bltap9"):  # the name is taken: refused, not reused
+        tuntap.create_tap("bltap9")
+    subprocess.run(["ip", "-n", in_netns, "link", "del", "bltap9"], check=True)

@@ -24,6 +24,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import HostNetError
 from .ledger import Ledger, LinkEntry, ProcessEntry
+from .netlink_batch import LinkBatch, LinkSet
+from .tuntap import create_tap
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,11 @@ class HostNet:
         self.ledger = ledger
         self.owner = owner  # set as the alias of links it creates, for humans reading `ip link`
         self.ipr = IPRoute()
+        self.batch = LinkBatch()
 
     def close(self) -> None:
         self.ipr.close()
+        self.batch.close()
 
     # ------------------------------------------------------------ queries
 
@@ -102,13 +106,13 @@ class HostNet:
     # ------------------------------------------------------------ ensure
 
     def _create(self, ifname: str, expected_kind: str, **kwargs: Any) -> LinkState:
-        try:
-            self.ipr.link("add", ifname=ifname, **kwargs)
-        except NetlinkError as e:
-            raise HostNetError(f"cannot create {expected_kind} {ifname}: {os.strerror(e.code)}") from None
-        except OSError as e:  # the tap path opens /dev/net/tun
-            hint = "; is /dev/net/tun present (modprobe tun)?" if e.errno == errno.ENOENT else ""
-            raise HostNetError(f"cannot create tap {ifname}: {e.strerror}{hint}") from None
+        if expected_kind == "tun":
+            create_tap(ifname)
+        else:
+            try:
+                self.ipr.link("add", ifname=ifname, **kwargs)
+            except NetlinkError as e:
+                raise HostNetError(f"cannot create {expected_kind} {ifname}: {os.strerror(e.code)}") from None
         # SIOCGIFINDEX: the index without another netlink round trip.
         state = LinkState(index=socket.if_nametoindex(ifname), kind=expected_kind, master=None, up=False,
                           addresses=())
@@ -145,15 +149,22 @@ class HostNet:
             self.ipr.link("set", index=state.index, state="up", ifalias=self.owner)
         return self.link(ifname, with_addresses=True)  # type: ignore[return-value]
 
+    def ensure_taps(self, ifnames: Iterable[str], bridge: LinkState,
+                    known: dict[str, LinkState] | None = None) -> dict[str, LinkState]:
+        """Every tap created if missing, then attached, up and labelled for
+        humans reading `ip link`: those that need it all in one netlink batch."""
+        states = {}
+        for ifname in ifnames:
+            state = self._existing(ifname, "tun", known=known)
+            states[ifname] = state if state is not None else self._create(ifname, "tun")
+        todo = [name for name, st in states.items() if st.master != bridge.index or not st.up]
+        self.batch.set_links([LinkSet(name, states[name].index, bridge.index, self.owner) for name in todo])
+        for name in todo:
+            states[name] = dataclasses.replace(states[name], master=bridge.index, up=True)
+        return states
+
     def ensure_tap(self, ifname: str, bridge: LinkState, known: dict[str, LinkState] | None = None) -> LinkState:
-        state = self._existing(ifname, "tun", known=known)
-        if state is None:
-            state = self._create(ifname, "tun", kind="tuntap", mode="tap")
-        if state.master != bridge.index or not state.up:
-            # One request: attach, bring up, and label for humans reading `ip link`.
-            self.ipr.link("set", index=state.index, master=bridge.index, state="up", ifalias=self.owner)
-            state = dataclasses.replace(state, master=bridge.index, up=True)
-        return state
+        return self.ensure_taps([ifname], bridge, known)[ifname]
 
     # ------------------------------------------------------------ removal
 
@@ -211,8 +222,4 @@ def apply(net: HostNet, bridge: str, address: ipaddress.IPv4Interface | None, br
           taps: Iterable[str]) -> dict[str, LinkState]:
     """Converge the bridge and its taps; returns the state of each link."""
     br = net.ensure_bridge(bridge, address, bridge_mac)
-    known = net.snapshot()
-    states = {bridge: br}
-    for tap in taps:
-        states[tap] = net.ensure_tap(tap, br, known)
-    return states
+    return {bridge: br, **net.ensure_taps(taps, br, net.snapshot())}

@@ -1,0 +1,104 @@
+"""Many link changes in one netlink round trip.
+
+pyroute2's IPRoute answers one request at a time, and each costs about a
+millisecond of Python around a few microseconds of kernel work: attaching 64
+taps took 9x as long as `ip -batch`. Here the requests are encoded with
+pyroute2's own message class, sent to the kernel in a single sendmsg (the
+kernel handles a datagram of several netlink messages one after another),
+and every acknowledgement is read back, so a refused change is still
+reported with its link and its error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink.rtnl import RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from ..errors import HostNetError
+
+IFF_UP = 0x1
+_HEADER = 16  # struct nlmsghdr
+
+
+@dataclass(frozen=True)
+class LinkSet:
+    """Attach a link to a master and bring it up, labelled with an alias."""
+    ifname: str
+    index: int
+    master: int
+    alias: str
+
+
+def _encode(change: LinkSet, seq: int) -> bytes:
+    msg = ifinfmsg()
+    msg["index"] = change.index
+    msg["flags"] = IFF_UP
+    msg["change"] = IFF_UP
+    msg["attrs"] = [("IFLA_MASTER", change.master)] + ([("IFLA_IFALIAS", change.alias)] if change.alias else [])
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+    msg["header"]["sequence_number"] = seq
+    msg.encode()
+    return bytes(msg.data)
+
+
+def _acks(data: bytes) -> list[tuple[int, int]]:
+    """(sequence number, error) of each acknowledgement in a datagram; error 0 is success."""
+    out = []
+    at = 0
+    while at + _HEADER <= len(data):
+        length = int.from_bytes(data[at:at + 4], "little")
+        kind = int.from_bytes(data[at + 4:at + 6], "little")
+        seq = int.from_bytes(data[at + 8:at + 12], "little")
+        if kind == NLMSG_ERROR:
+            out.append((seq, -int.from_bytes(data[at + 16:at + 20], "little", signed=True)))
+        at += max((length + 3) & ~3, _HEADER)
+    return out
+
+
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10  # acknowledgements without the request echoed back
+
+
+class LinkBatch:
+    """One netlink socket, opened in the network namespace of its creator."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.bind((0, 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self._sock.settimeout(10.0)
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def set_links(self, changes: list[LinkSet]) -> None:
+        """Apply every change; HostNetError naming each link the kernel refused."""
+        if not changes:
+            return
+        pending: dict[int, LinkSet] = {}
+        for change in changes:
+            self._seq += 1
+            pending[self._seq] = change
+        self._sock.sendto(b"".join(_encode(c, seq) for seq, c in pending.items()), (0, 0))
+        failed: list[str] = []
+        try:
+            while pending:
+                for seq, error in _acks(self._sock.recv(1 << 16)):
+                    if seq in pending and error:
+                        failed.append(f"{pending[seq].ifname}: {os.strerror(error)}")
+                    pending.pop(seq, None)
+        except socket.timeout:
+            failed += [f"{c.ifname}: no answer from the kernel" for c in pending.values()]
+        if failed:
+            raise HostNetError(f"cannot attach and bring up {', '.join(failed)}")
+
+
+__all__ = ["LinkBatch", "LinkSet"]
