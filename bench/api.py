@@ -2,8 +2,12 @@
 """The API under load and the cost of its operations, on a real two-guest lab.
 
   status     GET /guests from 100 concurrent clients for --seconds: p50, p99,
-             requests/s, errors; beside GET /healthz from one client (the
-             HTTP floor: no guest data);
+             requests/s, errors; beside the same load on a bare uvicorn app
+             that answers the same bytes (bare_app.py: the floor, same
+             loop and parser), and GET /healthz from one client;
+  open loop  GET /guests sent at a fixed --rate (200/s) whatever the answers
+             do, for --seconds: latency from each request's scheduled time
+             (no coordinated omission), p50 and p99, against the bare app;
   exec       POST /guests/NAME/exec ["true"] on an idle guest, --reps times:
              median round trip through qemu-guest-agent (rv1) and through the
              serial console (rv2, after its agent is stopped), beside the HTTP
@@ -21,6 +25,7 @@ import asyncio
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,6 +64,45 @@ async def status_load(sock: Path, clients: int, seconds: float) -> dict[str, flo
             "rps": len(latencies) / seconds, "errors": float(errors)}
 
 
+async def open_loop(sock: Path, rate: float, seconds: float) -> dict[str, float]:
+    """Requests started on a fixed schedule; a slow answer does not delay the
+    next start, so queueing shows in the latency instead of hiding in a
+    lower rate."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock), limits=limits),
+                                 base_url="http://b", timeout=30) as c:
+        async def one(at: float) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            try:
+                (await c.get("/guests")).raise_for_status()
+                latencies.append(time.perf_counter() - at)
+            except httpx.HTTPError:
+                errors += 1
+        start = time.perf_counter() + 0.5
+        await asyncio.gather(*(one(start + i / rate) for i in range(int(rate * seconds))))
+    return {"p50_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3, "errors": float(errors)}
+
+
+def bare_floor(tmp: Path, body: bytes, clients: int, seconds: float, rate: float
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """The same two loads on bare_app.py serving `body`."""
+    (tmp / "body.json").write_bytes(body)
+    sock = tmp / "bare.sock"
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_app.py")), str(tmp / "body.json"),
+                             str(sock)])
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return asyncio.run(status_load(sock, clients, seconds)), asyncio.run(open_loop(sock, rate, seconds))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def timed(c: httpx.Client, method: str, path: str, reps: int, **kw: object) -> list[float]:
     out = []
     for _ in range(reps):
@@ -74,6 +118,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--rate", type=float, default=200, help="open-loop requests per second")
+    ap.add_argument("--no-vm", action="store_true", help="only the API loads: skip exec and add-guest")
     args = ap.parse_args()
     ns = fresh_ns("blba")
     with tempfile.TemporaryDirectory(prefix="blbench-") as t:
@@ -94,7 +140,12 @@ def main() -> None:
             lab_ready = time.monotonic() - t_start
 
             load = asyncio.run(status_load(sock, args.clients, args.seconds))
+            opened = asyncio.run(open_loop(sock, args.rate, args.seconds))
+            bare_load, bare_opened = bare_floor(tmp, c.get("/guests").content, args.clients, args.seconds, args.rate)
             health = timed(c, "GET", "/healthz", args.reps)
+            if args.no_vm:
+                report_loads(args, load, opened, bare_load, bare_opened, health)
+                return
             execs = timed(c, "POST", "/guests/rv1/exec", args.reps, json={"argv": ["true"]})
             assert c.post("/guests/rv1/exec", json={"argv": ["true"]}).json()["via"] == "agent"
             # the agent stops itself, so that exec is lost (502); later ones use the console
@@ -112,15 +163,24 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
             subprocess.run(["ip", "netns", "del", ns], check=False)
-    print(f"GET /guests, {args.clients} clients, {args.seconds:.0f} s: p50 {load['p50_ms']:.1f} ms, "
-          f"p99 {load['p99_ms']:.1f} ms, {load['rps']:.0f} req/s, {load['errors']:.0f} errors")
-    print(f"GET /healthz, one client (HTTP floor): median {statistics.median(health) * 1e3:.2f} ms")
+    report_loads(args, load, opened, bare_load, bare_opened, health)
     floor = statistics.median(health)
     for via, values in (("guest agent", execs), ("console", console_execs)):
         print(f"exec ['true'] on an idle guest via the {via}: median {statistics.median(values) * 1e3:.0f} ms "
               f"(n={args.reps}, {statistics.median(values) / floor:.0f}x the HTTP floor)")
     print(f"add a guest until ready: {add_ready:.1f} s (lab start to both guests ready: {lab_ready:.1f} s, "
           f"ratio {add_ready / lab_ready:.2f})")
+
+
+def report_loads(args: argparse.Namespace, load: dict[str, float], opened: dict[str, float],
+                 bare_load: dict[str, float], bare_opened: dict[str, float], health: list[float]) -> None:
+    for who, closed, opn in (("bridgelab", load, opened), ("bare uvicorn, same bytes", bare_load, bare_opened)):
+        print(f"GET /guests, {who}: {args.clients} clients for {args.seconds:.0f} s: p50 {closed['p50_ms']:.1f} ms, "
+              f"p99 {closed['p99_ms']:.1f} ms, {closed['rps']:.0f} req/s, {closed['errors']:.0f} errors; "
+              f"open loop at {args.rate:.0f}/s: p50 {opn['p50_ms']:.2f} ms, p99 {opn['p99_ms']:.2f} ms, "
+              f"{opn['errors']:.0f} errors")
+    print(f"throughput bridgelab / bare uvicorn = {load['rps'] / bare_load['rps']:.2f}")
+    print(f"GET /healthz, one client (HTTP floor): median {statistics.median(health) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

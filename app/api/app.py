@@ -37,6 +37,7 @@ from .schemas import (
     ValidationErrorBody,
     WaitResult,
 )
+from .view_cache import GuestViews
 from .views import console_tail, guest_view, readiness, snapshot_view, summary, wait_result
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ async def _too_large(scope: Any, receive: Any, send: Any, limit: int) -> None:
 def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: None,
                policy: Policy | None = None, exiting: Callable[[], bool] = lambda: False) -> FastAPI:
     terminals = Terminals(runner)
+    views = GuestViews(lambda: runner.ctx.generation)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -198,9 +200,9 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         body = readiness(list(runner.guests.values()))
         return body if body.ready else JSONResponse(status_code=503, content=body.model_dump(mode="json"))
 
-    @app.get("/guests", dependencies=read)
-    async def list_guests() -> list[GuestView]:
-        return [guest_view(g) for g in runner.guests.values()]
+    @app.get("/guests", dependencies=read, response_model=list[GuestView])
+    async def list_guests() -> Response:
+        return Response(views.many(list(runner.guests.values())), media_type="application/json")
 
     @app.post("/guests", dependencies=write, status_code=201, responses=dynamic_422(
         "invalid by the schema, or in conflict with the lab as it is now",
@@ -213,9 +215,9 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
         (state `booting`); wait for it with `GET /guests/{name}/wait`."""
         return guest_view(await runner.add_guest(body))
 
-    @app.get("/guests/{name}", dependencies=read)
-    async def get_guest(name: GuestName) -> GuestView:
-        return guest_view(runner.get(name))
+    @app.get("/guests/{name}", dependencies=read, response_model=GuestView)
+    async def get_guest(name: GuestName) -> Response:
+        return Response(views.one(runner.get(name)), media_type="application/json")
 
     @app.delete("/guests/{name}", dependencies=write, status_code=204)
     async def remove_guest(name: GuestName) -> None:

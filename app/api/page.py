@@ -3,12 +3,14 @@ from a package (settings.web_assets, never the repository), and the live
 feed the page draws from (`GET /events`, server-sent events).
 
 The feed sends the whole lab (summary and guests) whenever it changed, so a
-page that reconnects is whole again at once; it is polled from the runner's
-memory, never from files, and ends when the daemon is exiting."""
+page that reconnects is whole again at once; it is built from the runner's
+memory, never from files, once per change, and ends when the daemon is
+exiting."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -22,28 +24,35 @@ from .schemas import Health, LabState
 from .views import guest_view, summary
 
 STATIC = Path(__file__).parent / "static"
-FEED_INTERVAL = 0.5  # seconds between looks at the lab
+# The feed waits for a change at most this long before it looks whether its
+# page is gone or the daemon is exiting (a shutdown must not wait for it).
+FEED_WAKE = 0.5
 KEEPALIVE = 15.0  # a comment line this often, so proxies keep an idle feed open
 
 
 def lab_state(runner: LabRunner, terminal: bool) -> LabState:
     return LabState(health=Health(status="ok", **summary(runner)), terminal=terminal,
-                    guests=[guest_view(g, with_tail=False) for g in runner.guests.values()])
+                    guests=[guest_view(g, tail="") for g in runner.guests.values()])
 
 
 async def feed(request: Request, runner: LabRunner, exiting: Callable[[], bool], terminal: bool
                ) -> AsyncIterator[str]:
-    last, quiet = "", 0.0
+    """The lab whenever it changed (the runner's generation moved), woken by
+    the change itself rather than by polling."""
+    seen, quiet = -1, 0.0
     while not exiting() and not await request.is_disconnected():
-        body = lab_state(runner, terminal).model_dump_json()
-        if body != last:
-            yield f"event: lab\ndata: {body}\n\n"
-            last, quiet = body, 0.0
+        if runner.ctx.generation != seen:
+            seen = runner.ctx.generation
+            yield f"event: lab\ndata: {lab_state(runner, terminal).model_dump_json()}\n\n"
+            quiet = 0.0
         elif quiet >= KEEPALIVE:
             yield ": keep-alive\n\n"
             quiet = 0.0
-        await asyncio.sleep(FEED_INTERVAL)
-        quiet += FEED_INTERVAL
+        change = runner.ctx.change
+        t0 = asyncio.get_running_loop().time()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(change.wait(), FEED_WAKE)
+        quiet += asyncio.get_running_loop().time() - t0
 
 
 def mount_page(app: FastAPI, runner: LabRunner, read: list[Any], exiting: Callable[[], bool]) -> None:

@@ -15,22 +15,27 @@ from ..lab.states import SETTLED, GuestState
 from .schemas import FailedGuest, GuestReadiness, GuestView, Readiness, SnapshotView, WaitResult
 
 
-def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
-    text = readable(tail(path, limit))
+def tail_lines(text: str, lines: int = 15) -> str:
+    """The last non-blank lines of a console's readable text."""
     kept = [ln for ln in text.splitlines() if ln.strip()]
     return "\n".join(kept[-lines:])
 
 
-def guest_view(g: GuestRuntime, with_tail: bool = True) -> GuestView:
-    """with_tail=False for the page's feed: it shows the live console instead
-    of reading the log file on every look."""
+def console_tail(path: Path, lines: int = 15, limit: int = 8192) -> str:
+    return tail_lines(readable(tail(path, limit)), lines)
+
+
+def guest_view(g: GuestRuntime, tail: str | None = None) -> GuestView:
+    """`tail`: the console's tail when the caller has it (view_cache.py keeps
+    it from the console pump; the page's feed shows the live console and
+    passes ""), else it is read from the console log."""
     p = g.plan
     return GuestView(
         name=p.name, state=g.state, arch=p.arch, accel=p.accel,
         ip=str(p.ip.ip), prefix=p.ip.network.prefixlen, gateway=str(p.gateway) if p.gateway else None,
         dns=[str(d) for d in p.dns], mac=p.mac, tap=p.tap, pid=g.process.pid,
         timestamps=dict(g.timestamps), stages=dict(g.stages), reason=g.reason, mesh=dict(g.mesh),
-        changed=g.changed, console_tail=console_tail(p.paths.console_log) if with_tail else "",
+        changed=g.changed, console_tail=console_tail(p.paths.console_log) if tail is None else tail,
         ssh=f"127.0.0.1:{p.user_nic.ssh_port}" if p.user_nic else None, user=p.image.login.user)
 
 
@@ -72,4 +77,4 @@ def summary(runner: LabRunner) -> dict[str, Any]:
             "started_at": runner.started_at, "settled": runner.settled, "states": states}
 
 
-__all__ = ["console_tail", "guest_view", "readiness", "summary", "wait_result"]
+__all__ = ["console_tail", "guest_view", "readiness", "summary", "tail_lines", "wait_result"]

@@ -94,6 +94,13 @@ class Console(Session):
             raise ConsoleError(f"{self.name}: this console cannot be shared")
         return self._pump.watch(callback)
 
+    def recent_output(self) -> tuple[int, bytes] | None:
+        """(bytes received so far, the last few KiB of them), None for a
+        console without a pump (a test's pty)."""
+        if self._pump is None:
+            return None
+        return self._pump.received, self._pump.recent
+
     def type_if_idle(self, data: bytes) -> bool:
         """Keystrokes from an attached human, only while no automation runs
         a command: typing into the middle of one would corrupt its result."""

@@ -78,6 +78,7 @@ class Pump:
     dropped (qemu's console.log still has everything)."""
 
     PIPE_SIZE = 1 << 20
+    RECENT = 8192  # what the API shows as the console's tail, kept here so no request reads the log file
 
     def __init__(self, sock: socket.socket, name: str, on_stage: Callable[[str], None] | None = None):
         self.sock = sock
@@ -89,6 +90,8 @@ class Pump:
             pass  # the default 64 KiB still works, it just fills sooner
         os.set_blocking(self._wfd, False)
         self.dropped = 0
+        self.received = 0
+        self.recent = b""
         self._watchers: list[Callable[[bytes], None]] = []
         self._thread = threading.Thread(target=self._run, name=f"console-{name}", daemon=True)
         self._thread.start()
@@ -103,6 +106,8 @@ class Pump:
                     for stage in boot_stages(tail, data):
                         self._on_stage(stage)
                 tail = (tail + data)[-max(_QUERY_TAIL, _MARKER_TAIL):]
+                self.recent = (self.recent + data)[-self.RECENT:]  # one new object: readers see old or new
+                self.received += len(data)
                 for watch in list(self._watchers):
                     watch(data)
                 try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, TypeVar
 
@@ -16,6 +17,7 @@ from ..host.ledger import Ledger
 from ..model import declared
 from ..model.plan import GuestPlan, LabPlan
 from ..model.spec import Lab
+from ..settings import current
 from .guest_runtime import GuestRuntime
 from .host_side import HostSide
 from .loader import LabSource
@@ -24,6 +26,10 @@ from .states import HAS_SHELL, ON_THE_WAY
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ProcessFactory = Callable[[GuestPlan, Ledger], GuestProcess]  # tests hand in a fake qemu
+
+
+def configure_concurrency() -> int:
+    return current().configure_concurrency or os.cpu_count() or 1
 
 
 class LabContext:
@@ -42,10 +48,14 @@ class LabContext:
         self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="console")
         self.settled = asyncio.Event()
         self.change = asyncio.Event()
+        self.generation = 0
         self.stopping = False
+        self.configure_slots = asyncio.Semaphore(configure_concurrency())
 
     def notify(self) -> None:
-        """Wake every long-poll waiter; each re-checks its own condition."""
+        """Wake every long-poll waiter; each re-checks its own condition. The
+        generation tells the API's views they are out of date."""
+        self.generation += 1
         self.change.set()
         self.change = asyncio.Event()
 
