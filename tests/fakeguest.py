@@ -179,7 +179,7 @@ class Getty:
         rcfile = Path(os.environ.get("TMPDIR", "/tmp")) / f"fakeguest-{os.getpid()}.rc"
         rcfile.write_text(rc)
         env = {**os.environ, "HOSTNAME": self.hostname}
-        subprocess.run(["bash", "--noprofile", "--rcfile", str(rcfile), "-i"], env=env)
+        subprocess.run(own_etc(["bash", "--noprofile", "--rcfile", str(rcfile), "-i"]), env=env)
         self.record("logout")
         if self.a.password_after_logout:  # someone ran passwd in the guest
             self.a.password = self.a.password_after_logout
@@ -188,6 +188,25 @@ class Getty:
         with contextlib.suppress(OSError):  # not our controlling terminal (under fakeqemu)
             os.tcsetpgrp(0, os.getpgrp())
         termios.tcflush(0, termios.TCIFLUSH)  # agetty flushes what was typed before its prompt
+
+
+def own_etc(argv: list[str]) -> list[str]:
+    """With $FAKE_NM_STATE (a guest of the runner tests, which configures its
+    network): the shell gets its own /etc, a copy-on-write overlay of the
+    host's in a private mount namespace, so what bridgelab writes there (the
+    NetworkManager keyfile) lands in the fake guest's state, never on the host.
+    The host's system bus is hidden too: the guest's busctl is fakenm's, and
+    nothing the guest runs may reach the host's own NetworkManager."""
+    state = os.environ.get("FAKE_NM_STATE")
+    if not state:
+        return argv
+    upper, work = Path(state) / "etc", Path(state) / "etc-work"
+    upper.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && '
+            '{ [ ! -d /run/dbus ] || mount -t tmpfs tmpfs /run/dbus; } && shift 2 && exec "$@"',
+            "own-etc", str(upper), str(work), *argv]
 
 
 def main() -> None:

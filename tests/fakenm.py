@@ -1,10 +1,10 @@
 """The few guest commands bridgelab runs, for the fake guest of the
-in-process runner tests: `ip`, `nmcli`, `ping`, `systemctl` and `udevadm`, put on the
+in-process runner tests: `busctl`, `ip`, `nmcli`, `ping`, `systemctl` and `udevadm`, put on the
 fake guest's PATH as wrappers that run `fakenm.py TOOL ARGS...`. They keep one NIC's
 NetworkManager state in $FAKE_NM_STATE/state.json and answer in the formats
 of the real tools (the parsers in guest/commands.py are tested against
 real output elsewhere). $FAKE_NM_STATE/unreachable lists addresses that
-ping must not reach; $FAKE_NM_STATE/delay slows `nmcli connection up`;
+ping must not reach; $FAKE_NM_STATE/delay slows the activation;
 $FAKE_NM_STATE/manager names the enabled network manager (default
 NetworkManager); with $FAKE_NM_STATE/nic_late the NIC's driver loads late,
 as after a reboot under TCG: `ip link` shows no NIC after a boot until
@@ -13,6 +13,7 @@ as after a reboot under TCG: `ip link` shows no NIC after a boot until
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shlex
@@ -67,13 +68,50 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
+# What bridgelab's keyfile says, in the nmcli names the state file keeps.
+KEYFILE_KEYS = {("ethernet", "mac-address"): "802-3-ethernet.mac-address", ("ipv4", "method"): "ipv4.method",
+                ("ipv4", "address1"): "ipv4.addresses", ("ipv4", "gateway"): "ipv4.gateway",
+                ("ipv4", "dns"): "ipv4.dns", ("ipv4", "never-default"): "ipv4.never-default",
+                ("connection", "autoconnect-priority"): "connection.autoconnect-priority",
+                ("connection", "uuid"): "connection.uuid"}
+
+
+def load_keyfile(path: str) -> tuple[str, dict[str, str]]:
+    """(profile id, settings) of a keyfile; NetworkManager refuses one that is
+    not private to root, and so does this."""
+    if os.stat(path).st_mode & 0o077:
+        raise SystemExit(f"Error: {path}: keyfile readable by others")
+    kf = configparser.ConfigParser(interpolation=None)
+    kf.read(path)
+    settings = {name: kf[section][key] for (section, key), name in KEYFILE_KEYS.items()
+                if kf.has_option(section, key)}
+    return kf["connection"]["id"], settings
+
+
+def activate(state: dict, name: str) -> None:
+    """The profile's address goes live ($FAKE_NM_STATE/delay slows it)."""
+    if (STATE / "delay").exists():
+        time.sleep(float((STATE / "delay").read_text()))
+    profile = state["profiles"][name]
+    state["live"] = profile.get("ipv4.addresses") if profile.get("ipv4.method") == "manual" else DHCP_ADDRESS
+    state["active"] = name
+
+
+def autoconnect(state: dict, name: str) -> None:
+    """As NetworkManager does with a profile loaded for a NIC that has none active."""
+    if not state["active"]:
+        activate(state, name)
+
+
 def nmcli(args: list[str]) -> int:
     state = load()
     fields = None
-    while args and args[0] in ("-t", "-c", "-f"):
-        if args[0] == "-c":
+    values_only = False
+    while args and args[0] in ("-t", "-c", "-f", "-g", "--wait"):
+        if args[0] in ("-c", "--wait"):
             args = args[2:]
-        elif args[0] == "-f":
+        elif args[0] in ("-f", "-g"):
+            values_only = args[0] == "-g"
             fields, args = args[1].split(","), args[2:]
         else:
             args = args[1:]
@@ -84,23 +122,59 @@ def nmcli(args: list[str]) -> int:
             return 10
         for f in fields or sorted(profile):
             print(f"{f}:{escape(profile.get(f, ''))}")
-    elif args[:2] == ["connection", "add"]:
-        name = args[args.index("con-name") + 1]
-        rest = args[args.index("con-name") + 2:]
-        state["profiles"][name] = dict(zip(rest[::2], rest[1::2], strict=True))
-    elif args[:2] == ["connection", "modify"]:
-        state["profiles"][args[2]].update(dict(zip(args[3::2], args[4::2], strict=True)))
+    elif args[:2] == ["connection", "load"]:
+        name, settings = load_keyfile(args[2])
+        state["profiles"][name] = settings
+        autoconnect(state, name)
     elif args[:2] == ["connection", "up"]:
-        if (STATE / "delay").exists():
-            time.sleep(float((STATE / "delay").read_text()))
-        profile = state["profiles"][args[2]]
-        state["live"] = profile.get("ipv4.addresses") if profile.get("ipv4.method") == "manual" else DHCP_ADDRESS
-        state["active"] = args[2]
+        activate(state, args[2])
         print("Connection successfully activated (D-Bus active path: /org/freedesktop/NetworkManager/1)")
     elif args[:2] == ["device", "show"]:
-        print(f"GENERAL.CONNECTION:{state['active'] or ''}")
+        print(state["active"] or "" if values_only else f"GENERAL.CONNECTION:{state['active'] or ''}")
     else:
         print(f"fake nmcli: unsupported: {args}", file=sys.stderr)
+        return 2
+    save(state)
+    return 0
+
+
+NM_PATH = "/org/freedesktop/NetworkManager"
+
+
+def busctl(args: list[str]) -> int:
+    """The NetworkManager D-Bus calls bridgelab's profile script makes, in
+    busctl's output format."""
+    state = load()
+    uuids: dict[str, str] = state.setdefault("uuids", {})  # profile id -> uuid
+    if args[0] == "call" and args[4] == "GetDeviceByIpIface":
+        if args[6] != IFACE:
+            print(f"Call failed: No device found for the requested iface '{args[6]}'.", file=sys.stderr)
+            return 1
+        print(f'o "{NM_PATH}/Devices/2"')
+    elif args[0] == "call" and args[4] == "LoadConnections":
+        name, settings = load_keyfile(args[7])
+        state["profiles"][name] = settings
+        uuids[name] = settings["connection.uuid"]
+        autoconnect(state, name)
+        print("bas true 0")
+    elif args[0] == "call" and args[4] == "GetConnectionByUuid":
+        if args[6] not in uuids.values():
+            print("Call failed: No connection with the UUID was found.", file=sys.stderr)
+            return 1
+        print(f'o "{NM_PATH}/Settings/{args[6].replace("-", "_")}"')
+    elif args[0] == "get-property" and args[-1] == "ActiveConnection":
+        print(f'o "{NM_PATH}/ActiveConnection/1"' if state["active"] else 'o "/"')
+    elif args[0] == "get-property" and args[-1] == "Uuid":
+        print(f's "{uuids.get(state["active"] or "", "")}"')
+    elif args[0] == "call" and args[4] == "ActivateConnection":
+        uuid = args[6].rsplit("/", 1)[1].replace("_", "-")
+        name = next(n for n, u in uuids.items() if u == uuid)
+        with open(STATE / "events", "a") as f:  # a test can count the explicit activations
+            f.write(f"busctl ActivateConnection {name}\n")
+        activate(state, name)
+        print(f'o "{NM_PATH}/ActiveConnection/1"')
+    else:
+        print(f"fake busctl: unsupported: {args}", file=sys.stderr)
         return 2
     save(state)
     return 0
@@ -140,7 +214,7 @@ def udevadm(args: list[str]) -> int:
 def install(bin_dir: Path) -> None:
     """The wrappers, for the test that starts a fake guest."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for tool in ("ip", "nmcli", "ping", "systemctl", "udevadm"):
+    for tool in ("busctl", "ip", "nmcli", "ping", "systemctl", "udevadm"):
         w = bin_dir / tool
         here = shlex.quote(str(Path(__file__).resolve()))
         w.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {here} {tool} \"$@\"\n")
@@ -148,5 +222,6 @@ def install(bin_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    tool = {"ip": ip, "nmcli": nmcli, "ping": ping, "systemctl": systemctl, "udevadm": udevadm}[sys.argv[1]]
+    tool = {"busctl": busctl, "ip": ip, "nmcli": nmcli, "ping": ping, "systemctl": systemctl,
+            "udevadm": udevadm}[sys.argv[1]]
     sys.exit(tool(sys.argv[2:]))

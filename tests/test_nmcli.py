@@ -1,12 +1,14 @@
-"""nmcli command building and output parsing, on output captured from the sid guest."""
+"""Guest network commands and their parsers (output captured from the sid
+guest), and the NetworkManager keyfile and the script that applies it."""
 
 from __future__ import annotations
 
 import ipaddress
 import shlex
+import shutil
 import subprocess
 
-from bridgelab.guest import commands
+from bridgelab.guest import commands, nm_profile
 from bridgelab.guest.shell import render
 
 IP_LINK = (
@@ -18,16 +20,6 @@ IP_LINK = (
     "ff:ff:ff:ff:ff:ff\n"
     "[   42.000000] random kernel line link/ether 02:11:22:33:44:55\n"
 )
-
-SHOW = """connection.id:bridgelab-021122334455
-802-3-ethernet.mac-address:02:11:22:33:44:55
-ipv4.method:manual
-ipv4.addresses:10.198.101.1/24
-ipv4.gateway:10.198.101.114
-ipv4.dns:
-connection.autoconnect:yes
-connection.autoconnect-priority:100
-"""
 
 CFG = commands.NetConfig(mac="02:11:22:33:44:55", address=ipaddress.IPv4Interface("10.198.101.1/24"),
                       gateway=ipaddress.IPv4Address("10.198.101.114"))
@@ -43,31 +35,81 @@ def test_profile_name_is_deterministic_per_mac():
     assert commands.profile_name("02:11:22:33:44:55") == "bridgelab-021122334455"
 
 
-def test_matching_profile_has_no_diff():
-    assert commands.settings_diff(commands.parse_terse(SHOW), commands.desired_settings(CFG)) == {}
+def test_the_keyfile_binds_the_profile_to_the_mac_with_a_stable_uuid():
+    lines = nm_profile.keyfile(CFG)
+    assert "mac-address=02:11:22:33:44:55" in lines and "address1=10.198.101.1/24" in lines
+    assert "gateway=10.198.101.114" in lines and "autoconnect-priority=100" in lines
+    assert not any(line.startswith("dns=") for line in lines)
+    assert f"uuid={nm_profile.profile_uuid('02:11:22:33:44:55')}" in lines
+    assert nm_profile.profile_uuid("02:11:22:33:44:55") == nm_profile.profile_uuid("02:11:22:33:44:55".upper())
+    assert nm_profile.profile_uuid("02:11:22:33:44:55") != nm_profile.profile_uuid("02:11:22:33:44:56")
+    dns = commands.NetConfig(mac=CFG.mac, address=CFG.address, gateway=None,
+                             dns=(ipaddress.IPv4Address("10.198.101.114"), ipaddress.IPv4Address("9.9.9.9")))
+    assert "dns=10.198.101.114;9.9.9.9;" in nm_profile.keyfile(dns)
+    assert not any(line.startswith("gateway=") for line in nm_profile.keyfile(dns))
+    assert nm_profile.keyfile_path(CFG.mac) == \
+        "/etc/NetworkManager/system-connections/bridgelab-021122334455.nmconnection"
 
 
-def test_changed_address_and_dns_show_up_in_the_diff():
-    cfg = commands.NetConfig(mac=CFG.mac, address=ipaddress.IPv4Interface("10.198.101.50/24"), gateway=CFG.gateway,
-                          dns=(ipaddress.IPv4Address("10.198.101.114"),))
-    diff = commands.settings_diff(commands.parse_terse(SHOW), commands.desired_settings(cfg))
-    assert diff == {"ipv4.addresses": "10.198.101.50/24", "ipv4.dns": "10.198.101.114"}
-
-
-def test_terse_values_unescape_colons_and_ignore_noise():
-    parsed = commands.parse_terse("802-3-ethernet.mac-address:02\\:11\\:22\\:33\\:44\\:55\n[ 1.0] kernel: x\n")
-    assert parsed == {"802-3-ethernet.mac-address": "02:11:22:33:44:55"}
-
-
-def test_commands_are_argv_with_every_value_one_element():
-    add = commands.add_cmd("bridgelab-x", commands.desired_settings(CFG))
-    assert add[:6] == ["nmcli", "connection", "add", "type", "ethernet", "con-name"]
-    assert add[add.index("ipv4.addresses") + 1] == "10.198.101.1/24"
-    assert add[add.index("ipv4.dns") + 1] == ""
-    assert add[add.index("802-3-ethernet.mac-address") + 1] == "02:11:22:33:44:55".upper()
-    assert commands.up_cmd("name; reboot", "eth0") == ["nmcli", "connection", "up", "name; reboot", "ifname", "eth0"]
+def test_the_apply_command_takes_every_value_as_one_argument():
+    argv = nm_profile.apply_cmd(CFG, "eth0; reboot")
+    assert argv[:2] == ["sh", "-c"] and "eth0" not in argv[2] and "10.198" not in argv[2]
+    assert argv[3:10] == ["nm-apply", nm_profile.keyfile_path(CFG.mac), "bridgelab-021122334455",
+                          nm_profile.profile_uuid(CFG.mac), "eth0; reboot", " inet 10.198.101.1/24 ", "60"]
+    assert argv[10:] == nm_profile.keyfile(CFG)
     # What the console backend types for it: one word per element, nothing interpreted.
-    assert shlex.split(render(commands.up_cmd("name; reboot", "eth0")))[3] == "name; reboot"
+    assert shlex.split(render(argv))[7] == "eth0; reboot"
+
+
+def test_the_apply_output_says_whether_anything_changed():
+    out = ("changed=1\n---\n2: eth0    inet 10.198.101.1/24 brd 10.198.101.255 scope global noprefixroute eth0\\"
+           "       valid_lft forever preferred_lft forever\n")
+    assert nm_profile.parse_apply(out) == (True, [ipaddress.IPv4Interface("10.198.101.1/24")])
+    assert nm_profile.parse_apply("changed=0\n---\n") == (False, [])
+    assert nm_profile.parse_apply("Error: something else\n") is None
+
+
+FAKE_BUSCTL = r"""#!/bin/sh
+echo "busctl $*" >> {log}
+case "$*" in
+  *GetDeviceByIpIface*) echo 'o "/org/freedesktop/NetworkManager/Devices/2"' ;;
+  *LoadConnections*) echo "bas true 0" ;;
+  *GetConnectionByUuid*) echo 'o "/org/freedesktop/NetworkManager/Settings/4"' ;;
+  *" ActiveConnection") echo 'o "/org/freedesktop/NetworkManager/ActiveConnection/7"' ;;
+  *" Uuid") echo 's "{uuid}"' ;;
+  *ActivateConnection*) echo 'o "/org/freedesktop/NetworkManager/ActiveConnection/8"' ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def test_the_apply_script_writes_the_keyfile_private_and_only_when_it_differs(tmp_path):
+    """The script's own shell logic, run by the host's sh with stand-ins for
+    busctl and ip that log what they are asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    (bin_dir / "busctl").write_text(FAKE_BUSCTL.format(log=log, uuid=nm_profile.profile_uuid(CFG.mac)))
+    (bin_dir / "ip").write_text("#!/bin/sh\necho '2: eth0    inet 10.198.101.1/24 brd 10.198.101.255 scope global'\n")
+    for tool in ("busctl", "ip"):
+        (bin_dir / tool).chmod(0o755)
+    keyfile = tmp_path / "k.nmconnection"
+    argv = nm_profile.apply_cmd(CFG, "eth0", wait=1)
+    argv[4] = str(keyfile)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+    def run() -> tuple[bool, list[ipaddress.IPv4Interface]] | None:
+        r = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
+        return nm_profile.parse_apply(r.stdout)
+    assert run() == (True, [ipaddress.IPv4Interface("10.198.101.1/24")])
+    assert keyfile.read_text().splitlines() == nm_profile.keyfile(CFG)
+    assert keyfile.stat().st_mode & 0o777 == 0o600
+    first = log.read_text()
+    assert "ActivateConnection ooo /org/freedesktop/NetworkManager/Settings/4 " \
+           "/org/freedesktop/NetworkManager/Devices/2 /" in first
+    log.unlink()
+    assert run() == (False, [ipaddress.IPv4Interface("10.198.101.1/24")])  # written and active: nothing to do
+    assert "ActivateConnection" not in log.read_text() and "LoadConnections" in log.read_text()
 
 
 def test_the_ping_script_takes_its_targets_as_arguments(tmp_path):
@@ -127,3 +169,34 @@ def test_the_file_commands_write_whole_files_from_arguments(tmp_path):
     assert subprocess.run(commands.read_file_cmd(str(target)), capture_output=True,
                           text=True).stdout == target.read_text()
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "x.network.tmp").exists()
+
+
+FAKE_NMCLI = r"""#!/bin/sh
+echo "nmcli $*" >> {log}
+case "$*" in
+  "-g GENERAL.CONNECTION device show eth0") echo "Wired connection 1" ;;
+esac
+"""
+
+
+def test_without_busctl_the_apply_script_loads_and_activates_through_nmcli(tmp_path):
+    """A guest without systemd's busctl: `nmcli connection load`, then an
+    activation that does not wait (the script waits for the address)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("cat", "mkdir", "mv", "grep", "sleep"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+    log = tmp_path / "calls"
+    (bin_dir / "nmcli").write_text(FAKE_NMCLI.format(log=log))
+    (bin_dir / "ip").write_text("#!/bin/sh\necho '2: eth0    inet 10.198.101.1/24 brd 10.198.101.255 scope global'\n")
+    for tool in ("nmcli", "ip"):
+        (bin_dir / tool).chmod(0o755)
+    argv = nm_profile.apply_cmd(CFG, "eth0", wait=1)
+    argv[4] = str(tmp_path / "k.nmconnection")
+    r = subprocess.run([shutil.which("sh") or "/bin/sh", *argv[1:]], capture_output=True, text=True,
+                       env={"PATH": str(bin_dir)}, check=True)
+    assert nm_profile.parse_apply(r.stdout) == (True, [ipaddress.IPv4Interface("10.198.101.1/24")])
+    assert log.read_text().splitlines() == [
+        "nmcli -g GENERAL.CONNECTION device show eth0", "nmcli -g GENERAL.CONNECTION device show eth0",
+        f"nmcli connection load {argv[4]}",
+        "nmcli --wait 0 connection up bridgelab-021122334455 ifname eth0"]

@@ -161,6 +161,10 @@ def test_bring_up_goes_through_every_state_in_order_and_the_mesh_waits_for_both(
     assert lab.nm_state("rv1")["live"] == "10.198.101.10/24" and lab.nm_state("rv2")["live"] == "10.198.101.11/24"
     # udev's queue was waited for once (a NIC may still be being renamed).
     assert lab.events("rv1", "udevadm") == ["udevadm settle --timeout=120"]
+    # The NIC had no profile active: NetworkManager's autoconnect started the
+    # new one, and it was not started a second time on top (which would take
+    # the address away again while the mesh check pings it).
+    assert lab.events("rv1", "busctl") == []
     profile = lab.nm_state("rv1")["profiles"]["bridgelab-" + lab.runner.plan.guests[0].mac.replace(":", "")]
     assert profile["ipv4.method"] == "manual" and profile["ipv4.addresses"] == "10.198.101.10/24"
 
@@ -240,7 +244,7 @@ def test_a_second_change_while_a_network_change_runs_is_refused_not_queued(tmp_p
     async def scenario(r: LabRunner) -> None:
         await settle(r)
         rv1 = r.guests["rv1"]
-        (rv1.plan.paths.dir / "delay").write_text("1.5")  # `nmcli connection up` takes 1.5 s
+        (rv1.plan.paths.dir / "delay").write_text("1.5")  # the activation takes 1.5 s
         first = asyncio.create_task(r.set_network("rv1", NetworkRequest(ip=ipaddress.IPv4Address("10.198.101.20"))))
         while rv1.state is not GuestState.configuring:
             await asyncio.sleep(0.02)
@@ -253,6 +257,8 @@ def test_a_second_change_while_a_network_change_runs_is_refused_not_queued(tmp_p
         await first
         assert rv1.state is GuestState.ready and str(rv1.plan.ip.ip) == "10.198.101.20"
         assert lab.nm_state("rv1")["live"] == "10.198.101.20/24"
+        # The profile was active with the old address: activated again, once.
+        assert lab.events("rv1", "busctl") == [f"busctl ActivateConnection bridgelab-{rv1.plan.mac.replace(':', '')}"]
         result = await r.exec("rv1", ExecRequest(argv=["echo", "it's $HOME"]))
         assert (result.exit_code, result.output.strip(), result.via) == (0, "it's $HOME", "console")
     lab.run(scenario)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from bridgelab.errors import SpecError
-from bridgelab.guest import commands, qemu_argv
+from bridgelab.guest import commands, nm_profile, qemu_argv
 from bridgelab.host import firewall, uplink_diagnosis
 from bridgelab.model.plan import HostFacts, UplinkFacts, choose_uplink_mode, derive_ssh_port, make_plan
 from bridgelab.model.spec import Uplink, parse_lab_data
@@ -106,9 +106,10 @@ def test_user_nic_ports_are_stable_and_distinct():
 
 
 def test_side_nic_profile_never_takes_the_default_route_or_dns():
-    want = commands.desired_settings(commands.side_nic("52:54:00:00:00:02"))
-    assert want["ipv4.never-default"] == "yes" and want["ipv4.ignore-auto-dns"] == "yes"
-    assert want["ipv4.method"] == "auto" and want["802-3-ethernet.mac-address"] == "52:54:00:00:00:02".upper()
+    want = nm_profile.keyfile(commands.side_nic("52:54:00:00:00:02"))
+    assert "never-default=true" in want and "ignore-auto-dns=true" in want
+    assert "method=auto" in want and "mac-address=52:54:00:00:00:02" in want
+    assert not any(line.startswith(("address1=", "gateway=")) for line in want)
     out = "default via 10.198.101.114 dev enp0s1 proto static metric 100\ndefault via 10.0.2.2 dev enp0s2\n"
     assert commands.parse_default_devices(out) == ["enp0s1", "enp0s2"]
 

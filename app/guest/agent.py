@@ -28,6 +28,11 @@ class AgentUnavailable(GuestError):
     """No guest agent answers (not installed, not started yet, or gone)."""
 
 
+class AgentLost(GuestError):
+    """The agent went away while a command it had started ran: the command
+    may or may not have run to its end."""
+
+
 @dataclass(frozen=True)
 class AgentResult:
     exit_code: int | None
@@ -176,7 +181,7 @@ class GuestAgent:
         try:
             return self._await_exit(pid, timeout, cap)
         except AgentUnavailable as e:
-            raise GuestError(f"lost the guest agent while {argv[0]} (pid {pid}) ran: {e}") from None
+            raise AgentLost(f"lost the guest agent while {argv[0]} (pid {pid}) ran: {e}") from None
 
     def _await_exit(self, pid: int, timeout: float, cap: int) -> AgentResult:
         deadline = time.monotonic() + timeout
@@ -195,4 +200,4 @@ class GuestAgent:
             delay = min(delay * 2, 0.25)
 
 
-__all__ = ["AgentResult", "AgentUnavailable", "GuestAgent", "decode_status", "exec_args"]
+__all__ = ["AgentLost", "AgentResult", "AgentUnavailable", "GuestAgent", "decode_status", "exec_args"]

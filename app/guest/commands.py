@@ -10,23 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-PRIORITY = "100"  # beats the auto-created "Wired connection 1" at boot
-NMCLI = ["nmcli", "-t", "-c", "no"]
 Argv = list[str]
-
-# The profile settings bridgelab owns; compared before and written on change.
-PROFILE_FIELDS = (
-    "802-3-ethernet.mac-address",
-    "ipv4.method",
-    "ipv4.addresses",
-    "ipv4.gateway",
-    "ipv4.dns",
-    "ipv4.never-default",
-    "ipv4.ignore-auto-dns",
-    "ipv6.method",
-    "connection.autoconnect",
-    "connection.autoconnect-priority",
-)
 
 _LINK = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:\s.*?link/ether\s+([0-9a-fA-F:]{17})", re.MULTILINE)
 _INET = re.compile(r"\binet\s+(\d+\.\d+\.\d+\.\d+/\d+)")
@@ -67,80 +51,6 @@ def iface_for_mac(ip_link_output: str, mac: str) -> str | None:
     return None
 
 
-def show_profile_cmd(name: str) -> Argv:
-    return [*NMCLI, "-f", ",".join(PROFILE_FIELDS), "connection", "show", name]
-
-
-def parse_terse(output: str) -> dict[str, str]:
-    """`nmcli -t` key:value lines; values may carry escaped colons (\\:)."""
-    out: dict[str, str] = {}
-    for line in output.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and re.match(r"^[A-Za-z0-9-]+\.[A-Za-z0-9.-]+$", key):
-            out[key] = value.replace("\\:", ":").replace("\\\\", "\\").strip()
-    return out
-
-
-def desired_settings(cfg: NetConfig) -> dict[str, str]:
-    if cfg.side_nic:
-        # qemu's user network answers DHCP; its default route and DNS would
-        # steal the guest's traffic from the bridge, so both are refused.
-        return {
-            "802-3-ethernet.mac-address": cfg.mac.upper(),
-            "ipv4.method": "auto",
-            "ipv4.never-default": "yes",
-            "ipv4.ignore-auto-dns": "yes",
-            "ipv6.method": "disabled",
-            "connection.autoconnect": "yes",
-            "connection.autoconnect-priority": PRIORITY,
-        }
-    return {
-        "802-3-ethernet.mac-address": cfg.mac.upper(),
-        "ipv4.method": "manual",
-        "ipv4.addresses": str(cfg.address),
-        "ipv4.gateway": str(cfg.gateway) if cfg.gateway else "",
-        "ipv4.dns": ",".join(str(d) for d in cfg.dns),
-        "connection.autoconnect": "yes",
-        "connection.autoconnect-priority": PRIORITY,
-    }
-
-
-def _norm(key: str, value: str) -> str:
-    value = value.strip()
-    if value == "--":
-        return ""
-    if key == "802-3-ethernet.mac-address":
-        return value.lower()
-    if key in ("ipv4.addresses", "ipv4.dns"):
-        return ",".join(v.strip() for v in value.split(",") if v.strip())
-    return value
-
-
-def settings_diff(current: dict[str, str], desired: dict[str, str]) -> dict[str, str]:
-    """The desired settings whose current value differs."""
-    return {k: v for k, v in desired.items() if _norm(k, current.get(k, "")) != _norm(k, v)}
-
-
-def _args(settings: dict[str, str]) -> Argv:
-    return [x for k, v in settings.items() for x in (k, v)]
-
-
-def add_cmd(name: str, settings: dict[str, str]) -> Argv:
-    return ["nmcli", "connection", "add", "type", "ethernet", "con-name", name, *_args(settings)]
-
-
-def modify_cmd(name: str, settings: dict[str, str]) -> Argv:
-    return ["nmcli", "connection", "modify", name, *_args(settings)]
-
-
-def up_cmd(name: str, iface: str) -> Argv:
-    return ["nmcli", "connection", "up", name, "ifname", iface]
-
-
-def active_profile_cmd(iface: str) -> Argv:
-    return [*NMCLI, "-f", "GENERAL.CONNECTION", "device", "show", iface]
-
-
 # udev may still be renaming the NIC (eth0 -> enp0s2, predictable names) when
 # the getty is up: seen on Debian amd64 under TCG once its initrd stopped
 # loading virtio_net. Wait for the queue before looking the NIC up by MAC.
@@ -159,6 +69,19 @@ def settle_devices_cmd() -> Argv:
     """Wait for udev's queue (its status is the command's), then give hvc0 its getty."""
     return ["sh", "-c", f'udevadm settle --timeout="$1"; rc=$?; {_TERMINAL_GETTY}; exit $rc',
             "sh", str(SETTLE_SECONDS)]
+
+
+def probe_cmd() -> Argv:
+    """One round trip before a configuration: udev settled (and hvc0 given its
+    getty), then the links, then which network manager the guest runs."""
+    return ["sh", "-c", f'udevadm settle --timeout="$1" >/dev/null 2>&1; {_TERMINAL_GETTY}; '
+            f'ip -o link show; echo ---; {_DETECT}', "sh", str(SETTLE_SECONDS)]
+
+
+def parse_probe(output: str, mac: str) -> tuple[str | None, str]:
+    """(the NIC with `mac` or None, the network manager) from probe_cmd's output."""
+    links, _, manager = output.partition("\n---\n")
+    return iface_for_mac(links, mac), parse_manager(manager)
 
 
 def addresses_cmd(iface: str) -> Argv:

@@ -34,22 +34,31 @@ def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
     """Give the NIC with cfg.mac its address through the guest's own network
     manager, and check it is live. False when everything already matched."""
     with shell.exclusive():
-        iface = find_iface(shell, cfg.mac)
-        manager = commands.parse_manager(shell.check(commands.detect_manager_cmd()))
+        iface, manager = _probe(shell, cfg.mac)
+        live: list[ipaddress.IPv4Interface] | None = None
         if manager == commands.NETWORK_MANAGER:
-            changed = nm.configure(shell, cfg, iface)
+            changed, live = nm.configure(shell, cfg, iface)
         elif manager == commands.NETWORKD:
             changed = networkd.configure(shell, cfg, iface)
         else:
             raise NetworkConfigError("unsupported network manager: neither NetworkManager nor systemd-networkd "
                                      "is enabled in the guest, and bridgelab configures guests through one of them")
         try:
-            verify(shell, cfg, iface, settle=VERIFY_SETTLE)
+            verify(shell, cfg, iface, settle=VERIFY_SETTLE, live=live)
         except NetworkConfigError as e:
             raise NetworkConfigError(f"after {VERIFY_SETTLE:.0f}s of {manager}: {e}") from None
         log.info("%s: %s on %s %s (%s)", shell.name, cfg.address, iface, "configured" if changed else "unchanged",
                  manager)
         return changed
+
+
+def _probe(shell: Shell, mac: str) -> tuple[str, str]:
+    """(the NIC with that MAC, the guest's network manager), once udev has settled (see find_iface)."""
+    out = shell.run(commands.probe_cmd(), commands.SETTLE_SECONDS + 30).output
+    iface, manager = commands.parse_probe(out, mac)
+    if iface is None:
+        raise NetworkConfigError(f"no interface with MAC {mac} in the guest; links seen:\n{out.strip()}")
+    return iface, manager
 
 
 # How long the address may take to show: `networkctl reconfigure` returns
@@ -59,13 +68,16 @@ def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
 VERIFY_SETTLE = 60.0
 
 
-def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None, settle: float = 0.0) -> str:
+def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None, settle: float = 0.0,
+           live: list[ipaddress.IPv4Interface] | None = None) -> str:
     """The address must be live on the NIC with that MAC, and be its only IPv4;
     a side NIC needs an address and must not carry a default route. With
-    `settle`, a wrong address is looked at again for up to so many seconds."""
+    `settle`, a wrong address is looked at again for up to so many seconds.
+    `live`: the addresses just read (by the configuration), not read again."""
     iface = iface or find_iface(shell, cfg.mac)
     deadline = time.monotonic() + settle
-    live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
+    if live is None:
+        live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
     while not commands.address_ok(live, cfg) and time.monotonic() < deadline:
         time.sleep(0.5)
         live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))

@@ -1,45 +1,32 @@
-"""NetworkManager in the guest: one profile per NIC, named after its MAC
-(commands from commands.py)."""
+"""NetworkManager in the guest: one profile per NIC, named after its MAC and
+written as a keyfile (nm_profile.py), loaded and activated in one command."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from ..errors import NetworkConfigError
-from . import commands
+from . import commands, nm_profile
 from .shell import Shell
 
-NMCLI_TIMEOUT = 120.0  # nmcli under TCG, first call starts D-Bus activation
+# The script waits up to nm_profile.WAIT_SECONDS for NetworkManager, and as
+# long again for the address; a guest this slow under load still gets there.
+APPLY_TIMEOUT = 3.0 * nm_profile.WAIT_SECONDS
 
 
-def configure(shell: Shell, cfg: commands.NetConfig, iface: str) -> bool:
-    """Create or update the bridgelab profile for cfg.mac and bring it up.
-    Returns False when everything already matched (nothing was changed)."""
-    name = commands.profile_name(cfg.mac)
-    desired = commands.desired_settings(cfg)
-    shown = shell.run(commands.show_profile_cmd(name), NMCLI_TIMEOUT)
-    rc, out = shown.exit_code, shown.output
-    if shown.timed_out:
-        raise NetworkConfigError(f"nmcli did not answer within {NMCLI_TIMEOUT:.0f}s; is NetworkManager running?")
-    if rc == 10:  # nmcli: no such connection profile
-        shell.check(commands.add_cmd(name, desired), NMCLI_TIMEOUT)
-        changed = True  # a new profile is never active yet: no need to ask
-    elif rc == 0:
-        diff = commands.settings_diff(commands.parse_terse(out), desired)
-        if diff:
-            shell.check(commands.modify_cmd(name, diff), NMCLI_TIMEOUT)
-        changed = bool(diff) or not _active_with(shell, iface, name, cfg)
-    else:
-        raise NetworkConfigError(f"nmcli failed ({rc}); is NetworkManager running?\n"
-                                 f"{(out + (shown.stderr or '')).strip()}")
-    if changed:
-        shell.check(commands.up_cmd(name, iface), NMCLI_TIMEOUT)
-    return changed
-
-
-def _active_with(shell: Shell, iface: str, name: str, cfg: commands.NetConfig) -> bool:
-    """Is `name` the active profile on `iface`, with exactly the wanted address live?"""
-    active = commands.parse_terse(shell.check(commands.active_profile_cmd(iface), NMCLI_TIMEOUT))
-    live = commands.parse_addresses(shell.check(commands.addresses_cmd(iface)))
-    return active.get("GENERAL.CONNECTION") == name and commands.address_ok(live, cfg)
+def configure(shell: Shell, cfg: commands.NetConfig, iface: str) -> tuple[bool, list[ipaddress.IPv4Interface]]:
+    """Put the bridgelab profile for cfg.mac in place and have it active on
+    `iface`. Returns (changed, the NIC's IPv4 addresses afterwards); changed
+    is False when the profile was already written and active."""
+    r = shell.run(nm_profile.apply_cmd(cfg, iface), APPLY_TIMEOUT)
+    if r.timed_out:
+        raise NetworkConfigError(f"NetworkManager did not configure {iface} within {APPLY_TIMEOUT:.0f}s")
+    said = (r.output + (r.stderr or "")).strip()
+    parsed = nm_profile.parse_apply(r.output) if r.exit_code == 0 else None
+    if parsed is None:
+        what = nm_profile.APPLY_FAILURES.get(r.exit_code or 0, f"the profile command failed ({r.exit_code})")
+        raise NetworkConfigError(f"{what} for {iface}; is NetworkManager running?\n{said[-2000:]}")
+    return parsed
 
 
 __all__ = ["configure"]

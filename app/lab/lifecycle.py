@@ -17,9 +17,9 @@ from typing import Callable
 from ..errors import BridgelabError, ConsoleClosed, GuestBusy, GuestError
 from ..guest import network, vmstate
 from ..guest.agent import GuestAgent
-from ..guest.commands import side_nic
 from ..guest.console import Console
 from ..guest.shell import GuestShell, Power
+from .configure import EarlyConfiguration, configure_in_turn
 from .context import LabContext
 from .guest_runtime import GuestRuntime
 from .snapshots import Snapshots
@@ -107,12 +107,19 @@ class Lifecycle:
         g.restored_from = None
         await self._start_qemu(g, fresh)
         await g.process.resume()
-        await self._login(g)
+        early = EarlyConfiguration(self.ctx, g)
+        try:
+            await self._login(g)
+        except BaseException:
+            early.abandon()
+            raise
         g.enter(GuestState.configuring)
-        g.changed = await self.ctx.in_thread(network.configure, g.shell, g.net_config())
-        if g.plan.user_nic is not None:
-            await self.ctx.in_thread(network.configure, g.shell, side_nic(g.plan.user_nic.mac))
-        g.stage("configured")
+        changed = await early.result()
+        if changed is None:
+            assert g.shell is not None
+            changed = await configure_in_turn(self.ctx, g.shell, g)
+            g.stage("configured")
+        g.changed = changed
 
     async def _warm(self, g: GuestRuntime, tag: str) -> bool:
         """Restore the guest's snapshot into a fresh qemu; False (after one

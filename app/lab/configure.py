@@ -1,0 +1,86 @@
+"""A guest's NICs configured during its bring-up: through the guest agent as
+soon as it answers, while the console login runs in parallel, else through
+the guest's shell once logged in.
+
+Why in parallel: under TCG the console login takes 3-4 s (PAM, the shell's
+start-up) and the configuration about as long, and neither needs the other.
+The agent usually answers before the login prompt shows, so by the time the
+login is done the address is live. A guest without an agent (openEuler's
+images) is configured through its console after the login, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..guest import network
+from ..guest.agent import AgentLost, AgentUnavailable
+from ..guest.commands import side_nic
+from ..guest.shell import AgentShell, Shell
+from .context import LabContext
+from .guest_runtime import GuestRuntime
+
+log = logging.getLogger(__name__)
+AGENT_PING_TIMEOUT = 1.0
+AGENT_POLL = 0.5
+
+
+def configure_nics(shell: Shell, g: GuestRuntime) -> bool:
+    """The lab NIC, then the user-mode NIC if the guest has one. Idempotent:
+    False when both were already as wanted."""
+    changed = network.configure(shell, g.net_config())
+    if g.plan.user_nic is not None:
+        network.configure(shell, side_nic(g.plan.user_nic.mac))
+    return changed
+
+
+async def configure_in_turn(ctx: LabContext, shell: Shell, g: GuestRuntime) -> bool:
+    """configure_nics once one of the lab's configuration slots is free."""
+    async with ctx.configure_slots:
+        return await ctx.in_thread(configure_nics, shell, g)
+
+
+class EarlyConfiguration:
+    """The configuration through the agent, started with the guest's boot."""
+
+    def __init__(self, ctx: LabContext, g: GuestRuntime):
+        self.ctx = ctx
+        self.g = g
+        self._login_done = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"configure-{g.plan.name}")
+
+    async def _run(self) -> bool | None:
+        agent = self.g.agent
+        if agent is None:
+            return None
+        while not self._login_done.is_set():
+            if await self.ctx.in_thread(agent.ping, AGENT_PING_TIMEOUT):
+                try:
+                    changed = await configure_in_turn(self.ctx, AgentShell(agent, self.g.plan.name), self.g)
+                except (AgentUnavailable, AgentLost) as e:
+                    log.info("guest %s: the agent went away while configuring (%s); the console will",
+                             self.g.plan.name, e)
+                    return None
+                self.g.stage("configured")
+                return changed
+            try:
+                await asyncio.wait_for(self._login_done.wait(), AGENT_POLL)
+            except asyncio.TimeoutError:
+                pass
+        return None
+
+    async def result(self) -> bool | None:
+        """Once logged in: the configuration's outcome when the agent did it
+        (waited for if it is under way), None when the shell must do it."""
+        self._login_done.set()
+        return await self.task
+
+    def abandon(self) -> None:
+        """The bring-up failed: nothing more is started (a command already
+        running in the guest runs to its end)."""
+        self._login_done.set()
+        self.task.cancel()
+
+
+__all__ = ["EarlyConfiguration", "configure_in_turn", "configure_nics"]
