@@ -34,7 +34,7 @@ from bridgelab.guest.console import Console
 from bridgelab.guest.process import GuestProcess
 from bridgelab.host.ledger import Ledger
 from bridgelab.model.plan import GuestPlan, LabPlan
-from common import fresh_ns, start_serve
+from common import end_daemon, fresh_ns, start_serve
 from pyroute2 import netns as pr_netns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,11 +59,16 @@ def run_bridgelab(ns: str, tmp: Path) -> dict[str, float]:
         ready = time.monotonic() - t0
         if any(g["state"] != "ready" for g in guests):
             raise SystemExit(f"a guest failed: {guests}")
-        out = {"all_ready": ready}
+        out = {"all_ready": ready, "daemon_cpu": _cpu_seconds(proc.pid)}
         for g in guests:
-            ts = g["timestamps"]
+            ts, st = g["timestamps"], g["stages"]
             out[f"{g['name']}_login_prompt"] = ts["login"] - wall0
             out[f"{g['name']}_configure"] = ts["ready"] - ts["login"]
+            for a, b in STEPS:
+                if a in st and b in st:
+                    out[f"{g['name']}_{a}-{b}"] = st[b] - st[a]
+            if "mesh_verified" in st:
+                out[f"{g['name']}_mesh_verified-ready"] = ts["ready"] - st["mesh_verified"]
         t1 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
@@ -71,9 +76,34 @@ def run_bridgelab(ns: str, tmp: Path) -> dict[str, float]:
         return out
     finally:
         api.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_daemon(proc)
+
+
+# Where a guest's time from its login prompt to ready goes (its stage stamps).
+STEPS = [("login_prompt", "logged_in"), ("logged_in", "configured"), ("configured", "mesh_verified")]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of the daemon: the process tree under `pid` (ip netns
+    exec -> python), qemu processes left out."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    daemon = [k for k in kids if not Path(f"/proc/{k}/comm").read_text().startswith("qemu-system")]
+    return [k for c in daemon for k in (c, *_children(c))]
 
 
 SEED_NMCLI = [
@@ -165,8 +195,11 @@ def run_floor(ns: str, tmp: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", nargs="*", choices=["bridgelab", "manual", "floor"],
+                    help="run only these variants (no ratios unless all three ran)")
     a = ap.parse_args()
     variants = {"bridgelab": run_bridgelab, "manual": run_manual, "floor": run_floor}
+    variants = {k: v for k, v in variants.items() if not a.only or k in a.only}
     results: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for rep in range(a.reps):
         for name, fn in variants.items():  # interleaved, so drift hits all alike
@@ -182,14 +215,16 @@ def main() -> None:
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
-    b, m, f = med("bridgelab", "all_ready"), med("manual", "all_ready"), med("floor", "login_prompt")
     print(f"\nmedians of {a.reps} runs (2 riscv64 guests, TCG, {os.cpu_count()} host cores)")
-    print(f"  bridgelab serve -> all ready        {b:6.1f} s")
-    for key in sorted(results["bridgelab"][0]):
-        if key != "all_ready":
-            print(f"    {key:28}     {med('bridgelab', key):6.1f} s")
-    print(f"  manual seed procedure (scripted)    {m:6.1f} s   bridgelab/manual = {b / m:.2f}")
-    print(f"  floor: one guest to login prompt    {f:6.1f} s   bridgelab/floor  = {b / f:.2f}")
+    if "bridgelab" in results:
+        print(f"  bridgelab serve -> all ready        {med('bridgelab', 'all_ready'):6.1f} s")
+        for key in sorted(results["bridgelab"][0]):
+            if key != "all_ready":
+                print(f"    {key:32} {med('bridgelab', key):6.1f} s")
+    if len(results) == 3:
+        b, m, f = med("bridgelab", "all_ready"), med("manual", "all_ready"), med("floor", "login_prompt")
+        print(f"  manual seed procedure (scripted)    {m:6.1f} s   bridgelab/manual = {b / m:.2f}")
+        print(f"  floor: one guest to login prompt    {f:6.1f} s   bridgelab/floor  = {b / f:.2f}")
 
 
 if __name__ == "__main__":

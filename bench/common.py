@@ -47,6 +47,19 @@ def wait_settled(api: httpx.Client, proc: subprocess.Popen[bytes], timeout: floa
     return guests
 
 
+def end_daemon(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """A daemon a bench gave up on: SIGTERM, so it powers its guests off and
+    removes what it made; SIGKILL only if it does not end (its qemu would
+    then be left for the next start to sweep)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def stop_serve(proc: subprocess.Popen[bytes], api: httpx.Client, ns: str, tmp: Path, timeout: float = 300) -> None:
     """SIGTERM the daemon this bench started (its guests power off), then
     remove the namespace and the scratch directory."""

@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 from bridgelab.model import image_build
 from bridgelab.model.plan import derive_tap
+from common import end_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = "/usr/bin/docker"
@@ -129,9 +130,7 @@ def native_cycle(tmp: Path, lab: str) -> dict[str, float]:
         down = time.monotonic() - t1
     finally:
         api.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_daemon(proc)
     if not host_clean(lab):
         raise SystemExit("native serve left lab objects on the host")
     return {"native_up_ready_s": up, "native_down_clean_s": down}

@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""N riscv64 guests on this machine's cores under TCG: do they all reach
-`ready`, how long does the last one take, and what failed (with the
-console's own reason)?
+"""N riscv64 guests on this machine's cores under TCG, for a sweep of N: do
+they all reach `ready`, how long until the last one does, how long each
+guest takes from its login prompt to ready (median and maximum), and the
+daemon's peak memory. Each N is one lab, started at once, in a fresh
+network namespace. A table on stdout and, with --plot, a PNG (matplotlib).
 
-    sudo .venv/bin/python bench/scale.py --guests 8
+    sudo .venv/bin/python bench/scale.py --guests 1 2 4 8 16 --plot /tmp/bridgelab-scale.png
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -19,34 +24,100 @@ from bridgelab.model import image_build
 from common import fresh_ns, start_serve, stop_serve, wait_settled
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--guests", type=int, default=8)
-    ap.add_argument("--image", default="debian-riscv64")
-    ap.add_argument("--timeout", type=float, default=1800)
-    a = ap.parse_args()
-    image_build.build_image(a.image)
-    ns = fresh_ns("bls")
+@dataclass
+class Point:
+    guests: int
+    ready: int
+    all_ready: float  # serve start -> last guest ready, s
+    configure_median: float  # login prompt -> ready, per guest, s
+    configure_max: float
+    daemon_peak_mib: float
+    failures: list[str]
+
+
+def peak_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
+    """The daemon's peak resident memory (VmHWM), its `ip netns exec` wrapper
+    being the same process (exec)."""
+    while not stop.wait(1.0):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out.append(int(line.split()[1]) / 1024)
+        except OSError:
+            return
+
+
+def run(n: int, image: str, memory: str, timeout: float) -> Point:
+    ns = fresh_ns("blsc")
     tmp = Path(tempfile.mkdtemp(prefix="bl-bench-scale-"))
     lab = tmp / "lab.yaml"
     lab.write_text(yaml.safe_dump({"name": "scale", "bridge": {"name": "br0", "address": "10.198.101.114/24"},
-                                   "guests": [{"name": f"g{i}", "arch": "riscv64", "image": a.image}
-                                              for i in range(1, a.guests + 1)]}))
+                                   "guests": [{"name": f"g{i}", "arch": "riscv64", "image": image, "memory": memory}
+                                              for i in range(1, n + 1)]}))
     t0 = time.time()
     proc, api = start_serve(ns, tmp, lab, timeout=60)
+    stop, rss = threading.Event(), [0.0]
+    threading.Thread(target=peak_rss, args=(proc.pid, stop, rss), daemon=True).start()
     try:
-        guests = wait_settled(api, proc, a.timeout)
-        ready = [g for g in guests if g["state"] == "ready"]
-        print(f"{a.guests} x {a.image} on {os.cpu_count()} cores: {len(ready)} ready", end="")
-        if ready:
-            times = sorted(g["timestamps"]["ready"] - t0 for g in ready)
-            print(f"; first ready after {times[0]:.0f} s, last after {times[-1]:.0f} s", end="")
-        print()
-        for g in guests:
-            if g["state"] != "ready":
-                print(f"  {g['name']}: {g['state']}: {g['reason']}")
+        guests = wait_settled(api, proc, timeout)
     finally:
+        stop.set()
         stop_serve(proc, api, ns, tmp)
+    ready = [g for g in guests if g["state"] == "ready"]
+    configure = [g["timestamps"]["ready"] - g["timestamps"]["login"] for g in ready] or [float("nan")]
+    return Point(guests=n, ready=len(ready),
+                 all_ready=max((g["timestamps"]["ready"] - t0 for g in ready), default=float("nan")),
+                 configure_median=statistics.median(configure), configure_max=max(configure),
+                 daemon_peak_mib=max(rss), failures=[f"{g['name']}: {g['state']}: {g['reason']}"
+                                                     for g in guests if g["state"] != "ready"])
+
+
+def plot(points: list[Point], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    xs = [p.guests for p in points]
+    left.plot(xs, [p.all_ready for p in points], "o-")
+    left.set(xlabel="guests", ylabel="s", title="serve -> every guest ready", xscale="log", xticks=xs)
+    left.set_xticklabels([str(x) for x in xs])
+    right.plot(xs, [p.configure_median for p in points], "o-", label="median")
+    right.plot(xs, [p.configure_max for p in points], "s--", label="max")
+    right.set(xlabel="guests", ylabel="s", title="per guest: login prompt -> ready", xscale="log", xticks=xs)
+    right.set_xticklabels([str(x) for x in xs])
+    right.legend()
+    fig.suptitle(f"riscv64 guests under TCG on {os.cpu_count()} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--guests", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--image", default="debian-riscv64")
+    ap.add_argument("--memory", default="512M")
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--plot", type=Path, help="write the sweep as a PNG here (not in the repository)")
+    a = ap.parse_args()
+    image_build.build_image(a.image)
+    points = []
+    for n in a.guests:
+        p = run(n, a.image, a.memory, a.timeout)
+        points.append(p)
+        print(f"{n} guests: {p.ready} ready, all ready after {p.all_ready:.1f} s, login prompt -> ready "
+              f"median {p.configure_median:.1f} s, max {p.configure_max:.1f} s, "
+              f"daemon peak {p.daemon_peak_mib:.0f} MiB", flush=True)
+        for f in p.failures:
+            print(f"  {f}")
+    print(f"\n{a.image}, {a.memory} each, 1 vCPU, TCG, {os.cpu_count()} host cores")
+    print("| guests | ready | serve -> all ready | per guest, login prompt -> ready: median / max | daemon peak RSS |")
+    print("|---|---|---|---|---|")
+    for p in points:
+        print(f"| {p.guests} | {p.ready} | {p.all_ready:.1f} s | {p.configure_median:.1f} / {p.configure_max:.1f} s "
+              f"| {p.daemon_peak_mib:.0f} MiB |")
+    if a.plot:
+        plot(points, a.plot)
+        print(f"\nplot: {a.plot}")
 
 
 if __name__ == "__main__":

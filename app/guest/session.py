@@ -15,6 +15,7 @@ from typing import Callable, NoReturn, TextIO
 import pexpect
 
 from ..errors import BootFailed, ConsoleClosed, ConsoleError, ConsoleTimeout, LoginIncorrect
+from .paced import PacedDeadline
 from .firmware import UBOOT_RESUME, UBOOT_STOPPED, FirmwareGuard
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Session:
         session (see `_ensure_shell`)."""
         with self._lock:
             self._credentials = (user, password)
-            self._login(time.monotonic() + timeout, idle, on_login_prompt, at_login_prompt=False)
+            self._login(PacedDeadline(timeout), idle, on_login_prompt, at_login_prompt=False)
 
     def resume(self, user: str, password: str, timeout: float) -> None:
         """Take over the console of a guest restored from a snapshot: it was
@@ -176,13 +177,12 @@ class Session:
             self.firmware.restored()
             self._ensure_shell(timeout)
 
-    def _login(self, deadline: float, idle: float, on_login_prompt: Callable[[], None] | None,
+    def _login(self, deadline: PacedDeadline, idle: float, on_login_prompt: Callable[[], None] | None,
                at_login_prompt: bool) -> None:
         if self._refused:
             raise LoginIncorrect(self._refused)
         assert self._credentials is not None
         user, password = self._credentials
-        budget = deadline - time.monotonic()
         self._ready = False
         sent_user = sent_password = False
         if at_login_prompt:  # the caller just matched the prompt: answer it
@@ -193,9 +193,9 @@ class Session:
                     BOOT_FAILED, UBOOT_STOPPED]
         resumed = False
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining()
             if remaining <= 0:
-                raise ConsoleTimeout(f"{self.name}: no shell after {budget:.0f}s on the console; "
+                raise ConsoleTimeout(f"{self.name}: no shell after {deadline.describe()} on the console; "
                                      f"last output: {self._tail()!r}")
             i = self.child.expect(patterns, timeout=min(idle * (4 if sent_password else 1), remaining))
             if i == 0:
@@ -232,7 +232,7 @@ class Session:
                 line = readable(str(self.child.after)).strip()
                 self._note(f"boot failed: {line}")
                 raise BootFailed(f"{self.name}: boot failed: {line}")
-        self._prepare_shell(max(deadline - time.monotonic(), 30.0))
+        self._prepare_shell(max(deadline.remaining(), 30.0))
 
     def _refuse(self, why: str) -> NoReturn:
         self._refused = why
@@ -273,7 +273,7 @@ class Session:
                 self._note("the shell is gone (logged out?): logging in again")
                 log.info("%s: the guest ended the console session; logging in again", self.name)
                 self.relogins += 1
-                self._login(time.monotonic() + max(remaining, RELOGIN_TIMEOUT), 8.0, None, at_login_prompt=True)
+                self._login(PacedDeadline(max(remaining, RELOGIN_TIMEOUT)), 8.0, None, at_login_prompt=True)
                 return
             if i == 2:  # someone else's half-finished login; the newline above ends it
                 continue
