@@ -4,16 +4,19 @@ manual procedure as `ip` commands, one process per step (the seed's way), and
 `ip -batch` (one process, the practical floor for iproute2). Each variant runs
 in its own fresh network namespace; medians over --reps runs.
 
-    sudo .venv/bin/python bench/hostnet.py --taps 64 --reps 15
+    sudo .venv/bin/python bench/hostnet.py --taps 64 --reps 15            # quiet
+    sudo .venv/bin/python bench/hostnet.py --taps 64 --reps 15 --load 2   # under load
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import secrets
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,28 +76,42 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--taps", type=int, default=64)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--load", type=int, default=0, help="run this many busy processes meanwhile (under load)")
     a = ap.parse_args()
     results: dict[str, list[float]] = {"bridgelab": [], "ip-batch": [], "ip-per-command": []}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for _ in range(a.reps):
-            for variant in results:  # interleaved, so drift hits all variants alike
-                ns = fresh_ns()
-                try:
-                    if variant == "bridgelab":
-                        results[variant].append(run_bridgelab(ns, a.taps, tmp))
-                    elif variant == "ip-batch":
-                        results[variant].append(run_batch(ns, a.taps, tmp))
-                    else:
-                        results[variant].append(run_per_command(ns, a.taps))
-                finally:
-                    subprocess.run(["ip", "netns", "del", ns], check=True)
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.load)]
+        try:
+            for rep in range(a.reps):
+                # Interleaved, so drift hits all variants alike, and rotated, so
+                # none always follows the deletion of the same netns.
+                order = list(results)[rep % 3:] + list(results)[:rep % 3]
+                run_rep(order, results, a.taps, tmp)
+        finally:
+            for b in burners:
+                b.terminate()
+                b.wait()
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"bridge + {a.taps} taps, median of {a.reps} runs each, fresh netns per run")
+    load = f", {a.load} busy processes on {os.cpu_count()} cores" if a.load else ", quiet"
+    print(f"bridge + {a.taps} taps, median of {a.reps} runs each, fresh netns per run{load}")
     for k, v in med.items():
         print(f"  {k:15} {v * 1000:8.1f} ms   ratio to bridgelab {v / med['bridgelab']:6.2f}x")
     print(f"  bridgelab / ip-batch (floor) = {med['bridgelab'] / med['ip-batch']:.2f}")
 
+
+def run_rep(order: list[str], results: dict[str, list[float]], taps: int, tmp: Path) -> None:
+    for variant in order:
+        ns = fresh_ns()
+        try:
+            if variant == "bridgelab":
+                results[variant].append(run_bridgelab(ns, taps, tmp))
+            elif variant == "ip-batch":
+                results[variant].append(run_batch(ns, taps, tmp))
+            else:
+                results[variant].append(run_per_command(ns, taps))
+        finally:
+            subprocess.run(["ip", "netns", "del", ns], check=True)
 
 if __name__ == "__main__":
     main()

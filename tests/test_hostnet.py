@@ -309,3 +309,14 @@ def test_a_batch_reports_each_link_the_kernel_refused_and_applies_the_rest(in_ne
     with pytest.raises(HostNetError, match="bltap9"):  # the name is taken: refused, not reused
         tuntap.create_tap("bltap9")
     subprocess.run(["ip", "-n", in_netns, "link", "del", "bltap9"], check=True)
+
+
+def test_the_batch_encodes_a_link_change_as_pyroute2_does():
+    """The hand-packed RTM_NEWLINK is byte for byte pyroute2's own message."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    msg = ifinfmsg()
+    msg["index"], msg["flags"], msg["change"] = 5, 1, 1
+    msg["attrs"] = [("IFLA_MASTER", 3), ("IFLA_IFALIAS", "bridgelab lab=t")]
+    msg["header"]["type"], msg["header"]["flags"], msg["header"]["sequence_number"] = 16, 5, 7
+    msg.encode()
+    assert netlink_batch._encode(netlink_batch.LinkSet("tap0", 5, 3, "bridgelab lab=t"), 7) == bytes(msg.data)

@@ -145,9 +145,11 @@ class HostNet:
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise HostNetError(f"cannot add {address} to {ifname}: {os.strerror(e.code)}") from None
+            state = dataclasses.replace(state, addresses=(*state.addresses, str(address)))
         if not state.up:
             self.ipr.link("set", index=state.index, state="up", ifalias=self.owner)
-        return self.link(ifname, with_addresses=True)  # type: ignore[return-value]
+            state = dataclasses.replace(state, up=True)
+        return state
 
     def ensure_taps(self, ifnames: Iterable[str], bridge: LinkState,
                     known: dict[str, LinkState] | None = None) -> dict[str, LinkState]:

@@ -2,26 +2,29 @@
 
 pyroute2's IPRoute answers one request at a time, and each costs about a
 millisecond of Python around a few microseconds of kernel work: attaching 64
-taps took 9x as long as `ip -batch`. Here the requests are encoded with
-pyroute2's own message class, sent to the kernel in a single sendmsg (the
-kernel handles a datagram of several netlink messages one after another),
-and every acknowledgement is read back, so a refused change is still
-reported with its link and its error.
+taps took 9x as long as `ip -batch`. Here the requests (one small fixed
+message each: ifinfomsg, IFLA_MASTER, IFLA_IFALIAS) are sent to the kernel in
+a single sendmsg (the kernel handles a datagram of several netlink messages
+one after another), and every acknowledgement is read back, so a refused
+change is still reported with its link and its error. pyroute2 keeps the
+constants, and every other request.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 from dataclasses import dataclass
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.rtnl import RTM_NEWLINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ..errors import HostNetError
 
 IFF_UP = 0x1
+IFLA_MASTER = 10
+IFLA_IFALIAS = 20
 _HEADER = 16  # struct nlmsghdr
 
 
@@ -34,17 +37,21 @@ class LinkSet:
     alias: str
 
 
+def _attr(kind: int, payload: bytes) -> bytes:
+    """One rtattr, padded to 4 bytes."""
+    attr = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return attr + b"\0" * (-len(attr) % 4)
+
+
 def _encode(change: LinkSet, seq: int) -> bytes:
-    msg = ifinfmsg()
-    msg["index"] = change.index
-    msg["flags"] = IFF_UP
-    msg["change"] = IFF_UP
-    msg["attrs"] = [("IFLA_MASTER", change.master)] + ([("IFLA_IFALIAS", change.alias)] if change.alias else [])
-    msg["header"]["type"] = RTM_NEWLINK
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
-    msg["header"]["sequence_number"] = seq
-    msg.encode()
-    return bytes(msg.data)
+    """RTM_NEWLINK on an existing index: master, IFF_UP, alias. Packed here
+    rather than through pyroute2's message class, which cost 0.07 ms a
+    message, a tenth of the whole batch (bench/hostnet.py)."""
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, change.index, IFF_UP, IFF_UP)
+    body += _attr(IFLA_MASTER, struct.pack("=I", change.master))
+    if change.alias:
+        body += _attr(IFLA_IFALIAS, change.alias.encode() + b"\0")
+    return struct.pack("=IHHII", _HEADER + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
 
 def _acks(data: bytes) -> list[tuple[int, int]]:
