@@ -16,12 +16,14 @@
              beside the lab's own bring-up of its first guests.
 
     sudo .venv/bin/python bench/api.py --seconds 30 --reps 20
+    sudo .venv/bin/python bench/api.py --seconds 10 --rounds 5 --no-vm   # the loads only
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import statistics
 import subprocess
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 from common import fresh_ns, start_serve
@@ -64,7 +67,10 @@ async def status_load(sock: Path, clients: int, seconds: float) -> dict[str, flo
             "rps": len(latencies) / seconds, "errors": float(errors)}
 
 
-async def open_loop(sock: Path, rate: float, seconds: float) -> dict[str, float]:
+WARM_UP = 2.0  # seconds of the open loop not counted: the client opens its connections then
+
+
+async def open_loop(sock: Path, rate: float, seconds: float) -> tuple[list[float], int]:
     """Requests started on a fixed schedule; a slow answer does not delay the
     next start, so queueing shows in the latency instead of hiding in a
     lower rate."""
@@ -78,17 +84,18 @@ async def open_loop(sock: Path, rate: float, seconds: float) -> dict[str, float]
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
             try:
                 (await c.get("/guests")).raise_for_status()
-                latencies.append(time.perf_counter() - at)
+                if at >= start + WARM_UP:
+                    latencies.append(time.perf_counter() - at)
             except httpx.HTTPError:
                 errors += 1
         start = time.perf_counter() + 0.5
-        await asyncio.gather(*(one(start + i / rate) for i in range(int(rate * seconds))))
-    return {"p50_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3, "errors": float(errors)}
+        await asyncio.gather(*(one(start + i / rate) for i in range(int(rate * (seconds + WARM_UP)))))
+    return latencies, errors
 
 
-def bare_floor(tmp: Path, body: bytes, clients: int, seconds: float, rate: float
-               ) -> tuple[dict[str, float], dict[str, float]]:
-    """The same two loads on bare_app.py serving `body`."""
+@contextlib.contextmanager
+def bare_app(tmp: Path, body: bytes) -> Iterator[Path]:
+    """bare_app.py serving `body` on a unix socket, for as long as the block runs."""
     (tmp / "body.json").write_bytes(body)
     sock = tmp / "bare.sock"
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_app.py")), str(tmp / "body.json"),
@@ -97,10 +104,34 @@ def bare_floor(tmp: Path, body: bytes, clients: int, seconds: float, rate: float
         deadline = time.monotonic() + 30
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        return asyncio.run(status_load(sock, clients, seconds)), asyncio.run(open_loop(sock, rate, seconds))
+        yield sock
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def loads(sock: Path, bare: Path, args: argparse.Namespace) -> tuple[dict[str, float], ...]:
+    """Both loads on bridgelab and on the bare app, alternating for --rounds
+    rounds (the load generator shares the cores, so drift must hit both):
+    the closed loop's medians per server, the open loop's latencies pooled
+    over the rounds."""
+    closed: dict[Path, list[dict[str, float]]] = {sock: [], bare: []}
+    opened: dict[Path, tuple[list[float], int]] = {sock: ([], 0), bare: ([], 0)}
+    for _ in range(args.rounds):
+        for target in (sock, bare):
+            closed[target].append(asyncio.run(status_load(target, args.clients, args.seconds)))
+            latencies, errors = asyncio.run(open_loop(target, args.rate, args.seconds))
+            opened[target] = (opened[target][0] + latencies, opened[target][1] + errors)
+
+    def summary(target: Path) -> dict[str, float]:
+        latencies, errors = opened[target]
+        return {"p50_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3, "errors": float(errors),
+                "n": float(len(latencies))}
+    return median_of(closed[sock]), summary(sock), median_of(closed[bare]), summary(bare)
 
 
 def timed(c: httpx.Client, method: str, path: str, reps: int, **kw: object) -> list[float]:
@@ -119,6 +150,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rate", type=float, default=200, help="open-loop requests per second")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each load on both servers")
     ap.add_argument("--no-vm", action="store_true", help="only the API loads: skip exec and add-guest")
     args = ap.parse_args()
     ns = fresh_ns("blba")
@@ -139,9 +171,8 @@ def main() -> None:
             assert r.status_code == 200 and r.json()["ready"] == ["rv1", "rv2"], r.text
             lab_ready = time.monotonic() - t_start
 
-            load = asyncio.run(status_load(sock, args.clients, args.seconds))
-            opened = asyncio.run(open_loop(sock, args.rate, args.seconds))
-            bare_load, bare_opened = bare_floor(tmp, c.get("/guests").content, args.clients, args.seconds, args.rate)
+            with bare_app(tmp, c.get("/guests").content) as bare:
+                load, opened, bare_load, bare_opened = loads(sock, bare, args)
             health = timed(c, "GET", "/healthz", args.reps)
             if args.no_vm:
                 report_loads(args, load, opened, bare_load, bare_opened, health)
@@ -174,10 +205,12 @@ def main() -> None:
 
 def report_loads(args: argparse.Namespace, load: dict[str, float], opened: dict[str, float],
                  bare_load: dict[str, float], bare_opened: dict[str, float], health: list[float]) -> None:
+    print(f"{args.rounds} alternating rounds: closed loop, medians of the rounds; open loop, all rounds pooled")
     for who, closed, opn in (("bridgelab", load, opened), ("bare uvicorn, same bytes", bare_load, bare_opened)):
         print(f"GET /guests, {who}: {args.clients} clients for {args.seconds:.0f} s: p50 {closed['p50_ms']:.1f} ms, "
               f"p99 {closed['p99_ms']:.1f} ms, {closed['rps']:.0f} req/s, {closed['errors']:.0f} errors; "
-              f"open loop at {args.rate:.0f}/s: p50 {opn['p50_ms']:.2f} ms, p99 {opn['p99_ms']:.2f} ms, "
+              f"open loop at {args.rate:.0f}/s ({opn['n']:.0f} requests): p50 {opn['p50_ms']:.2f} ms, "
+              f"p99 {opn['p99_ms']:.2f} ms, "
               f"{opn['errors']:.0f} errors")
     print(f"throughput bridgelab / bare uvicorn = {load['rps'] / bare_load['rps']:.2f}")
     print(f"GET /healthz, one client (HTTP floor): median {statistics.median(health) * 1e3:.2f} ms")

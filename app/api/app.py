@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import (AuthError, BridgelabError, CrossOrigin, GuestBusy, GuestError, GuestTimeout, SpecError,
                       UnknownGuest)
 from ..lab.runner import LabRunner
-from .auth import SESSION_COOKIE, Policy, same_origin, session_value
+from .auth import SESSION_COOKIE, Policy, reader_of, same_origin, session_value
 from .consoles import Terminals, attach_serial, attach_terminal
 from .methods import AllowEveryMethod
 from .page import mount_page
@@ -86,10 +86,13 @@ class BodyLimit:
                        send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit() or int(declared) > self.limit:
                 return await _too_large(scope, receive, send, self.limit)
+            return await self.app(scope, receive, send)
+        if b"transfer-encoding" not in headers:  # HTTP/1.1: neither header, no body (every GET)
             return await self.app(scope, receive, send)
         body = b""
         while True:
@@ -137,12 +140,7 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     app.add_middleware(BodyLimit)
     app.add_middleware(AllowEveryMethod, routes=lambda: app.routes)
 
-    def reader(request: Request) -> None:
-        if policy is not None:
-            policy.check(request.headers.get("authorization"), mutating=False,
-                         cookie=request.cookies.get(SESSION_COOKIE))
-
-    def writer(request: Request) -> None:
+    async def writer(request: Request) -> None:
         # A browser names its page's origin on every change it sends: only
         # the daemon's own page may use the session cookie to change the lab.
         if not same_origin(request.headers.get("origin"), request.headers.get("host")):
@@ -151,7 +149,7 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
             policy.check(request.headers.get("authorization"), mutating=True,
                          cookie=request.cookies.get(SESSION_COOKIE))
 
-    read = [Depends(reader)]
+    read = [Depends(reader_of(policy))]
     write = [Depends(writer)]
 
     @app.exception_handler(SpecError)

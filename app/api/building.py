@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query
 from fastapi.responses import JSONResponse
 
 from .. import __version__
 from ..lab.image_prep import BuildProgress, ImageBuilds
 from ..lab.states import GuestState
 from ..model.spec import Lab
-from .auth import SESSION_COOKIE, Policy
+from .auth import Policy, reader_of
 from .schemas import Building, BuildView, GuestReadiness, Readiness, WaitResult
 
 RETRY_AFTER = "5"
@@ -37,10 +37,7 @@ def build_view(p: BuildProgress) -> BuildView:
 def create_build_app(builds: ImageBuilds, lab: Lab, policy: Policy | None) -> FastAPI:
     app = FastAPI(title="bridgelab (building images)", version=__version__, docs_url=None, redoc_url=None)
 
-    def reader(request: Request) -> None:
-        if policy is not None:
-            policy.check(request.headers.get("authorization"), mutating=False,
-                         cookie=request.cookies.get(SESSION_COOKIE))
+    reader = reader_of(policy)
 
     def view() -> BuildView:
         progress = builds.progress or BuildProgress(image=builds.names[0], phase="starting", percent=None,
