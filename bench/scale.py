@@ -3,9 +3,9 @@
 they all reach `ready`, how long until the last one does, how long each
 guest takes from its login prompt to ready (median and maximum), and the
 daemon's peak memory. Each N is one lab, started at once, in a fresh
-network namespace. A table on stdout and, with --plot, a PNG (matplotlib).
+network namespace. A table on stdout and a PNG (matplotlib: pip install -e '.[bench]').
 
-    sudo .venv/bin/python bench/scale.py --guests 1 2 4 8 16 --plot /tmp/bridgelab-scale.png
+    sudo .venv/bin/python bench/scale.py --guests 1 2 4 8 16     # writes bench/results/scale.png
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--image", default="debian-riscv64")
     ap.add_argument("--memory", default="512M")
     ap.add_argument("--timeout", type=float, default=3600)
-    ap.add_argument("--plot", type=Path, help="write the sweep as a PNG here (not in the repository)")
+    ap.add_argument("--plot", type=Path, default=Path(__file__).parent / "results" / "scale.png",
+                    help="where the PNG goes (default bench/results/scale.png, which git ignores)")
     a = ap.parse_args()
     image_build.build_image(a.image)
     points = []
@@ -115,9 +116,9 @@ def main() -> None:
     for p in points:
         print(f"| {p.guests} | {p.ready} | {p.all_ready:.1f} s | {p.configure_median:.1f} / {p.configure_max:.1f} s "
               f"| {p.daemon_peak_mib:.0f} MiB |")
-    if a.plot:
-        plot(points, a.plot)
-        print(f"\nplot: {a.plot}")
+    a.plot.parent.mkdir(parents=True, exist_ok=True)
+    plot(points, a.plot)
+    print(f"\nplot: {a.plot}")
 
 
 if __name__ == "__main__":

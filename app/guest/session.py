@@ -109,8 +109,12 @@ class Session:
         self.transcript = transcript
 
     def _note(self, text: str) -> None:
+        """A line of our own in the transcript, with the time (where a slow
+        login or command spent its time shows there)."""
         if self.transcript:
-            self.transcript.write(f"\n[bridgelab] {text}\n")
+            now = time.time()
+            stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+            self.transcript.write(f"\n[bridgelab] {text}  @{stamp}\n")
             self.transcript.flush()
 
     def _tail(self) -> str:
@@ -213,6 +217,7 @@ class Session:
                     self._send("")
                     continue
                 self._send(password)
+                self._note("password sent")
                 sent_password = True
             elif i == 2:
                 if sent_user:
@@ -298,6 +303,7 @@ class Session:
         if i != 0:
             raise ConsoleTimeout(f"{self.name}: shell did not answer the setup line; last output: {self._tail()!r}")
         self._expect_prompt(timeout)
+        self._note("shell prepared")
         self._ready = True
 
     def _expect_prompt(self, timeout: float) -> None:
