@@ -147,7 +147,7 @@ def test_the_network_manager_is_read_from_the_detect_script_output():
     assert commands.parse_manager("manager=systemd-networkd\n") == "systemd-networkd"
     assert commands.parse_manager("manager=none\n") == "none"
     assert commands.parse_manager("manager=connman\n") == "none"
-    assert commands.detect_manager_cmd()[:2] == ["sh", "-c"]
+    assert commands.probe_cmd()[:2] == ["sh", "-c"]
 
 
 def test_networkd_units_match_the_mac_and_keep_the_side_nic_off_the_default_route():

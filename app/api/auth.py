@@ -133,8 +133,7 @@ class Policy:
 
 def reader_of(policy: Policy | None) -> Callable[[Request], Awaitable[None]]:
     """The read check as a FastAPI dependency. async: FastAPI runs a plain
-    `def` dependency in its thread pool, a thread hop per request that cost
-    GET /guests a fifth of its throughput (bench/api.py)."""
+    `def` dependency in its thread pool: a thread hop on every request."""
     async def reader(request: Request) -> None:
         if policy is not None:
             policy.check(request.headers.get("authorization"), mutating=False,

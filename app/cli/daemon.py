@@ -163,10 +163,10 @@ def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_fi
                             limit_concurrency=1000, timeout_keep_alive=30, timeout_graceful_shutdown=5,
                             loop=LOOP, http=HTTP)
     server = uvicorn.Server(config)
-    # Everything loaded so far (FastAPI, pydantic, pyroute2: several hundred
-    # thousand objects) lives as long as the daemon; frozen, the collector
-    # stops walking it on every full collection, which stalled requests for
-    # tens of milliseconds (bench/api.py's open-loop p99).
+    # Everything loaded so far (FastAPI, pydantic, pyroute2) lives as long as
+    # the daemon; frozen, the collector stops walking it on every full
+    # collection. (Not measured on its own: bench/api.py's open-loop p99
+    # moved more with the host's noise than with this.)
     gc.freeze()
     _quiet_signals()
     exposure = ("reads open, changes need the token" if policy.open_reads else "every request needs the token")

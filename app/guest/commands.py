@@ -39,10 +39,6 @@ def profile_name(mac: str) -> str:
     return "bridgelab-" + mac.lower().replace(":", "")
 
 
-def list_links_cmd() -> Argv:
-    return ["ip", "-o", "link", "show"]
-
-
 def iface_for_mac(ip_link_output: str, mac: str) -> str | None:
     mac = mac.lower()
     for name, link_mac in _LINK.findall(ip_link_output):
@@ -63,12 +59,6 @@ SETTLE_SECONDS = 120
 # No systemd, or no hvc0: nothing to do. --no-block: the login does not wait.
 _TERMINAL_GETTY = ('if [ -e /sys/class/tty/hvc0 ] && command -v systemctl >/dev/null; then '
                    'systemctl start --no-block serial-getty@hvc0.service 2>/dev/null; fi')
-
-
-def settle_devices_cmd() -> Argv:
-    """Wait for udev's queue (its status is the command's), then give hvc0 its getty."""
-    return ["sh", "-c", f'udevadm settle --timeout="$1"; rc=$?; {_TERMINAL_GETTY}; exit $rc',
-            "sh", str(SETTLE_SECONDS)]
 
 
 def probe_cmd() -> Argv:
@@ -122,10 +112,6 @@ NETWORKD = "systemd-networkd"
 _DETECT = ('for u in NetworkManager systemd-networkd; do '
            'if systemctl is-active -q "$u" 2>/dev/null || [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ]; '
            'then echo "manager=$u"; exit 0; fi; done; echo manager=none')
-
-
-def detect_manager_cmd() -> Argv:
-    return ["sh", "-c", _DETECT]
 
 
 def parse_manager(output: str) -> str:

@@ -17,17 +17,8 @@ from .shell import Shell
 log = logging.getLogger(__name__)
 
 def find_iface(shell: Shell, mac: str) -> str:
-    """The NIC with that MAC, once udev's queue is empty: early after a boot
-    its driver may still be loading from the root filesystem (seen under TCG
-    with an initrd that holds only the root disk's modules), or it may still
-    be being renamed. A guest without udevadm (exit 127), or whose queue does
-    not empty in time, is looked at anyway: then it is as good as it gets."""
-    shell.run(commands.settle_devices_cmd(), commands.SETTLE_SECONDS + 30)
-    out = shell.check(commands.list_links_cmd())
-    iface = commands.iface_for_mac(out, mac)
-    if iface is None:
-        raise NetworkConfigError(f"no interface with MAC {mac} in the guest; links seen:\n{out.strip()}")
-    return iface
+    """The NIC with that MAC."""
+    return _probe(shell, mac)[0]
 
 
 def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
@@ -53,7 +44,11 @@ def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
 
 
 def _probe(shell: Shell, mac: str) -> tuple[str, str]:
-    """(the NIC with that MAC, the guest's network manager), once udev has settled (see find_iface)."""
+    """(the NIC with that MAC, the guest's network manager), in one round
+    trip, once udev's queue is empty: early after a boot the NIC's driver may
+    still be loading from the root filesystem, or the NIC may still be being
+    renamed (eth0 -> enp0s2). A guest without udevadm, or whose queue does
+    not empty in time, is looked at anyway: then it is as good as it gets."""
     out = shell.run(commands.probe_cmd(), commands.SETTLE_SECONDS + 30).output
     iface, manager = commands.parse_probe(out, mac)
     if iface is None:
