@@ -121,6 +121,7 @@ class Getty:
         self.a = a
         self.failures = 0  # since the last successful login
         self.locked_until = 0.0
+        self.timeouts_left = a.login_times_out
         self.hostname = "openeuler-riscv64" if a.openeuler else "bridgelab"
 
     def record(self, what: str) -> None:
@@ -143,6 +144,11 @@ class Getty:
             password = read_line(echo=False)
             self.record("password")
             out("\r\n")
+            if self.timeouts_left:  # PAM and the session's start outlast login(1)'s LOGIN_TIMEOUT
+                self.timeouts_left -= 1
+                time.sleep(0.2)
+                out("login: timed out after 60 seconds\r\n")
+                continue
             locked = time.monotonic() < self.locked_until
             if user == "root" and password == self.a.password and not locked:
                 return
@@ -220,6 +226,8 @@ def main() -> None:
     ap.add_argument("--tmout", type=int, default=0, help="the shell logs out after this many idle seconds")
     ap.add_argument("--lockout", type=float, default=0.0, help="refuse every login for this long after 3 failures")
     ap.add_argument("--attempts", help="append each user name, password and logout seen to this file")
+    ap.add_argument("--login-times-out", type=int, default=0,
+                    help="the first N logins time out after the password, as login(1) does on a busy host")
     ap.add_argument("--password-after-logout", help="the password changes once the first session ends")
     ap.add_argument("--getty-fails", action="store_true",
                     help="systemd gives up on ttyS0 (as seen with 8 guests on 2 cores) and no prompt ever comes")

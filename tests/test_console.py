@@ -251,6 +251,39 @@ def test_openeuler_login_quirks_do_not_confuse_the_login(spawn_fake, tmp_path):
     assert "There was 1 failed login attempt" in text and text.count("Authorized users only") >= 4
 
 
+def test_a_login_that_login1_timed_out_is_tried_again(spawn_fake, tmp_path):
+    """login(1) gives up after LOGIN_TIMEOUT when the guest is starved of
+    CPU: that is the host's load, not a wrong password, so the next prompt
+    is answered again, and a guest that keeps timing out says so."""
+    log = tmp_path / "attempts"
+    c = spawn_fake("--login-times-out", "2", "--attempts", str(log))
+    c.login("root", "bridgelab", timeout=30)
+    assert c.run("echo ok") == (0, "ok\n")
+    assert _attempts(log) == ["user root", "password"] * 3
+    c.transcript.flush()
+    assert Path(c.transcript.name).read_text().count("login(1) timed out") == 2
+
+    stuck = spawn_fake("--login-times-out", "1000")
+    with pytest.raises(ConsoleTimeout, match=r"login\(1\) timed out \d+ times"):
+        stuck.login("root", "bridgelab", timeout=3)
+
+
+def test_the_login_prompt_can_be_left_for_later(spawn_fake, tmp_path):
+    """wait_for_login_prompt boots to getty and types nothing; the login
+    that follows answers that prompt without waiting for another."""
+    log = tmp_path / "attempts"
+    c = spawn_fake("--attempts", str(log))
+    prompts = []
+    c.wait_for_login_prompt(20, on_login_prompt=lambda: prompts.append(1))
+    assert prompts == [1] and _attempts(log) == []
+    time.sleep(0.5)  # nothing is typed while the caller waits
+    assert _attempts(log) == []
+    t = time.monotonic()
+    c.login("root", "bridgelab", timeout=20, idle=5)
+    assert time.monotonic() - t < 4, "the prompt left open is answered, not waited for again"
+    assert c.run("echo ok") == (0, "ok\n") and _attempts(log) == ["user root", "password"]
+
+
 def test_a_refused_password_is_never_sent_again(spawn_fake, tmp_path):
     log = tmp_path / "attempts"
     c = spawn_fake("--password", "other", "--lockout", "60", "--attempts", str(log))

@@ -169,6 +169,24 @@ def test_bring_up_goes_through_every_state_in_order_and_the_mesh_waits_for_both(
     assert profile["ipv4.method"] == "manual" and profile["ipv4.addresses"] == "10.198.101.10/24"
 
 
+def test_with_one_slot_guests_log_in_and_configure_one_after_another(tmp_path, monkeypatch):
+    """BRIDGELAB_CONFIGURE_CONCURRENCY=1: every guest boots to its login
+    prompt at once, but the next user name is typed only once the guest
+    before is configured (login(1)'s timer starts with it)."""
+    monkeypatch.setenv("BRIDGELAB_CONFIGURE_CONCURRENCY", "1")
+    lab = Lab(tmp_path, [*two(), {"name": "rv3", "ip": "10.198.101.12"}])
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        guests = sorted(r.guests.values(), key=lambda g: g.stages["turn"])
+        assert all(g.state is GuestState.ready for g in guests), [(g.state, g.reason) for g in guests]
+        for before, after in zip(guests, guests[1:]):
+            assert after.stages["turn"] >= before.stages["configured"], (before.stages, after.stages)
+        # ...while all of them had booted to their prompt before the first was done
+        assert max(g.stages["login_prompt"] for g in guests) < guests[0].stages["configured"]
+    lab.run(scenario)
+
+
 def test_after_a_reboot_the_nic_is_looked_up_once_udev_has_settled(tmp_path):
     """A NIC whose driver loads from the root filesystem after the login (as
     under TCG with a root-disk-only initrd): the reboot's address check waits

@@ -42,6 +42,11 @@ _OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 LOGIN_PROMPT = r"(?m)^(?!Last\b)[\w.-]+ login: "
 PASSWORD_PROMPT = r"[Pp]assword: "
 LOGIN_INCORRECT = r"Login incorrect"
+# login(1) gives up when the password check and the session's start take
+# longer than LOGIN_TIMEOUT (60 s): util-linux prints "login: timed out after
+# 60 seconds", shadow "Login timed out after 60 seconds.". On a host with
+# many guests per core that is the load, not the password: log in again.
+LOGIN_TIMED_OUT = r"[Tt]imed out after \d+ seconds"
 # Any usual shell prompt; only believed once a password has been sent.
 SHELL_PROMPT = r"[#$] (?:\x1b\[\?2004h)?"
 # The prompt of a shell bridgelab prepared, in this daemon or an earlier one
@@ -103,6 +108,7 @@ class Session:
         self._ready = False
         self._credentials: tuple[str, str] | None = None
         self._refused: str | None = None  # why the guest refused our login: never tried again
+        self._at_prompt = False  # wait_for_login_prompt left getty's prompt unanswered
         self.relogins = 0  # sessions the guest ended that were logged into again
         if transcript is not None:
             child.logfile_read = transcript
@@ -164,11 +170,22 @@ class Session:
         password prompt, or 'Login incorrect', means bad credentials: the
         password is never sent again on this console (guests lock accounts
         after a few failures, and each attempt lands in their auth log).
+        login(1) timing out is not a refusal: it is tried again.
         The credentials are kept to log in again when the guest ends the
-        session (see `_ensure_shell`)."""
+        session (see `_ensure_shell`). After `wait_for_login_prompt` the
+        prompt it left is answered at once."""
         with self._lock:
             self._credentials = (user, password)
-            self._login(PacedDeadline(timeout), idle, on_login_prompt, at_login_prompt=False)
+            at_prompt, self._at_prompt = self._at_prompt, False
+            self._login(PacedDeadline(timeout), idle, on_login_prompt, at_login_prompt=at_prompt)
+
+    def wait_for_login_prompt(self, timeout: float, idle: float = 8.0,
+                              on_login_prompt: Callable[[], None] | None = None) -> None:
+        """Boot to getty's login prompt and leave it unanswered: the caller
+        decides when the login starts (login(1)'s own timer starts with the
+        user name), then calls `login`."""
+        with self._lock:
+            self._login(PacedDeadline(timeout), idle, on_login_prompt, at_login_prompt=False, stop_at_prompt=True)
 
     def resume(self, user: str, password: str, timeout: float) -> None:
         """Take over the console of a guest restored from a snapshot: it was
@@ -182,24 +199,23 @@ class Session:
             self._ensure_shell(timeout)
 
     def _login(self, deadline: PacedDeadline, idle: float, on_login_prompt: Callable[[], None] | None,
-               at_login_prompt: bool) -> None:
+               at_login_prompt: bool, stop_at_prompt: bool = False) -> None:
         if self._refused:
             raise LoginIncorrect(self._refused)
-        assert self._credentials is not None
-        user, password = self._credentials
         self._ready = False
+        user = self._credentials[0] if self._credentials else ""
         sent_user = sent_password = False
+        timed_out = 0  # logins login(1) gave up on
         if at_login_prompt:  # the caller just matched the prompt: answer it
-            self._note(f"login as {user}")
-            self._send(user)
-            sent_user = True
+            sent_user = self._send_user()
         patterns = [LOGIN_PROMPT, PASSWORD_PROMPT, LOGIN_INCORRECT, SHELL_PROMPT, pexpect.TIMEOUT, pexpect.EOF,
-                    BOOT_FAILED, UBOOT_STOPPED]
+                    BOOT_FAILED, UBOOT_STOPPED, LOGIN_TIMED_OUT]
         resumed = False
         while True:
             remaining = deadline.remaining()
             if remaining <= 0:
-                raise ConsoleTimeout(f"{self.name}: no shell after {deadline.describe()} on the console; "
+                gave_up = f" (login(1) timed out {timed_out} times: the guest is very slow)" if timed_out else ""
+                raise ConsoleTimeout(f"{self.name}: no shell after {deadline.describe()} on the console{gave_up}; "
                                      f"last output: {self._tail()!r}")
             i = self.child.expect(patterns, timeout=min(idle * (4 if sent_password else 1), remaining))
             if i == 0:
@@ -207,16 +223,19 @@ class Session:
                     self._refuse(f"{self.name}: login as {user!r} was refused (login prompt again)")
                 if on_login_prompt:
                     on_login_prompt()
-                self._note(f"login as {user}")
-                self._send(user)
-                sent_user = True
+                    on_login_prompt = None  # the first prompt only: the guest reached getty
+                if stop_at_prompt:
+                    self._at_prompt = True
+                    return
+                sent_user = self._send_user()
             elif i == 1:
                 if sent_password:
                     self._refuse(f"{self.name}: login as {user!r} was refused (password asked twice)")
                 if not sent_user:  # someone else's half-finished login: start over
                     self._send("")
                     continue
-                self._send(password)
+                assert self._credentials is not None
+                self._send(self._credentials[1])
                 self._note("password sent")
                 sent_password = True
             elif i == 2:
@@ -233,11 +252,24 @@ class Session:
             elif i == 7:
                 self._resume_firmware(resumed)
                 resumed = True
+            elif i == 8:
+                if sent_user:
+                    timed_out += 1
+                    self._note("login(1) timed out (the guest is slow): logging in again at the next prompt")
+                    log.warning("%s: login(1) timed out before the shell started (host busy?); trying again",
+                                self.name)
+                    sent_user = sent_password = False
             else:
                 line = readable(str(self.child.after)).strip()
                 self._note(f"boot failed: {line}")
                 raise BootFailed(f"{self.name}: boot failed: {line}")
         self._prepare_shell(max(deadline.remaining(), 30.0))
+
+    def _send_user(self) -> bool:
+        assert self._credentials is not None, "login() sets the credentials"
+        self._note(f"login as {self._credentials[0]}")
+        self._send(self._credentials[0])
+        return True
 
     def _refuse(self, why: str) -> NoReturn:
         self._refused = why

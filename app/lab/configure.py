@@ -20,6 +20,7 @@ from ..guest.commands import side_nic
 from ..guest.shell import AgentShell, Shell
 from .context import LabContext
 from .guest_runtime import GuestRuntime
+from .turns import Turn
 
 log = logging.getLogger(__name__)
 AGENT_PING_TIMEOUT = 1.0
@@ -35,18 +36,19 @@ def configure_nics(shell: Shell, g: GuestRuntime) -> bool:
     return changed
 
 
-async def configure_in_turn(ctx: LabContext, shell: Shell, g: GuestRuntime) -> bool:
-    """configure_nics once one of the lab's configuration slots is free."""
-    async with ctx.configure_slots:
-        return await ctx.in_thread(configure_nics, shell, g)
+async def configure_in_turn(ctx: LabContext, shell: Shell, g: GuestRuntime, turn: Turn) -> bool:
+    """configure_nics once the guest has its turn at the lab's slots."""
+    await turn.take()
+    return await ctx.in_thread(configure_nics, shell, g)
 
 
 class EarlyConfiguration:
     """The configuration through the agent, started with the guest's boot."""
 
-    def __init__(self, ctx: LabContext, g: GuestRuntime):
+    def __init__(self, ctx: LabContext, g: GuestRuntime, turn: Turn):
         self.ctx = ctx
         self.g = g
+        self.turn = turn
         self._login_done = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"configure-{g.plan.name}")
 
@@ -57,7 +59,8 @@ class EarlyConfiguration:
         while not self._login_done.is_set():
             if await self.ctx.in_thread(agent.ping, AGENT_PING_TIMEOUT):
                 try:
-                    changed = await configure_in_turn(self.ctx, AgentShell(agent, self.g.plan.name), self.g)
+                    changed = await configure_in_turn(self.ctx, AgentShell(agent, self.g.plan.name), self.g,
+                                                    self.turn)
                 except (AgentUnavailable, AgentLost) as e:
                     log.info("guest %s: the agent went away while configuring (%s); the console will",
                              self.g.plan.name, e)

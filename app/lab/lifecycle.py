@@ -18,15 +18,20 @@ from ..errors import BridgelabError, ConsoleClosed, GuestBusy, GuestError
 from ..guest import network, vmstate
 from ..guest.agent import GuestAgent
 from ..guest.console import Console
+from ..guest.session import RELOGIN_TIMEOUT
 from ..guest.shell import GuestShell, Power
 from .configure import EarlyConfiguration, configure_in_turn
 from .context import LabContext
 from .guest_runtime import GuestRuntime
 from .snapshots import Snapshots
 from .states import SETTLED, GuestState
+from .turns import Turn
 
 log = logging.getLogger(__name__)
 REBOOT_ASK_TIMEOUT = 120.0  # a console the guest logged out is logged into again first
+# From the user name typed to a prepared shell, paced by the load; the boot
+# to the prompt has the guest's own boot_timeout.
+LOGIN_TIMEOUT = RELOGIN_TIMEOUT
 
 
 class Lifecycle:
@@ -107,18 +112,21 @@ class Lifecycle:
         g.restored_from = None
         await self._start_qemu(g, fresh)
         await g.process.resume()
-        early = EarlyConfiguration(self.ctx, g)
+        turn = Turn(self.ctx.configure_slots, lambda: g.stage("turn"))
+        early = EarlyConfiguration(self.ctx, g, turn)
         try:
-            await self._login(g)
+            await self._login(g, turn)
+            g.enter(GuestState.configuring)
+            changed = await early.result()
+            if changed is None:
+                assert g.shell is not None
+                changed = await configure_in_turn(self.ctx, g.shell, g, turn)
+                g.stage("configured")
         except BaseException:
             early.abandon()
             raise
-        g.enter(GuestState.configuring)
-        changed = await early.result()
-        if changed is None:
-            assert g.shell is not None
-            changed = await configure_in_turn(self.ctx, g.shell, g)
-            g.stage("configured")
+        finally:
+            turn.end()
         g.changed = changed
 
     async def _warm(self, g: GuestRuntime, tag: str) -> bool:
@@ -189,14 +197,17 @@ class Lifecycle:
             await g.process.wait_exit(1.0)
         g.fail_from(e)
 
-    async def _login(self, g: GuestRuntime) -> None:
+    async def _login(self, g: GuestRuntime, turn: Turn) -> None:
+        """Boot to the login prompt, then log in once the guest has its turn
+        (turns.py): login(1)'s timer starts only when the user name is typed."""
         loop = asyncio.get_running_loop()
         assert g.console is not None
 
         def prompt_seen() -> None:
             loop.call_soon_threadsafe(self._first_prompt, g)
-        await self.ctx.in_thread(g.console.login, g.plan.login.user, g.plan.login.password,
-                                 g.plan.boot_timeout, 8.0, prompt_seen)
+        await self.ctx.in_thread(g.console.wait_for_login_prompt, g.plan.boot_timeout, 8.0, prompt_seen)
+        await turn.take()
+        await self.ctx.in_thread(g.console.login, g.plan.login.user, g.plan.login.password, LOGIN_TIMEOUT)
         g.stage("logged_in")
 
     @staticmethod
@@ -256,7 +267,11 @@ class Lifecycle:
             try:
                 if not await self.ctx.in_thread(shell.power, Power.reboot, REBOOT_ASK_TIMEOUT):
                     raise GuestError(f"{name}: neither the guest agent nor the console took the reboot")
-                await self._login(g)
+                turn = Turn(self.ctx.configure_slots, lambda: g.stage("turn"))
+                try:
+                    await self._login(g, turn)
+                finally:
+                    turn.end()
                 g.enter(GuestState.configuring)
                 await self.ctx.in_thread(functools.partial(network.verify, settle=network.VERIFY_SETTLE),
                                          shell, g.net_config())
