@@ -109,8 +109,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 1
 
 
-
-
 def cmd_wait(args: argparse.Namespace) -> int:
     """Long-poll in slices, printing each stage as it is reached (stderr)."""
     path = f"/guests/{args.name}/wait" if args.name else "/wait"

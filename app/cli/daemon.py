@@ -18,6 +18,7 @@ from .exits import EXIT_INVALID
 
 if TYPE_CHECKING:
     from ..lab.runner import LabRunner
+    from ..model.spec import Lab
 
 log = logging.getLogger("bridgelab")
 
@@ -55,8 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     preflight.preflight()
     token_file = args.token_file or default_token_file()
-    todo = _images_to_build(args.lab) if args.build_missing else []
-    if not todo:  # every check before the socket, so a bad lab fails before it is served
+    lab, todo = _images_to_build(args.lab) if args.build_missing else (None, [])
+    if lab is None or not todo:  # every check before the socket, so a bad lab fails before it is served
         plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
     policy = Policy.for_listen(args.listen, load_or_create_token(token_file))
     try:
@@ -64,9 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"bridgelab: cannot listen on {args.listen}: {e}", file=sys.stderr)
         return EXIT_INVALID
-    if todo:
+    if lab is not None and todo:
         try:
-            if (code := _build_while_serving(todo, args, policy, sock)) is not None:
+            if (code := _build_while_serving(lab, todo, args, policy, sock)) is not None:
                 return code
             plan, source = load_lab(args.lab, args.state_dir, resume=not args.fresh)
         except BaseException:
@@ -83,18 +84,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _images_to_build(lab_file: Path) -> list[str]:
+def _images_to_build(lab_file: Path) -> tuple[Lab | None, list[str]]:
+    """The lab file, parsed once, and the recipes it names that are not built."""
     from ..lab.image_prep import unbuilt_recipes
     from ..model.spec import load_lab_text
 
     try:
         lab = load_lab_text(lab_file.read_text())
     except OSError:
-        return []  # load_lab reports it
-    return unbuilt_recipes(lab, lab_file.resolve().parent)
+        return None, []  # load_lab reports it
+    return lab, unbuilt_recipes(lab, lab_file.resolve().parent)
 
 
-def _build_while_serving(todo: list[str], args: argparse.Namespace, policy: Policy,
+def _build_while_serving(lab: Lab, todo: list[str], args: argparse.Namespace, policy: Policy,
                          sock: socket.socket) -> int | None:
     """Build the images with the build's API on a copy of the socket (closing
     it leaves the listening socket to the lab's API; connections wait in its
@@ -107,9 +109,7 @@ def _build_while_serving(todo: list[str], args: argparse.Namespace, policy: Poli
 
     from ..api.building import create_build_app
     from ..lab.image_prep import ImageBuilds
-    from ..model.spec import load_lab_text
 
-    lab = load_lab_text(args.lab.read_text())
     builds = ImageBuilds(todo)
     server = uvicorn.Server(uvicorn.Config(create_build_app(builds, lab, policy), log_level=args.log_level.lower(),
                                            access_log=False, timeout_graceful_shutdown=5,
