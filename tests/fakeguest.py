@@ -140,6 +140,7 @@ class Getty:
             if not user:
                 continue
             self.record(f"user {user}")
+            time.sleep(self.a.slow_login)  # login(1) starting on a busy host
             out("Password: ")
             password = read_line(echo=False)
             self.record("password")
@@ -226,6 +227,8 @@ def main() -> None:
     ap.add_argument("--tmout", type=int, default=0, help="the shell logs out after this many idle seconds")
     ap.add_argument("--lockout", type=float, default=0.0, help="refuse every login for this long after 3 failures")
     ap.add_argument("--attempts", help="append each user name, password and logout seen to this file")
+    ap.add_argument("--slow-login", type=float, default=0.0,
+                    help="seconds between the user name and the password prompt (login(1) starting slowly)")
     ap.add_argument("--login-times-out", type=int, default=0,
                     help="the first N logins time out after the password, as login(1) does on a busy host")
     ap.add_argument("--password-after-logout", help="the password changes once the first session ends")

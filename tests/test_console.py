@@ -268,19 +268,47 @@ def test_a_login_that_login1_timed_out_is_tried_again(spawn_fake, tmp_path):
         stuck.login("root", "bridgelab", timeout=3)
 
 
+def test_nothing_is_typed_between_the_user_name_and_a_slow_password_prompt(spawn_fake, tmp_path):
+    """On a busy host login(1) may take longer than the idle period to ask
+    for the password; a newline sent then would be read as the password."""
+    log = tmp_path / "attempts"
+    c = spawn_fake("--slow-login", "2", "--attempts", str(log))
+    c.login("root", "bridgelab", timeout=30, idle=0.5)
+    assert c.run("echo ok") == (0, "ok\n")
+    assert _attempts(log) == ["user root", "password"]
+
+
 def test_the_login_prompt_can_be_left_for_later(spawn_fake, tmp_path):
     """wait_for_login_prompt boots to getty and types nothing; the login
     that follows answers that prompt without waiting for another."""
     log = tmp_path / "attempts"
     c = spawn_fake("--attempts", str(log))
     prompts = []
-    c.wait_for_login_prompt(20, on_login_prompt=lambda: prompts.append(1))
+    c.wait_for_login_prompt("root", "bridgelab", 20, on_login_prompt=lambda: prompts.append(1))
     assert prompts == [1] and _attempts(log) == []
     time.sleep(0.5)  # nothing is typed while the caller waits
     assert _attempts(log) == []
     t = time.monotonic()
     c.login("root", "bridgelab", timeout=20, idle=5)
     assert time.monotonic() - t < 4, "the prompt left open is answered, not waited for again"
+    assert c.run("echo ok") == (0, "ok\n") and _attempts(log) == ["user root", "password"]
+
+    # A command asked for while the prompt waits logs in first, at that prompt.
+    later = spawn_fake("--attempts", str(tmp_path / "later"))
+    later.wait_for_login_prompt("root", "bridgelab", 20)
+    assert later.at_login_prompt
+    assert later.run("echo first") == (0, "first\n") and later.relogins == 0 and not later.at_login_prompt
+    assert _attempts(tmp_path / "later") == ["user root", "password"]
+
+
+def test_a_restored_console_at_a_login_prompt_can_be_left_there(spawn_fake, tmp_path):
+    """A guest its agent made ready was saved at getty's prompt: taking it
+    over leaves that prompt for a later login, unless asked to log in."""
+    log = tmp_path / "attempts"
+    c = spawn_fake("--attempts", str(log))
+    assert c.resume("root", "bridgelab", 20, log_in=False) is False
+    assert c.at_login_prompt and _attempts(log) == []
+    assert c.resume("root", "bridgelab", 20) is True
     assert c.run("echo ok") == (0, "ok\n") and _attempts(log) == ["user root", "password"]
 
 

@@ -179,30 +179,40 @@ class Session:
             at_prompt, self._at_prompt = self._at_prompt, False
             self._login(PacedDeadline(timeout), idle, on_login_prompt, at_login_prompt=at_prompt)
 
-    def wait_for_login_prompt(self, timeout: float, idle: float = 8.0,
+    def wait_for_login_prompt(self, user: str, password: str, timeout: float, idle: float = 8.0,
                               on_login_prompt: Callable[[], None] | None = None) -> None:
         """Boot to getty's login prompt and leave it unanswered: the caller
         decides when the login starts (login(1)'s own timer starts with the
-        user name), then calls `login`."""
+        user name) and calls `login`; a command run before that logs in
+        first, with these credentials."""
         with self._lock:
+            self._credentials = (user, password)
             self._login(PacedDeadline(timeout), idle, on_login_prompt, at_login_prompt=False, stop_at_prompt=True)
 
-    def resume(self, user: str, password: str, timeout: float) -> None:
+    def resume(self, user: str, password: str, timeout: float, log_in: bool = True) -> bool:
         """Take over the console of a guest restored from a snapshot: it was
         saved at a prompt of a shell bridgelab prepared (perhaps another
-        daemon's), or the guest has ended that session since. Either way the
-        session is known afterwards (see `_ensure_shell`)."""
+        daemon's), at getty's login prompt (a guest its agent made ready), or
+        the guest has ended that session since. True with a prepared shell;
+        with `log_in` False, a login prompt is left unanswered (False) for a
+        later `login`."""
         with self._lock:
             self._credentials = (user, password)
             self._ready = False
             self.firmware.restored()
-            self._ensure_shell(timeout)
+            return self._ensure_shell(timeout, log_in)
+
+    @property
+    def at_login_prompt(self) -> bool:
+        """getty's prompt was seen and left unanswered: `login` answers it."""
+        return self._at_prompt
 
     def _login(self, deadline: PacedDeadline, idle: float, on_login_prompt: Callable[[], None] | None,
                at_login_prompt: bool, stop_at_prompt: bool = False) -> None:
         if self._refused:
             raise LoginIncorrect(self._refused)
         self._ready = False
+        self._at_prompt = False
         user = self._credentials[0] if self._credentials else ""
         sent_user = sent_password = False
         timed_out = 0  # logins login(1) gave up on
@@ -227,6 +237,10 @@ class Session:
                 if stop_at_prompt:
                     self._at_prompt = True
                     return
+                if sent_user:
+                    # getty answering an earlier newline: it reads the name
+                    # already typed, and a second one would be the password
+                    continue
                 sent_user = self._send_user()
             elif i == 1:
                 if sent_password:
@@ -246,7 +260,10 @@ class Session:
                 if sent_password:
                     break
             elif i == 4:
-                self._probe()
+                if not sent_user or sent_password:
+                    # Not between the two: login(1) may start slowly on a
+                    # busy host, and a newline typed then is read as the password.
+                    self._probe()
             elif i == 5:
                 raise ConsoleClosed(f"{self.name}: console closed while logging in (did qemu exit?)")
             elif i == 7:
@@ -276,7 +293,7 @@ class Session:
         self._ready = False
         raise LoginIncorrect(why)
 
-    def _ensure_shell(self, timeout: float) -> None:
+    def _ensure_shell(self, timeout: float, log_in: bool = True) -> bool:
         """Before anything is typed: make sure our shell is still there.
 
         A newline answers with our prompt when it is. When the guest ended
@@ -305,13 +322,19 @@ class Session:
             i = self.child.expect(patterns, timeout=min(PROBE_RESEND, remaining))
             if i == 0:
                 self._ready = True
-                return
+                return True
             if i == 1:
-                self._note("the shell is gone (logged out?): logging in again")
-                log.info("%s: the guest ended the console session; logging in again", self.name)
-                self.relogins += 1
+                if not log_in:
+                    self._at_prompt = True
+                    return False
+                if self._at_prompt:
+                    self._note("logging in at the prompt that was left for later")
+                else:
+                    self._note("the shell is gone (logged out?): logging in again")
+                    log.info("%s: the guest ended the console session; logging in again", self.name)
+                    self.relogins += 1
                 self._login(PacedDeadline(max(remaining, RELOGIN_TIMEOUT)), 8.0, None, at_login_prompt=True)
-                return
+                return True
             if i == 2:  # someone else's half-finished login; the newline above ends it
                 continue
             if i == 4:
@@ -324,7 +347,7 @@ class Session:
             if i == 6:  # restored from a snapshot another session prepared: make it ours
                 self._note("a bridgelab shell of an earlier session (restored snapshot): preparing it again")
                 self._prepare_shell(max(remaining, 10.0))
-                return
+                return True
 
     def _prepare_shell(self, timeout: float) -> None:
         tag = self._prompt_tag
