@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """N riscv64 guests on this machine's cores under TCG, for a sweep of N: do
 they all reach `ready`, how long until the last one does, how long each
-guest takes from its login prompt to ready (median and maximum), and the
+guest takes from its login prompt to ready (median and maximum; and from
+its turn at the lab's login slots, lab/turns.py, to ready), and the
 daemon's peak memory. Each N is one lab, started at once, in a fresh
 network namespace. A table on stdout and a PNG (matplotlib: pip install -e '.[bench]').
 
@@ -31,6 +32,8 @@ class Point:
     all_ready: float  # serve start -> last guest ready, s
     configure_median: float  # login prompt -> ready, per guest, s
     configure_max: float
+    own_median: float  # turn -> ready: the guest's own login and configuration, once it had its slot
+    own_max: float
     daemon_peak_mib: float
     failures: list[str]
 
@@ -47,7 +50,18 @@ def peak_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
             return
 
 
-def run(n: int, image: str, memory: str, timeout: float) -> Point:
+def keep_transcripts(tmp: Path, guests: list[dict], keep: Path, n: int) -> None:
+    """The console transcripts of guests that did not get ready, kept for
+    reading (bench/results is git-ignored)."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for g in guests:
+        if g["state"] != "ready":
+            src = tmp / "s" / "scale" / "guests" / g["name"] / "transcript.log"
+            if src.exists():
+                (keep / f"scale-{n}-{g['name']}.log").write_bytes(src.read_bytes())
+
+
+def run(n: int, image: str, memory: str, timeout: float, keep: Path) -> Point:
     ns = fresh_ns("blsc")
     tmp = Path(tempfile.mkdtemp(prefix="bl-bench-scale-"))
     lab = tmp / "lab.yaml"
@@ -60,14 +74,17 @@ def run(n: int, image: str, memory: str, timeout: float) -> Point:
     threading.Thread(target=peak_rss, args=(proc.pid, stop, rss), daemon=True).start()
     try:
         guests = wait_settled(api, proc, timeout)
+        keep_transcripts(tmp, guests, keep, n)
     finally:
         stop.set()
         stop_serve(proc, api, ns, tmp)
     ready = [g for g in guests if g["state"] == "ready"]
     configure = [g["timestamps"]["ready"] - g["timestamps"]["login"] for g in ready] or [float("nan")]
+    own = [g["timestamps"]["ready"] - g["stages"]["turn"] for g in ready if "turn" in g["stages"]] or [float("nan")]
     return Point(guests=n, ready=len(ready),
                  all_ready=max((g["timestamps"]["ready"] - t0 for g in ready), default=float("nan")),
                  configure_median=statistics.median(configure), configure_max=max(configure),
+                 own_median=statistics.median(own), own_max=max(own),
                  daemon_peak_mib=max(rss), failures=[f"{g['name']}: {g['state']}: {g['reason']}"
                                                      for g in guests if g["state"] != "ready"])
 
@@ -83,6 +100,7 @@ def plot(points: list[Point], path: Path) -> None:
     left.set_xticklabels([str(x) for x in xs])
     right.plot(xs, [p.configure_median for p in points], "o-", label="median")
     right.plot(xs, [p.configure_max for p in points], "s--", label="max")
+    right.plot(xs, [p.own_median for p in points], "^:", label="median from its turn")
     right.set(xlabel="guests", ylabel="s", title="per guest: login prompt -> ready", xscale="log", xticks=xs)
     right.set_xticklabels([str(x) for x in xs])
     right.legend()
@@ -98,24 +116,27 @@ def main() -> None:
     ap.add_argument("--memory", default="512M")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--plot", type=Path, default=Path(__file__).parent / "results" / "scale.png",
-                    help="where the PNG goes (default bench/results/scale.png, which git ignores)")
+                    help="where the PNG goes (default bench/results/scale.png, which git ignores); the "
+                         "transcripts of guests that did not get ready go beside it")
     a = ap.parse_args()
     image_build.build_image(a.image)
     points = []
     for n in a.guests:
-        p = run(n, a.image, a.memory, a.timeout)
+        p = run(n, a.image, a.memory, a.timeout, a.plot.parent)
         points.append(p)
         print(f"{n} guests: {p.ready} ready, all ready after {p.all_ready:.1f} s, login prompt -> ready "
-              f"median {p.configure_median:.1f} s, max {p.configure_max:.1f} s, "
+              f"median {p.configure_median:.1f} s, max {p.configure_max:.1f} s, from its turn median "
+              f"{p.own_median:.1f} s, max {p.own_max:.1f} s, "
               f"daemon peak {p.daemon_peak_mib:.0f} MiB", flush=True)
         for f in p.failures:
             print(f"  {f}")
     print(f"\n{a.image}, {a.memory} each, 1 vCPU, TCG, {os.cpu_count()} host cores")
-    print("| guests | ready | serve -> all ready | per guest, login prompt -> ready: median / max | daemon peak RSS |")
-    print("|---|---|---|---|---|")
+    print("| guests | ready | serve -> all ready | per guest, login prompt -> ready: median / max "
+          "| per guest, its turn -> ready: median / max | daemon peak RSS |")
+    print("|---|---|---|---|---|---|")
     for p in points:
         print(f"| {p.guests} | {p.ready} | {p.all_ready:.1f} s | {p.configure_median:.1f} / {p.configure_max:.1f} s "
-              f"| {p.daemon_peak_mib:.0f} MiB |")
+              f"| {p.own_median:.1f} / {p.own_max:.1f} s | {p.daemon_peak_mib:.0f} MiB |")
     a.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(points, a.plot)
     print(f"\nplot: {a.plot}")
