@@ -79,8 +79,10 @@ def run_bridgelab(ns: str, tmp: Path) -> dict[str, float]:
         end_daemon(proc)
 
 
-# Where a guest's time from its login prompt to ready goes (its stage stamps).
-STEPS = [("login_prompt", "logged_in"), ("logged_in", "configured"), ("configured", "mesh_verified")]
+# Where a guest's time from its login prompt to ready goes (its stage stamps):
+# the console login (after ready when the agent configured the guest), the
+# configuration (negative when the agent finished before the prompt), the mesh.
+STEPS = [("login_prompt", "logged_in"), ("login_prompt", "configured"), ("configured", "mesh_verified")]
 
 
 def _cpu_seconds(pid: int) -> float:

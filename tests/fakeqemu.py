@@ -8,12 +8,21 @@ Inside the guest, `systemctl poweroff` ends this process (like a guest
 powering off) and `systemctl reboot` starts the guest again on the same
 console (see fakenm.py).
 
-Usage: fakeqemu.py --qmp SOCK --console SOCK [--crash-after S] [--status N] -- [fakeguest args]
+With --agent-after S, a qemu-guest-agent answers on the --agent socket S
+seconds after `cont` (guest-sync-delimited, guest-ping, guest-exec and its
+status, guest-shutdown); its commands run as the guest's shell's do, with
+fakenm's tools and the guest's own /etc. Before that, and without it, the
+socket takes connections and answers nothing, as qemu's does while no
+agent runs in the guest.
+
+Usage: fakeqemu.py --qmp SOCK --console SOCK [--agent SOCK [--agent-after S]] [--crash-after S] [--status N]
+                   -- [fakeguest args]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -26,6 +35,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
+from tests.fakeguest import own_etc  # noqa: E402
 
 FAKEGUEST = Path(__file__).with_name("fakeguest.py")
 
@@ -119,6 +131,79 @@ def relay(console: socket.socket, machine: Machine) -> None:
                     os.close(master)
 
 
+class Agent:
+    """qemu-guest-agent, as seen through qemu's virtio-serial socket."""
+
+    def __init__(self, machine: Machine, starts_after: float | None):
+        self.machine = machine
+        self.starts_after = starts_after
+        self.started_at: float | None = None
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def running(self) -> bool:
+        return (self.machine.running.is_set() and self.starts_after is not None and self.started_at is not None
+                and time.monotonic() - self.started_at >= self.starts_after)
+
+    def serve(self, server: socket.socket) -> None:
+        while True:
+            conn, _ = server.accept()
+            with contextlib.suppress(OSError):
+                self._session(conn)
+            conn.close()
+
+    def _session(self, conn: socket.socket) -> None:
+        buf = b""
+        while data := conn.recv(65536):
+            if not self.running():
+                buf = b""  # nobody reads the port yet
+                continue
+            buf += data
+            while b"\n" in buf:
+                line, _, buf = buf.partition(b"\n")
+                reply = self._answer(json.loads(line.lstrip(b"\xff")))
+                if reply is not None:
+                    conn.sendall(reply)
+
+    def _answer(self, msg: dict[str, object]) -> bytes | None:
+        args = msg.get("arguments") or {}
+        assert isinstance(args, dict)
+        command = msg.get("execute")
+        if command == "guest-sync-delimited":
+            return b"\xff" + json.dumps({"return": args["id"]}).encode() + b"\n"
+        if command == "guest-exec":
+            env = {**os.environ, **dict(e.split("=", 1) for e in args.get("env", [])),
+                   "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}  # fakenm's tools first
+            proc = subprocess.Popen(own_etc([str(args["path"]), *args.get("arg", [])]), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            self.processes[proc.pid] = proc
+            threading.Thread(target=self._collect, args=(proc,), daemon=True).start()
+            return self._reply({"pid": proc.pid})
+        if command == "guest-exec-status":
+            proc = self.processes[int(str(args["pid"]))]
+            if not getattr(proc, "collected", False):
+                return self._reply({"exited": False})
+            out, err = proc.collected  # type: ignore[attr-defined]
+            return self._reply({"exited": True, "exitcode": proc.returncode,
+                                "out-data": base64.b64encode(out).decode(), "err-data": base64.b64encode(err).decode()})
+        if command == "guest-shutdown":  # obeyed, never answered
+            if args.get("mode") == "reboot":
+                self.machine.reboot.set()
+                self.started_at = time.monotonic()
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return None
+        return self._reply({})  # guest-ping and the rest
+
+    @staticmethod
+    def _collect(proc: subprocess.Popen[bytes]) -> None:
+        out, err = proc.communicate()
+        proc.collected = (out, err)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _reply(value: object) -> bytes:
+        return json.dumps({"return": value}).encode() + b"\n"
+
+
 def listen(path: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
@@ -130,6 +215,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--qmp", required=True)
     ap.add_argument("--console", required=True)
+    ap.add_argument("--agent")
+    ap.add_argument("--agent-after", type=float, help="the guest agent answers this long after cont")
     ap.add_argument("--crash-after", type=float)
     ap.add_argument("--status", type=int, default=1)
     ap.add_argument("guest_args", nargs="*")
@@ -146,8 +233,12 @@ def main() -> None:
     console_server = listen(a.console)
     qmp_server = listen(a.qmp)
     threading.Thread(target=serve_qmp, args=(qmp_server, machine), daemon=True).start()
+    agent = Agent(machine, a.agent_after)
+    if a.agent:
+        threading.Thread(target=agent.serve, args=(listen(a.agent),), daemon=True).start()
     console, _ = console_server.accept()
     machine.running.wait()
+    agent.started_at = time.monotonic()
     if a.crash_after is not None:
         def crash() -> None:
             time.sleep(a.crash_after)

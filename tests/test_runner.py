@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import json
 import os
 import subprocess
@@ -87,7 +88,7 @@ class FakeQemu(GuestProcess):
         env = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}", "FAKE_MAC": self.plan.mac,
                "FAKE_NM_STATE": str(p.dir)}
         argv = [sys.executable, str(FAKEQEMU), "--qmp", str(p.qmp_sock), "--console", str(p.console_sock),
-                *self.qemu_args, "--", "--password", "pw", *self.guest_args]
+                "--agent", str(p.agent_sock), *self.qemu_args, "--", "--password", "pw", *self.guest_args]
         with open(p.stderr, "wb") as err:
             self.popen = subprocess.Popen(argv, stdout=err, stderr=err, env=env)
         start_time = proc_start_time(self.popen.pid)
@@ -180,10 +181,65 @@ def test_with_one_slot_guests_log_in_and_configure_one_after_another(tmp_path, m
         await settle(r)
         guests = sorted(r.guests.values(), key=lambda g: g.stages["turn"])
         assert all(g.state is GuestState.ready for g in guests), [(g.state, g.reason) for g in guests]
-        for before, after in zip(guests, guests[1:]):
+        for before, after in itertools.pairwise(guests):
             assert after.stages["turn"] >= before.stages["configured"], (before.stages, after.stages)
         # ...while all of them had booted to their prompt before the first was done
         assert max(g.stages["login_prompt"] for g in guests) < guests[0].stages["configured"]
+    lab.run(scenario)
+
+
+async def stage_seen(g: Any, stage: str) -> float:
+    for _ in range(int(T / 0.1)):
+        if stage in g.stages:
+            return float(g.stages[stage])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{g.plan.name} never reached {stage}: {g.stages}")
+
+
+def test_a_guest_its_agent_configured_is_ready_before_its_console_login(tmp_path):
+    """The agent answers before getty's prompt: the guest is configured and
+    meshed through it, ready, and only then logged into on its console (a
+    login is seconds of PAM under TCG that nothing before ready needs).
+    The console works afterwards; a guest without an agent logs in first."""
+    attempts = tmp_path / "attempts"
+    lab = Lab(tmp_path, two(), qemu_args={"rv1": ["--agent-after", "0"]},
+              guest_args={"rv1": ["--attempts", str(attempts)]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv1, rv2 = r.guests["rv1"], r.guests["rv2"]
+        assert rv1.state is GuestState.ready and rv2.state is GuestState.ready, (rv1.reason, rv2.reason)
+        assert rv1.console is not None
+        # A console command at once: it logs in at the prompt itself, or
+        # waits for the login under way; either way nobody logs in twice.
+        assert await asyncio.to_thread(rv1.console.check, "echo first") == "first\n"
+        logged_in = await stage_seen(rv1, "logged_in")
+        assert rv1.stages["configured"] <= rv1.stages["mesh_verified"] <= rv1.timestamps["ready"] <= logged_in
+        assert rv2.stages["logged_in"] <= rv2.stages["configured"]  # no agent: the console did it all
+        await asyncio.wait_for(rv1.console_settled.wait(), T)
+        assert rv1.console is not None and not rv1.console.at_login_prompt
+        assert await asyncio.to_thread(rv1.console.check, "echo on the console") == "on the console\n"
+        result = await r.exec("rv1", ExecRequest(argv=["echo", "by agent"]))
+        assert (result.via, result.output) == ("agent", "by agent\n"), result
+        assert attempts.read_text().splitlines()[:3] == ["user root", "password"]  # one login, not two
+    lab.run(scenario)
+    assert lab.nm_state("rv1")["live"] == "10.198.101.10/24"
+
+
+def test_a_wrong_password_fails_a_guest_its_agent_made_ready_with_that_reason(tmp_path):
+    lab = Lab(tmp_path, two(), qemu_args={"rv1": ["--agent-after", "0"]},
+              guest_args={"rv1": ["--password", "something-else"]})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        rv1 = r.guests["rv1"]
+        for _ in range(int(T / 0.1)):
+            if rv1.state is GuestState.failed:
+                break
+            await asyncio.sleep(0.1)
+        assert rv1.state is GuestState.failed and "Login incorrect" in (rv1.reason or ""), (rv1.state, rv1.reason)
+        assert "ready" in rv1.timestamps and rv1.console_settled.is_set()
+        assert r.guests["rv2"].state is GuestState.ready
     lab.run(scenario)
 
 

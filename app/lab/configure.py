@@ -1,6 +1,7 @@
 """A guest's NICs configured during its bring-up: through the guest agent as
-soon as it answers, while the console login runs in parallel, else through
-the guest's shell once logged in.
+soon as it answers, while the guest boots and (if the agent was not there
+by the login prompt) while the console logs in; else through the guest's
+shell once logged in.
 
 Why in parallel: under TCG the console login takes 3-4 s (PAM, the shell's
 start-up) and the configuration about as long, and neither needs the other.
@@ -50,6 +51,7 @@ class EarlyConfiguration:
         self.g = g
         self.turn = turn
         self._login_done = asyncio.Event()
+        self._answered = False
         self.task = asyncio.create_task(self._run(), name=f"configure-{g.plan.name}")
 
     async def _run(self) -> bool | None:
@@ -58,6 +60,7 @@ class EarlyConfiguration:
             return None
         while not self._login_done.is_set():
             if await self.ctx.in_thread(agent.ping, AGENT_PING_TIMEOUT):
+                self._answered = True
                 try:
                     changed = await configure_in_turn(self.ctx, AgentShell(agent, self.g.plan.name), self.g,
                                                     self.turn)
@@ -72,6 +75,14 @@ class EarlyConfiguration:
             except asyncio.TimeoutError:
                 pass
         return None
+
+    async def at_prompt(self) -> bool | None:
+        """At the login prompt: the configuration's outcome when the agent
+        has answered (waited for if it is under way), else None, and the
+        agent keeps being asked while the console logs in (`result`)."""
+        if not self._answered and not self.task.done():
+            return None
+        return await asyncio.shield(self.task)
 
     async def result(self) -> bool | None:
         """Once logged in: the configuration's outcome when the agent did it

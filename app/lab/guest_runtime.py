@@ -37,6 +37,12 @@ class GuestRuntime:
     agent: GuestAgent | None = None
     shell: GuestShell | None = None  # everything the lab runs in the guest goes through it
     restored_from: str | None = None  # the snapshot this boot came from; None after a cold boot
+    # Set while no console login is pending: a guest its agent made ready
+    # logs in on its console after `ready` (lifecycle.py); a snapshot waits.
+    console_settled: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.console_settled.set()
 
     def enter(self, state: GuestState) -> None:
         check_transition(self.plan.name, self.state, state)

@@ -92,6 +92,8 @@ class Lifecycle:
         if g.state is GuestState.verifying:
             await self.ctx.settled.wait()
             await self.verify_mesh(g, keep_ready=g.restored_from is None)
+        if self._owes_login(g):
+            await self.log_in_later(g)
 
     async def _start_qemu(self, g: GuestRuntime, fresh: bool, extra: tuple[str, ...] = ()) -> None:
         """qemu started paused, its console read from the first byte, then running."""
@@ -109,15 +111,24 @@ class Lifecycle:
         g.shell = GuestShell(g.console, g.agent)
 
     async def _cold(self, g: GuestRuntime, fresh: bool) -> None:
+        """Boot to the login prompt while the agent configures the guest.
+        When the agent has by then, the console is left at the prompt and
+        logged into after `ready` (log_in_later): the login is 5 s of PAM
+        and shell start-up under TCG that nothing before `ready` needs.
+        Else the console logs in (the agent may still win meanwhile), and
+        configures the guest when the agent did not."""
         g.restored_from = None
         await self._start_qemu(g, fresh)
         await g.process.resume()
         turn = Turn(self.ctx.configure_slots, lambda: g.stage("turn"))
         early = EarlyConfiguration(self.ctx, g, turn)
         try:
-            await self._login(g, turn)
+            await self._boot_to_prompt(g)
+            changed = await early.at_prompt()
+            if changed is None:
+                await self._log_in(g, turn)
+                changed = await early.result()
             g.enter(GuestState.configuring)
-            changed = await early.result()
             if changed is None:
                 assert g.shell is not None
                 changed = await configure_in_turn(self.ctx, g.shell, g, turn)
@@ -186,6 +197,8 @@ class Lifecycle:
             self._restored(g)
             g.enter(GuestState.verifying)
             g.enter(GuestState.ready)
+            if self._owes_login(g):
+                g.tasks.append(asyncio.create_task(self.log_in_later(g), name=f"login-{g.plan.name}"))
         await asyncio.gather(*(settle(g) for g in guests if g.state is GuestState.booting))
         return guests
 
@@ -197,18 +210,54 @@ class Lifecycle:
             await g.process.wait_exit(1.0)
         g.fail_from(e)
 
-    async def _login(self, g: GuestRuntime, turn: Turn) -> None:
-        """Boot to the login prompt, then log in once the guest has its turn
-        (turns.py): login(1)'s timer starts only when the user name is typed."""
+    async def _boot_to_prompt(self, g: GuestRuntime) -> None:
         loop = asyncio.get_running_loop()
         assert g.console is not None
 
         def prompt_seen() -> None:
             loop.call_soon_threadsafe(self._first_prompt, g)
-        await self.ctx.in_thread(g.console.wait_for_login_prompt, g.plan.boot_timeout, 8.0, prompt_seen)
+        await self.ctx.in_thread(g.console.wait_for_login_prompt, g.plan.login.user, g.plan.login.password,
+                                 g.plan.boot_timeout, 8.0, prompt_seen)
+
+    async def _log_in(self, g: GuestRuntime, turn: Turn) -> None:
+        """Log in at the prompt once the guest has its turn (turns.py):
+        login(1)'s timer starts only when the user name is typed."""
+        assert g.console is not None
         await turn.take()
         await self.ctx.in_thread(g.console.login, g.plan.login.user, g.plan.login.password, LOGIN_TIMEOUT)
         g.stage("logged_in")
+
+    async def _login(self, g: GuestRuntime, turn: Turn) -> None:
+        await self._boot_to_prompt(g)
+        await self._log_in(g, turn)
+
+    @staticmethod
+    def _owes_login(g: GuestRuntime) -> bool:
+        """A ready guest whose console was left at its login prompt (its agent
+        configured it, or it was restored there): from now until its login
+        is done, snapshots wait (`console_settled`), so none catches a login
+        half-done."""
+        if g.console is None or not g.console.at_login_prompt or g.state is not GuestState.ready:
+            return False
+        g.console_settled.clear()
+        return True
+
+    async def log_in_later(self, g: GuestRuntime) -> None:
+        """The console login of a guest that `_owes_login`, in its turn,
+        after `ready`. A refused password fails the guest, as it would have
+        before `ready`."""
+        assert g.console is not None
+        turn = Turn(self.ctx.configure_slots)
+        try:
+            await turn.take()
+            await self.ctx.in_thread(g.console.finish_login, LOGIN_TIMEOUT)
+            g.stage("logged_in")  # by this call, or by a console command that came first
+        except BridgelabError as e:
+            if g.state is GuestState.ready:
+                await self._fail(g, e)
+        finally:
+            turn.end()
+            g.console_settled.set()
 
     @staticmethod
     def _first_prompt(g: GuestRuntime) -> None:
@@ -262,6 +311,7 @@ class Lifecycle:
         g = self.ctx.get(name)
         async with self.ctx.operating(g):
             shell = self.ctx.require_shell(g)
+            await g.console_settled.wait()  # a login under way is not cut by the reboot
             g.stages.clear()
             g.enter(GuestState.booting)
             try:

@@ -21,7 +21,9 @@ from typing import Any, AsyncIterator
 
 from ..errors import BridgelabError, CommandFailed, GuestBusy, UnknownSnapshot
 from ..guest import network, snapshot_key, vmstate
+from ..guest.shell import Shell
 from ..guest.vmstate import READY_TAG
+from .configure import AGENT_PING_TIMEOUT
 from .context import LabContext
 from .guest_runtime import GuestRuntime
 from .states import GuestState
@@ -188,20 +190,30 @@ class Snapshots:
         console session, the host's time, neighbours told where it is, and
         its address read back. Clock and address go in one command over the
         console just taken over: under TCG that is about 0.2 s, where the
-        agent's exec-and-poll takes about 1 s."""
+        agent's exec-and-poll takes about 1 s. A guest saved at its login
+        prompt (its agent made it ready) is left there and settled through
+        its agent: the console logs in after `ready` (Lifecycle.log_in_later)."""
         assert g.console is not None and g.shell is not None
         console, shell = g.console, g.shell
         t0 = time.monotonic()
-        await asyncio.gather(
-            self.ctx.in_thread(console.resume, g.plan.login.user, g.plan.login.password, RESUME_TIMEOUT),
+        at_shell, _ = await asyncio.gather(
+            self.ctx.in_thread(console.resume, g.plan.login.user, g.plan.login.password, RESUME_TIMEOUT, False),
             vmstate.announce(g.process))
-        g.stage("logged_in")
         t1 = time.monotonic()
-        await self.ctx.in_thread(network.set_clock_and_verify, shell.console, g.net_config(), time.time)
+        via: Shell = shell.console
+        if not at_shell:
+            if shell.agent is not None and await self.ctx.in_thread(shell.agent.agent.ping, AGENT_PING_TIMEOUT):
+                via = shell.agent
+            else:  # no agent to settle it through: log in now
+                await self.ctx.in_thread(console.login, g.plan.login.user, g.plan.login.password, RESUME_TIMEOUT)
+                at_shell = True
+        if at_shell:
+            g.stage("logged_in")
+        await self.ctx.in_thread(network.set_clock_and_verify, via, g.net_config(), time.time)
         g.stage("configured")
         shell.reprobe_agent()
-        log.info("guest %s: restored guest settled in %.2fs (console %.2fs, clock and address %.2fs)",
-                 g.plan.name, time.monotonic() - t0, t1 - t0, time.monotonic() - t1)
+        log.info("guest %s: restored guest settled in %.2fs (console %.2fs, clock and address %.2fs via %s)",
+                 g.plan.name, time.monotonic() - t0, t1 - t0, time.monotonic() - t1, via.via.value)
 
     # ---- delete
 
@@ -236,6 +248,8 @@ class Snapshots:
             for g in guests:
                 await stack.enter_async_context(self.ctx.operating(g))
                 await stack.enter_async_context(g.exec_lock)
+            for g in guests:  # a console login after `ready` is never saved half-done
+                await g.console_settled.wait()
             yield
 
 
