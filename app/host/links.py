@@ -105,19 +105,22 @@ class HostNet:
 
     # ------------------------------------------------------------ ensure
 
-    def _create(self, ifname: str, expected_kind: str, **kwargs: Any) -> LinkState:
-        if expected_kind == "tun":
-            create_tap(ifname)
-        else:
-            try:
-                self.ipr.link("add", ifname=ifname, **kwargs)
-            except NetlinkError as e:
-                raise HostNetError(f"cannot create {expected_kind} {ifname}: {os.strerror(e.code)}") from None
-        # SIOCGIFINDEX: the index without another netlink round trip.
-        state = LinkState(index=socket.if_nametoindex(ifname), kind=expected_kind, master=None, up=False,
-                          addresses=())
-        self.ledger.add(LinkEntry(ifname=ifname, ifindex=state.index, link_kind=expected_kind))
-        log.info("created %s %s (ifindex %d)", expected_kind, ifname, state.index)
+    def _create_bridge(self, ifname: str, **kwargs: Any) -> LinkState:
+        try:
+            self.ipr.link("add", ifname=ifname, kind="bridge", **kwargs)
+        except NetlinkError as e:
+            raise HostNetError(f"cannot create bridge {ifname}: {os.strerror(e.code)}") from None
+        return self._created(ifname, "bridge")
+
+    def _create_tap(self, ifname: str) -> LinkState:
+        create_tap(ifname)  # /dev/net/tun: no netlink round trip, an existing name refused
+        return self._created(ifname, "tun")
+
+    def _created(self, ifname: str, kind: str) -> LinkState:
+        """Ledger a link just made; SIOCGIFINDEX gives its index without another netlink round trip."""
+        state = LinkState(index=socket.if_nametoindex(ifname), kind=kind, master=None, up=False, addresses=())
+        self.ledger.add(LinkEntry(ifname=ifname, ifindex=state.index, link_kind=kind))
+        log.info("created %s %s (ifindex %d)", kind, ifname, state.index)
         return state
 
     def _existing(self, ifname: str, kind: str, with_addresses: bool = False,
@@ -138,7 +141,7 @@ class HostNet:
             # Guest<->guest frames crossing iptables on Docker hosts are handled
             # in firewall.py: a per-bridge nf_call_iptables=0 cannot override
             # the global br_netfilter sysctl.
-            state = self._create(ifname, "bridge", kind="bridge", address=mac, br_stp_state=0)
+            state = self._create_bridge(ifname, address=mac, br_stp_state=0)
         if address is not None and str(address) not in state.addresses:
             try:
                 self.ipr.addr("add", index=state.index, address=str(address.ip), prefixlen=address.network.prefixlen)
@@ -158,7 +161,7 @@ class HostNet:
         states = {}
         for ifname in ifnames:
             state = self._existing(ifname, "tun", known=known)
-            states[ifname] = state if state is not None else self._create(ifname, "tun")
+            states[ifname] = state if state is not None else self._create_tap(ifname)
         todo = [name for name, st in states.items() if st.master != bridge.index or not st.up]
         self.batch.set_links([LinkSet(name, states[name].index, bridge.index, self.owner) for name in todo])
         for name in todo:
