@@ -56,7 +56,7 @@ def keep_transcripts(tmp: Path, guests: list[dict], keep: Path, n: int) -> None:
     keep.mkdir(parents=True, exist_ok=True)
     for g in guests:
         if g["state"] != "ready":
-            src = tmp / "s" / "scale" / "guests" / g["name"] / "transcript.log"
+            src = tmp / "s" / "guests" / g["name"] / "transcript.log"
             if src.exists():
                 (keep / f"scale-{n}-{g['name']}.log").write_bytes(src.read_bytes())
 

@@ -147,7 +147,7 @@ def test_the_network_manager_is_read_from_the_detect_script_output():
     assert commands.parse_manager("manager=systemd-networkd\n") == "systemd-networkd"
     assert commands.parse_manager("manager=none\n") == "none"
     assert commands.parse_manager("manager=connman\n") == "none"
-    assert commands.probe_cmd()[:2] == ["sh", "-c"]
+    assert commands.probe_cmd("02:11:22:33:44:55")[:2] == ["sh", "-c"]
 
 
 def test_networkd_units_match_the_mac_and_keep_the_side_nic_off_the_default_route():
@@ -200,3 +200,45 @@ def test_without_busctl_the_apply_script_loads_and_activates_through_nmcli(tmp_p
         "nmcli -g GENERAL.CONNECTION device show eth0", "nmcli -g GENERAL.CONNECTION device show eth0",
         f"nmcli connection load {argv[4]}",
         "nmcli --wait 0 connection up bridgelab-021122334455 ifname eth0"]
+
+
+def _probe_with(tmp_path, ip_misses: int, udev_misses: int, wait: int = 30) -> tuple[str, list[str]]:
+    """probe_cmd run by the host's sh against an `ip` whose NIC shows after
+    `ip_misses` calls and a `udevadm` that calls it initialized after
+    `udev_misses` queries: (the script's output, the udevadm calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    count = tmp_path / "count"
+    lines = IP_LINK.splitlines()
+    (bin_dir / "ip").write_text(
+        "#!/bin/sh\nn=$(cat " + shlex.quote(str(count)) + " 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "
+        + shlex.quote(str(count)) + f"\nprintf '%s\\n' {shlex.quote(lines[0])}\n"
+        + f"[ $n -le {ip_misses} ] || printf '%s\\n' {shlex.quote(lines[1])} {shlex.quote(lines[2])}\n")
+    calls = shlex.quote(str(tmp_path / "udev"))
+    (bin_dir / "udevadm").write_text(
+        f"#!/bin/sh\necho \"$*\" >> {calls}\n"
+        f"[ $(wc -l < {calls}) -gt {udev_misses} ] && [ \"$5\" = /sys/class/net/enp0s1 ] && echo USEC_INITIALIZED=1\n"
+        "exit 0\n")
+    for tool in ("ip", "udevadm"):
+        (bin_dir / tool).chmod(0o755)
+    argv = commands.probe_cmd("02:11:22:33:44:55")
+    argv[-1] = str(wait)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60).stdout
+    return out, (tmp_path / "udev").read_text().splitlines() if (tmp_path / "udev").exists() else []
+
+
+def test_the_probe_waits_for_udev_to_initialize_that_nic_only(tmp_path):
+    """The NIC's driver loads late and udev then takes a while with it: the
+    probe lists the links only once udev has initialized the NIC with the
+    MAC (found by MAC, whatever its name), not once udev's whole queue is empty."""
+    out, udev = _probe_with(tmp_path, ip_misses=2, udev_misses=2)
+    assert commands.parse_probe(out, "02:11:22:33:44:55")[0] == "enp0s1"
+    assert udev == ["info -q property -p /sys/class/net/enp0s1"] * 3
+    assert int((tmp_path / "count").read_text()) == 2 + 3 + 1  # misses, the three waits, the listing
+
+
+def test_a_nic_that_never_shows_ends_the_wait_at_its_limit(tmp_path):
+    out, udev = _probe_with(tmp_path, ip_misses=10**6, udev_misses=0, wait=1)
+    assert commands.parse_probe(out, "02:11:22:33:44:55")[0] is None and udev == []
+    assert int((tmp_path / "count").read_text()) == 5 + 1  # one second of 0.2 s polls, then the listing

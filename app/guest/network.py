@@ -45,11 +45,11 @@ def configure(shell: Shell, cfg: commands.NetConfig) -> bool:
 
 def _probe(shell: Shell, mac: str) -> tuple[str, str]:
     """(the NIC with that MAC, the guest's network manager), in one round
-    trip, once udev's queue is empty: early after a boot the NIC's driver may
-    still be loading from the root filesystem, or the NIC may still be being
-    renamed (eth0 -> enp0s2). A guest without udevadm, or whose queue does
-    not empty in time, is looked at anyway: then it is as good as it gets."""
-    out = shell.run(commands.probe_cmd(), commands.SETTLE_SECONDS + 30).output
+    trip, once udev has initialized that NIC: early after a boot its driver
+    may still be loading from the root filesystem, or it may still be being
+    renamed (eth0 -> enp0s2). A guest without udevadm, or whose NIC does not
+    show in time, is looked at anyway: then it is as good as it gets."""
+    out = shell.run(commands.probe_cmd(mac), commands.NIC_WAIT_SECONDS + 30).output
     iface, manager = commands.parse_probe(out, mac)
     if iface is None:
         raise NetworkConfigError(f"no interface with MAC {mac} in the guest; links seen:\n{out.strip()}")

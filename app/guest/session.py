@@ -179,6 +179,17 @@ class Session:
             at_prompt, self._at_prompt = self._at_prompt, False
             self._login(PacedDeadline(timeout), idle, on_login_prompt, at_login_prompt=at_prompt)
 
+    def finish_login(self, timeout: float) -> bool:
+        """Answer the prompt `wait_for_login_prompt` or `resume` left, if it
+        is still left: a command run meanwhile logs in by itself. True when
+        this call logged in."""
+        with self._lock:
+            if not self._at_prompt:
+                return False
+            assert self._credentials is not None
+            self.login(*self._credentials, timeout)
+            return True
+
     def wait_for_login_prompt(self, user: str, password: str, timeout: float, idle: float = 8.0,
                               on_login_prompt: Callable[[], None] | None = None) -> None:
         """Boot to getty's login prompt and leave it unanswered: the caller
