@@ -59,9 +59,9 @@ class Settings(BaseSettings):
         "builds the image) before a guest that is not ready turns the appliance unhealthy and "
         "`docker compose up --wait` fails."), json_schema_extra={"scope": APPLIANCE})
     configure_concurrency: int = Field(0, ge=0, le=256, description=(
-        "How many guests log in and are configured at once (0: one per host core). A guest waiting its "
-        "turn idles at its login prompt, so the cores go to those logging in: 16 guests on 2 cores do not "
-        "thrash, and login(1) does not time out."))
+        "How many guests log in on their consoles (and are configured through them) at once (0: one per host "
+        "core). A guest waiting its turn idles at its login prompt, so the cores go to those logging in: 16 "
+        "guests on 2 cores do not thrash, and login(1) does not time out."))
     shutdown_timeout: float = Field(30.0, description=(
         "Seconds the appliance gives guests to power off at `docker compose down` (keep it well under "
         "compose.yaml's `stop_grace_period`, 90 s)."),

@@ -55,7 +55,8 @@ def test_the_apply_command_takes_every_value_as_one_argument():
     argv = nm_profile.apply_cmd(CFG, "eth0; reboot")
     assert argv[:2] == ["sh", "-c"] and "eth0" not in argv[2] and "10.198" not in argv[2]
     assert argv[3:10] == ["nm-apply", nm_profile.keyfile_path(CFG.mac), "bridgelab-021122334455",
-                          nm_profile.profile_uuid(CFG.mac), "eth0; reboot", " inet 10.198.101.1/24 ", "60"]
+                          nm_profile.profile_uuid(CFG.mac), "eth0; reboot", " inet 10.198.101.1/24 ",
+                          str(nm_profile.WAIT_SECONDS)]
     assert argv[10:] == nm_profile.keyfile(CFG)
     # What the console backend types for it: one word per element, nothing interpreted.
     assert shlex.split(render(argv))[7] == "eth0; reboot"

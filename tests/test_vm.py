@@ -86,6 +86,21 @@ def test_guests_come_up_ready_and_a_broken_one_fails_alone(lab):
     assert health["status"] == "ok" and health["states"] == {"ready": 2, "failed": 1}
 
 
+def test_guests_with_an_agent_were_ready_before_their_console_login(lab):
+    """The images start qemu-guest-agent with the boot: both guests were
+    configured through it while they booted, meshed and ready, and logged
+    into on their consoles after that (a refused login would fail them)."""
+    deadline = time.monotonic() + 120
+    while not all("logged_in" in g["stages"] for n, g in lab.guests().items() if n != "broken"):
+        assert time.monotonic() < deadline, lab.guests()
+        time.sleep(1)
+    for name in ("rv1", "rv2"):
+        g = lab.guests()[name]
+        stages, stamps = g["stages"], g["timestamps"]
+        assert g["state"] == "ready", g
+        assert stages["configured"] <= stages["mesh_verified"] <= stamps["ready"] <= stages["logged_in"], g
+
+
 def test_each_guest_pinged_the_bridge_and_the_other(lab):
     g = lab.guests()
     assert g["rv1"]["mesh"] == {"10.198.101.114": True, "10.198.101.2": True}

@@ -56,7 +56,7 @@ def iface_for_mac(ip_link_output: str, mac: str) -> str | None:
 # Not `udevadm settle`: that waits for udev's whole queue, which under TCG is
 # still busy with the coldplug well after the login prompt (measured 7.6 s of
 # a 12 s configuration on Debian sid riscv64, two guests on two cores).
-NIC_WAIT_SECONDS = 120
+NIC_WAIT_SECONDS = 300  # as nm_profile.WAIT_SECONDS: the agent may ask early in a boot
 _WAIT_FOR_NIC = (
     'n=0; until i=$(ip -o link show | grep -i -- "link/ether $1 " | cut -d: -f2 | cut -d@ -f1 | tr -d " ") && '
     '[ -n "$i" ] && { ! command -v udevadm >/dev/null || '
@@ -120,10 +120,13 @@ def address_ok(live: list[ipaddress.IPv4Interface], cfg: NetConfig) -> bool:
 
 NETWORK_MANAGER = "NetworkManager"
 NETWORKD = "systemd-networkd"
-# The first of the two that runs or is enabled; "none" when neither.
+# The first of the two that runs or is enabled; "none" when neither. An
+# enabled one not running yet (the guest agent asks early in a boot) is
+# waited for, as long as the NIC ($2 seconds): networkctl needs networkd up.
 _DETECT = ('for u in NetworkManager systemd-networkd; do '
            'if systemctl is-active -q "$u" 2>/dev/null || [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ]; '
-           'then echo "manager=$u"; exit 0; fi; done; echo manager=none')
+           'then n=0; until systemctl is-active -q "$u" 2>/dev/null || [ $n -ge $(($2 * 2)) ]; do '
+           'n=$((n + 1)); sleep 0.5; done; echo "manager=$u"; exit 0; fi; done; echo manager=none')
 
 
 def parse_manager(output: str) -> str:

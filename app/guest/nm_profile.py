@@ -28,9 +28,12 @@ KEYFILE_DIR = "/etc/NetworkManager/system-connections"
 # The profile's UUID follows from its MAC, so writing the same profile again
 # gives the same file, and NetworkManager keeps it as the same connection.
 _UUID_NAMESPACE = uuid.UUID("5c8a1c0e-6f1e-4d4b-9a57-0b7d1e1a2b3c")
-# How long the script waits for NetworkManager and the device to exist (early
-# in a boot it may not run yet) and then for the address to show.
-WAIT_SECONDS = 60
+# How long the script waits for NetworkManager and the device to exist, and
+# then for the address to show. The guest agent starts with the boot, well
+# before NetworkManager (about 30 s before it, one guest alone under TCG, and
+# that stretches with the host's load), and the configuration starts as soon
+# as the agent answers: the wait is that gap, with room for a busy host.
+WAIT_SECONDS = 300
 
 
 def profile_uuid(mac: str) -> str:

@@ -46,10 +46,9 @@ async def configure_in_turn(ctx: LabContext, shell: Shell, g: GuestRuntime, turn
 class EarlyConfiguration:
     """The configuration through the agent, started with the guest's boot."""
 
-    def __init__(self, ctx: LabContext, g: GuestRuntime, turn: Turn):
+    def __init__(self, ctx: LabContext, g: GuestRuntime):
         self.ctx = ctx
         self.g = g
-        self.turn = turn
         self._login_done = asyncio.Event()
         self._answered = False
         self.task = asyncio.create_task(self._run(), name=f"configure-{g.plan.name}")
@@ -61,9 +60,8 @@ class EarlyConfiguration:
         while not self._login_done.is_set():
             if await self.ctx.in_thread(agent.ping, AGENT_PING_TIMEOUT):
                 self._answered = True
-                try:
-                    changed = await configure_in_turn(self.ctx, AgentShell(agent, self.g.plan.name), self.g,
-                                                    self.turn)
+                try:  # no turn: no login timer to trip, and the agent may wait long for the guest's manager
+                    changed = await self.ctx.in_thread(configure_nics, AgentShell(agent, self.g.plan.name), self.g)
                 except (AgentUnavailable, AgentLost) as e:
                     log.info("guest %s: the agent went away while configuring (%s); the console will",
                              self.g.plan.name, e)

@@ -121,7 +121,7 @@ class Lifecycle:
         await self._start_qemu(g, fresh)
         await g.process.resume()
         turn = Turn(self.ctx.configure_slots, lambda: g.stage("turn"))
-        early = EarlyConfiguration(self.ctx, g, turn)
+        early = EarlyConfiguration(self.ctx, g)
         try:
             await self._boot_to_prompt(g)
             changed = await early.at_prompt()

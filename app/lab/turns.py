@@ -1,16 +1,15 @@
-"""A guest's turn at the lab's bring-up slots.
+"""A guest's turn at the lab's login slots.
 
-Logging in and configuring are the costly part of a bring-up inside the
-guest (PAM, the shell's start-up, NetworkManager's activation), and inside
-timers: login(1) gives up after 60 s. With 16 guests on 2 cores, 16 logins
-at once each get an eighth of a core and time out; a few at a time finish
-each in seconds. So a guest takes one slot (`LabContext.configure_slots`,
-BRIDGELAB_CONFIGURE_CONCURRENCY, default one per core) before it types its
-user name or its agent starts configuring, whichever comes first, and holds
-it until it is configured. One slot per guest: its login and its agent's
-configuration share it, so two guests on two cores still run side by side.
-Booting and the mesh check take no slot: nothing in them has a timer that
-the load can trip.
+A console login is the costly part of a bring-up inside the guest (PAM, the
+shell's start-up) and it runs against a timer: login(1) gives up after 60 s.
+With 16 guests on 2 cores, 16 logins at once each get an eighth of a core
+and time out; a few at a time finish each in seconds. So a guest takes one
+slot (`LabContext.configure_slots`, BRIDGELAB_CONFIGURE_CONCURRENCY, default
+one per core) before it types its user name, and holds it while it is
+configured through that console. Booting, the mesh check and a
+configuration through the guest agent take no slot: nothing in them has a
+timer that the load can trip, and the agent may wait a long time for the
+guest's network manager to start.
 """
 
 from __future__ import annotations
