@@ -208,7 +208,7 @@ def _probe_with(tmp_path, ip_misses: int, udev_misses: int, wait: int = 30) -> t
     `ip_misses` calls and a `udevadm` that calls it initialized after
     `udev_misses` queries: (the script's output, the udevadm calls)."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     count = tmp_path / "count"
     lines = IP_LINK.splitlines()
     (bin_dir / "ip").write_text(
@@ -220,7 +220,9 @@ def _probe_with(tmp_path, ip_misses: int, udev_misses: int, wait: int = 30) -> t
         f"#!/bin/sh\necho \"$*\" >> {calls}\n"
         f"[ $(wc -l < {calls}) -gt {udev_misses} ] && [ \"$5\" = /sys/class/net/enp0s1 ] && echo USEC_INITIALIZED=1\n"
         "exit 0\n")
-    for tool in ("ip", "udevadm"):
+    if not (bin_dir / "systemctl").exists():  # never the host's own: the script may start a unit
+        (bin_dir / "systemctl").write_text("#!/bin/sh\n[ \"$1\" = is-enabled ] && echo disabled\nexit 1\n")
+    for tool in ("ip", "udevadm", "systemctl"):
         (bin_dir / tool).chmod(0o755)
     argv = commands.probe_cmd("02:11:22:33:44:55")
     argv[-1] = str(wait)
@@ -242,4 +244,25 @@ def test_the_probe_waits_for_udev_to_initialize_that_nic_only(tmp_path):
 def test_a_nic_that_never_shows_ends_the_wait_at_its_limit(tmp_path):
     out, udev = _probe_with(tmp_path, ip_misses=10**6, udev_misses=0, wait=1)
     assert commands.parse_probe(out, "02:11:22:33:44:55")[0] is None and udev == []
-    assert int((tmp_path / "count").read_text()) == 5 + 1  # one second of 0.2 s polls, then the listing
+    assert int((tmp_path / "count").read_text()) == 2 + 1  # one second of 0.5 s polls, then the listing
+
+
+def test_an_enabled_manager_not_running_yet_is_waited_for_by_its_start_job(tmp_path):
+    """Early in a boot NetworkManager is enabled but not started: the probe
+    joins its start job (`systemctl start` blocks) instead of polling
+    `systemctl is-active`, which takes CPU from the boot it waits for."""
+    log, started = tmp_path / "systemctl", tmp_path / "started"
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "systemctl"
+    fake.write_text(
+        f"#!/bin/sh\necho \"$*\" >> {shlex.quote(str(log))}\n"
+        f"case \"$1\" in\n"
+        f"  is-active) [ \"$3\" = NetworkManager ] && [ -e {shlex.quote(str(started))} ];;\n"
+        f"  is-enabled) [ \"$2\" = NetworkManager ] && echo enabled || echo disabled;;\n"
+        f"  start) sleep 0.3; touch {shlex.quote(str(started))};;\n"
+        f"esac\n")
+    fake.chmod(0o755)
+    out, _ = _probe_with(tmp_path, ip_misses=0, udev_misses=0)
+    assert commands.parse_probe(out, "02:11:22:33:44:55") == ("enp0s1", "NetworkManager")
+    assert log.read_text().splitlines() == ["is-active -q NetworkManager", "is-enabled NetworkManager",
+                                            "is-active -q NetworkManager", "start NetworkManager"]

@@ -61,7 +61,7 @@ _WAIT_FOR_NIC = (
     'n=0; until i=$(ip -o link show | grep -i -- "link/ether $1 " | cut -d: -f2 | cut -d@ -f1 | tr -d " ") && '
     '[ -n "$i" ] && { ! command -v udevadm >/dev/null || '
     'udevadm info -q property -p "/sys/class/net/$i" 2>/dev/null | grep -q "^USEC_INITIALIZED="; }; do '
-    'n=$((n + 1)); [ $n -ge $(($2 * 5)) ] && break; sleep 0.2; done')
+    'n=$((n + 1)); [ $n -ge $(($2 * 2)) ] && break; sleep 0.5; done')
 
 
 # The people's console (hvc0, see terminal.py) gets its getty here, once its
@@ -122,11 +122,14 @@ NETWORK_MANAGER = "NetworkManager"
 NETWORKD = "systemd-networkd"
 # The first of the two that runs or is enabled; "none" when neither. An
 # enabled one not running yet (the guest agent asks early in a boot) is
-# waited for, as long as the NIC ($2 seconds): networkctl needs networkd up.
+# waited for, at most $2 seconds, by joining its start job: `systemctl
+# start` blocks without polling, where a loop of `systemctl is-active` took
+# CPU from the boot it waited for (networkctl needs networkd up).
 _DETECT = ('for u in NetworkManager systemd-networkd; do '
            'if systemctl is-active -q "$u" 2>/dev/null || [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ]; '
-           'then n=0; until systemctl is-active -q "$u" 2>/dev/null || [ $n -ge $(($2 * 2)) ]; do '
-           'n=$((n + 1)); sleep 0.5; done; echo "manager=$u"; exit 0; fi; done; echo manager=none')
+           'then if systemctl is-active -q "$u" 2>/dev/null; then :; elif command -v timeout >/dev/null; then '
+           'timeout "$2" systemctl start "$u" 2>/dev/null; else systemctl start "$u" 2>/dev/null; fi; '
+           'echo "manager=$u"; exit 0; fi; done; echo manager=none')
 
 
 def parse_manager(output: str) -> str:
