@@ -3,11 +3,12 @@ soon as it answers, while the guest boots and (if the agent was not there
 by the login prompt) while the console logs in; else through the guest's
 shell once logged in.
 
-Why in parallel: under TCG the console login takes 3-4 s (PAM, the shell's
-start-up) and the configuration about as long, and neither needs the other.
-The agent usually answers before the login prompt shows, so by the time the
-login is done the address is live. A guest without an agent (openEuler's
-images) is configured through its console after the login, as before.
+Why in parallel: under TCG the console login takes 5 s and more (PAM, the
+shell's start-up) and the configuration about as long, and neither needs the
+other. Where the agent starts with the boot (the Debian images), it answers
+long before the login prompt and the address is live by then: the guest is
+ready without a console login (lifecycle.py). A guest without an agent
+(openEuler's images) is configured through its console after the login.
 """
 
 from __future__ import annotations
