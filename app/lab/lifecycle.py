@@ -92,7 +92,7 @@ class Lifecycle:
         if g.state is GuestState.verifying:
             await self.ctx.settled.wait()
             await self.verify_mesh(g, keep_ready=g.restored_from is None)
-        if self._owes_login(g):
+        if self._owe_login(g):
             await self.log_in_later(g)
 
     async def _start_qemu(self, g: GuestRuntime, fresh: bool, extra: tuple[str, ...] = ()) -> None:
@@ -197,7 +197,7 @@ class Lifecycle:
             self._restored(g)
             g.enter(GuestState.verifying)
             g.enter(GuestState.ready)
-            if self._owes_login(g):
+            if self._owe_login(g):
                 g.tasks.append(asyncio.create_task(self.log_in_later(g), name=f"login-{g.plan.name}"))
         await asyncio.gather(*(settle(g) for g in guests if g.state is GuestState.booting))
         return guests
@@ -232,20 +232,20 @@ class Lifecycle:
         await self._log_in(g, turn)
 
     @staticmethod
-    def _owes_login(g: GuestRuntime) -> bool:
-        """A ready guest whose console was left at its login prompt (its agent
-        configured it, or it was restored there): from now until its login
-        is done, snapshots wait (`console_settled`), so none catches a login
-        half-done."""
+    def _owe_login(g: GuestRuntime) -> bool:
+        """True for a ready guest whose console was left at its login prompt
+        (its agent configured it, or it was restored there), which then owes
+        a console login: from now until it is done, snapshots and reboots
+        wait (`console_settled` cleared), so none catches a login half-done."""
         if g.console is None or not g.console.at_login_prompt or g.state is not GuestState.ready:
             return False
         g.console_settled.clear()
         return True
 
     async def log_in_later(self, g: GuestRuntime) -> None:
-        """The console login of a guest that `_owes_login`, in its turn,
-        after `ready`. A refused password fails the guest, as it would have
-        before `ready`."""
+        """The console login a guest owes (`_owe_login`), in its turn, after
+        `ready`. A refused password fails the guest, as it would have before
+        `ready`."""
         assert g.console is not None
         turn = Turn(self.ctx.configure_slots)
         try:
