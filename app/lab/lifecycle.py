@@ -92,7 +92,9 @@ class Lifecycle:
         if g.state is GuestState.verifying:
             await self.ctx.settled.wait()
             await self.verify_mesh(g, keep_ready=g.restored_from is None)
-        if self._owe_login(g):
+        # After a cold boot only: a restored guest's console logs in at its
+        # first use, so nothing takes its CPU just when a test run starts on it.
+        if g.restored_from is None and self._owe_login(g):
             await self.log_in_later(g)
 
     async def _start_qemu(self, g: GuestRuntime, fresh: bool, extra: tuple[str, ...] = ()) -> None:
@@ -197,8 +199,6 @@ class Lifecycle:
             self._restored(g)
             g.enter(GuestState.verifying)
             g.enter(GuestState.ready)
-            if self._owe_login(g):
-                g.tasks.append(asyncio.create_task(self.log_in_later(g), name=f"login-{g.plan.name}"))
         await asyncio.gather(*(settle(g) for g in guests if g.state is GuestState.booting))
         return guests
 
@@ -234,9 +234,9 @@ class Lifecycle:
     @staticmethod
     def _owe_login(g: GuestRuntime) -> bool:
         """True for a ready guest whose console was left at its login prompt
-        (its agent configured it, or it was restored there), which then owes
-        a console login: from now until it is done, snapshots and reboots
-        wait (`console_settled` cleared), so none catches a login half-done."""
+        (its agent configured it), which then owes a console login: from now
+        until it is done, snapshots and reboots wait (`console_settled`
+        cleared), so none catches a login half-done."""
         if g.console is None or not g.console.at_login_prompt or g.state is not GuestState.ready:
             return False
         g.console_settled.clear()

@@ -192,7 +192,7 @@ class Snapshots:
         console just taken over: under TCG that is about 0.2 s, where the
         agent's exec-and-poll takes about 1 s. A guest saved at its login
         prompt (its agent made it ready) is left there and settled through
-        its agent: the console logs in after `ready` (Lifecycle.log_in_later)."""
+        its agent: its console logs in at its first use."""
         assert g.console is not None and g.shell is not None
         console, shell = g.console, g.shell
         t0 = time.monotonic()
