@@ -3,6 +3,7 @@ guest), and the NetworkManager keyfile and the script that applies it."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import shlex
 import shutil
@@ -266,3 +267,14 @@ def test_an_enabled_manager_not_running_yet_is_waited_for_by_its_start_job(tmp_p
     assert commands.parse_probe(out, "02:11:22:33:44:55") == ("enp0s1", "NetworkManager")
     assert log.read_text().splitlines() == ["is-active -q NetworkManager", "is-enabled NetworkManager",
                                             "is-active -q NetworkManager", "start NetworkManager"]
+
+
+def test_a_lowered_mtu_goes_into_the_profile_and_the_network_file_but_not_onto_the_side_nic():
+    cfg = dataclasses.replace(CFG, mtu=1450)
+    keyfile = nm_profile.keyfile(cfg)
+    assert keyfile[keyfile.index("[ethernet]"):][:3] == ["[ethernet]", "mac-address=02:11:22:33:44:55", "mtu=1450"]
+    assert "mtu=1450" not in nm_profile.keyfile(CFG)
+    assert commands.networkd_unit(cfg)[-3:] == ["", "[Link]", "MTUBytes=1450"]
+    assert "[Link]" not in commands.networkd_unit(CFG)
+    side = dataclasses.replace(commands.side_nic("52:54:00:12:34:56"), mtu=1450)
+    assert not any(line.startswith("mtu=") for line in nm_profile.keyfile(side))

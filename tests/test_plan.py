@@ -9,8 +9,8 @@ import pytest
 from bridgelab.errors import SpecError
 from bridgelab.guest import qemu_argv
 from bridgelab.model.images import BootStyle, Image
-from bridgelab.model.plan import HostFacts, derive_mac, derive_tap, make_plan
-from bridgelab.model.spec import Arch, Login, parse_lab_data
+from bridgelab.model.plan import HostFacts, UnderlayFacts, choose_mtu, derive_mac, derive_tap, make_plan
+from bridgelab.model.spec import Arch, Login, MtuPolicy, parse_lab_data
 
 X86_TCG = HostFacts(arch="x86_64", kvm=False)
 X86_KVM = HostFacts(arch="x86_64", kvm=True)
@@ -146,3 +146,75 @@ def test_extra_args_come_last_and_commas_in_paths_are_escaped():
     assert argv[-2:] == ["-device", "virtio-gpu-device"]
     assert any("path=/run/a,,b/guests/rv/console.sock" in a for a in argv)
     assert qemu_argv.overlay_argv(p.guests[0])[-3:] == ["-b", "/img/disk.qcow2", "/run/a,b/guests/rv/overlay.qcow2"]
+
+
+UNDERLAY = UnderlayFacts(interface="eth0", local=ipaddress.IPv4Address("172.31.0.1"), mtu=1500,
+                         peers=(ipaddress.IPv4Address("172.31.0.2"),))
+
+
+def peer_plan(guests, underlay=UNDERLAY, peers=None, **bridge):
+    data = {"name": "t", "bridge": {"name": "br0", "address": "10.198.101.114/24", **bridge},
+            "peers": peers or ["172.31.0.2"], "guests": guests}
+    spec = parse_lab_data(data)
+    return make_plan(spec, {g.image: image(g.arch) for g in spec.guests},
+                     HostFacts(arch="x86_64", kvm=False, underlay=underlay), Path("/run/bl/t"))
+
+
+@pytest.mark.parametrize("policy, underlay_mtu, device, guests", [
+    (MtuPolicy.auto, 1550, 1500, None), (MtuPolicy.auto, 9000, 1500, None), (MtuPolicy.auto, 1500, 1450, 1450),
+    (MtuPolicy.lower_guests, 9000, 8950, 8950), (MtuPolicy.lower_guests, 1500, 1450, 1450),
+    (MtuPolicy.check, 1550, 1500, None)])
+def test_the_mtu_follows_the_policy_and_says_why(policy, underlay_mtu, device, guests):
+    mtu, guest_mtu, reason = choose_mtu(policy, underlay_mtu, "eth0")
+    assert (mtu, guest_mtu) == (device, guests)
+    assert reason and f"{underlay_mtu}" in reason and (f"MTU {guests}" if guests else "keep MTU 1500") in reason
+
+
+def test_check_refuses_a_small_underlay():
+    assert choose_mtu(MtuPolicy.check, 1500, "eth0")[2] is None
+    with pytest.raises(SpecError, match=r"peers\.mtu: check: eth0 carries 1500 bytes, VXLAN needs 1550"):
+        peer_plan([{"name": "a", "image": "i", "ip": "10.198.101.1"}], peers={"hosts": ["172.31.0.2"], "mtu": "check"})
+
+
+def test_with_peers_guests_take_the_pool_and_the_mtu_and_the_bridge_mac_is_this_hosts():
+    plan = peer_plan([{"name": "a", "image": "i"}, {"name": "b", "image": "i", "ip": "10.198.101.3"}],
+                     pool="10.198.101.64/27")
+    assert [str(g.ip.ip) for g in plan.guests] == ["10.198.101.64", "10.198.101.3"]
+    assert [g.mtu for g in plan.guests] == [1450, 1450]
+    ov = plan.overlay
+    assert ov is not None and ov.device == "bl" + derive_tap("t", "x")[2:6] + "_vx" and 1 <= ov.vni < 1 << 24
+    assert (ov.port, ov.interface, str(ov.local), ov.api_port) == (4789, "eth0", "172.31.0.1", 8700)
+    other = peer_plan([{"name": "c", "image": "i", "ip": "10.198.101.5"}], address="10.198.101.115/24")
+    assert other.bridge_mac != plan.bridge_mac, "two hosts' bridges on one L2 need two MACs"
+    assert other.overlay and other.overlay.vni == ov.vni, "the VNI follows from the lab name alone"
+    alone = plan_of([{"name": "a", "image": "i"}])
+    assert alone.overlay is None and alone.guests[0].mtu is None
+
+
+def test_peers_need_addresses_no_two_hosts_hand_out():
+    with pytest.raises(SpecError) as e:
+        peer_plan([{"name": "a", "image": "i"}, {"name": "b", "image": "i", "ip": "10.198.101.3"}])
+    assert [i.path for i in e.value.issues] == ["guests[0].ip"]
+    with pytest.raises(SpecError, match=r"bridge\.pool: 10\.0\.0\.0/27 is not inside the bridge subnet"):
+        plan_of([{"name": "a", "image": "i"}], pool="10.0.0.0/27")
+    with pytest.raises(SpecError, match=r"bridge\.pool: .*has host bits set"):
+        plan_of([{"name": "a", "image": "i"}], pool="10.198.101.65/27")
+
+
+def test_the_bridge_subnet_must_not_hold_the_underlay():
+    inside = UnderlayFacts(interface="eth0", local=ipaddress.IPv4Address("10.198.101.200"), mtu=1500,
+                           peers=(ipaddress.IPv4Address("10.198.101.201"),))
+    with pytest.raises(SpecError) as e:
+        peer_plan([{"name": "a", "image": "i", "ip": "10.198.101.1"}], underlay=inside)
+    paths = {i.path: i.message for i in e.value.issues}
+    assert "holds this host's underlay address 10.198.101.200" in paths["bridge.address"]
+    assert "peer 10.198.101.201 is inside the bridge subnet" in paths["peers.hosts"]
+
+
+@pytest.mark.parametrize("hosts, problem", [
+    (["127.0.0.1"], "cannot be another host's unicast address"), (["1.2.3.999"], "neither an IPv4 address nor"),
+    ([7], "expected an IPv4 address or a DNS name"), (["a..b"], "neither"), ([], "at least 1 item")])
+def test_bad_peers_are_named(hosts, problem):
+    with pytest.raises(SpecError, match=problem):
+        parse_lab_data({"bridge": {"address": "10.0.0.1/24"}, "peers": hosts,
+                        "guests": [{"name": "a", "image": "i", "ip": "10.0.0.2"}]})

@@ -142,7 +142,9 @@ def test_the_lab_file_reference_is_generated_from_the_models_and_its_example_is_
     assert example is not None
     lab = load_lab_text(example.group(1))
     keys = {row.split("|")[1].strip().strip("`") for row in markdown_table().splitlines()[2:]}
-    shown = {"name", "bridge", "uplink", "firewall", "warm_start", "guests"}
+    shown = {"name", "bridge", "uplink", "peers", "firewall", "warm_start", "guests"}
+    assert lab.peers is not None
+    shown |= {f"peers.{k}" for k in type(lab.peers).model_fields}
     shown |= {f"bridge.{k}" for k in type(lab.bridge).model_fields}
     shown |= {f"uplink.{k}" for k in type(lab.uplink).model_fields}
     shown |= {"firewall.backend"} | {f"guests[].{k}" for k in type(lab.guests[0]).model_fields}

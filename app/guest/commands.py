@@ -23,6 +23,7 @@ class NetConfig:
     address: ipaddress.IPv4Interface | None  # None: DHCP (the user-mode NIC)
     gateway: ipaddress.IPv4Address | None
     dns: tuple[ipaddress.IPv4Address, ...] = ()
+    mtu: int | None = None  # None: left as the guest has it
 
     @property
     def side_nic(self) -> bool:
@@ -94,6 +95,10 @@ def parse_addresses(output: str) -> list[ipaddress.IPv4Interface]:
     return [ipaddress.IPv4Interface(a) for a in _INET.findall(output)]
 
 
+def mtu_cmd(iface: str) -> Argv:
+    return ["sh", "-c", 'cat "/sys/class/net/$1/mtu"', "mtu", iface]
+
+
 def clock_and_addresses_cmd(epoch: float) -> Argv:
     """Set the clock to the host's, then list links and IPv4 addresses, in
     one round trip: what a guest restored from a snapshot is checked with."""
@@ -156,7 +161,8 @@ def networkd_unit(cfg: NetConfig) -> list[str]:
     lines += [f"Address={cfg.address}"]
     lines += [f"Gateway={cfg.gateway}"] if cfg.gateway else []
     lines += [f"DNS={d}" for d in cfg.dns]
-    return lines + ["LinkLocalAddressing=no", "IPv6AcceptRA=no"]
+    lines += ["LinkLocalAddressing=no", "IPv6AcceptRA=no"]
+    return lines + (["", "[Link]", f"MTUBytes={cfg.mtu}"] if cfg.mtu else [])
 
 
 def read_file_cmd(path: str) -> Argv:

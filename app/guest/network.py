@@ -83,7 +83,20 @@ def verify(shell: Shell, cfg: commands.NetConfig, iface: str | None = None, sett
         defaults = commands.parse_default_devices(shell.check(commands.default_routes_cmd()))
         if iface in defaults:
             raise NetworkConfigError(f"{iface} (user-mode NIC) carries a default route: {defaults}")
+    if cfg.mtu:
+        _verify_mtu(shell, iface, cfg.mtu, deadline)
     return iface
+
+
+def _verify_mtu(shell: Shell, iface: str, want: int, deadline: float) -> None:
+    """A lowered MTU (VXLAN to peers) is live: larger frames would be lost
+    silently on the way to another host."""
+    mtu = shell.check(commands.mtu_cmd(iface)).strip()
+    while mtu != str(want) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        mtu = shell.check(commands.mtu_cmd(iface)).strip()
+    if mtu != str(want):
+        raise NetworkConfigError(f"{iface} has MTU {mtu}, expected {want} (VXLAN to the peers needs 50 bytes)")
 
 
 def set_clock_and_verify(shell: Shell, cfg: commands.NetConfig, now: Callable[[], float]) -> str:

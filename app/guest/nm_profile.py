@@ -50,7 +50,9 @@ def keyfile(cfg: commands.NetConfig) -> list[str]:
     default route or DNS."""
     lines = ["# written by bridgelab", "[connection]", f"id={commands.profile_name(cfg.mac)}",
              f"uuid={profile_uuid(cfg.mac)}", "type=ethernet", "autoconnect=true",
-             f"autoconnect-priority={PRIORITY}", "", "[ethernet]", f"mac-address={cfg.mac.upper()}", "", "[ipv4]"]
+             f"autoconnect-priority={PRIORITY}", "", "[ethernet]", f"mac-address={cfg.mac.upper()}"]
+    lines += [f"mtu={cfg.mtu}"] if cfg.mtu and not cfg.side_nic else []
+    lines += ["", "[ipv4]"]
     if cfg.side_nic:
         # qemu's user network answers DHCP; its default route and DNS would
         # steal the guest's traffic from the bridge, so both are refused.

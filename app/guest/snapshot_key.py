@@ -66,6 +66,8 @@ def image_fingerprint(g: GuestPlan) -> str:
 
 def key(g: GuestPlan) -> Key:
     net = f"{g.ip} gateway {g.gateway or '-'} dns {','.join(map(str, g.dns)) or '-'}"
+    if g.mtu:  # only when set, so that snapshots kept before MTUs existed stay valid
+        net += f" mtu {g.mtu}"
     return {
         "qemu": qemu_version(qemu_argv.ARCHES[g.arch].binary),
         "machine": _digest("\0".join(machine_args(g))),

@@ -38,11 +38,14 @@ _MARK = re.compile(r"^bridgelab lab=([a-z0-9][a-z0-9-]{0,31})$")
 _TAG = re.compile(r'--comment "?bridgelab lab=([a-z0-9][a-z0-9-]{0,31})"?(?:\s|$)')
 
 
+_WHAT = {"tun": "tap", "bridge": "bridge", "vxlan": "VXLAN port"}
+
+
 @dataclass(frozen=True)
 class MarkedLink:
     index: int
     name: str
-    kind: str  # "bridge" | "tun"
+    kind: str  # "bridge" | "tun" | "vxlan"
     lab: str
     held: bool  # a tap has carrier while a process (qemu) has it open, whether or not it is up
 
@@ -84,7 +87,7 @@ def marked_links() -> list[MarkedLink]:
             mark = _MARK.match(msg.get_attr("IFLA_IFALIAS") or "")
             info = msg.get_attr("IFLA_LINKINFO")
             kind = info.get_attr("IFLA_INFO_KIND") if info else None
-            if mark and kind in ("bridge", "tun"):
+            if mark and kind in ("bridge", "tun", "vxlan"):
                 found.append(MarkedLink(index=msg["index"], name=msg.get_attr("IFLA_IFNAME"), kind=kind,
                                         lab=mark.group(1), held=kind == "tun" and msg.get_attr("IFLA_CARRIER") == 1))
     return found
@@ -154,7 +157,7 @@ def _remove_marked(links: list[MarkedLink], result: LabResult) -> None:
             except NetlinkError as e:
                 if e.code != errno.ENODEV:
                     raise HostNetError(f"cannot remove {link.name}: {os.strerror(e.code)}") from None
-            result.removed.append(f"removed {'tap' if link.kind == 'tun' else 'bridge'} {link.name} "
+            result.removed.append(f"removed {_WHAT[link.kind]} {link.name} "
                                   "(not in a ledger: found by its alias)")
 
 
@@ -175,7 +178,7 @@ def _still_there(only: str | None, live: set[str], dirs: dict[str, Path]) -> lis
     for link in marked_links():
         if link.lab in live or (only is not None and link.lab != only):
             continue
-        what = "tap" if link.kind == "tun" else "bridge"
+        what = _WHAT[link.kind]
         left.append(f"{what} {link.name} of lab {link.lab}" + (
             ": a process still holds it open (not recorded, so not killed; find it with: "
             f"grep -l {link.name} /proc/*/cmdline)" if link.held else ""))

@@ -10,8 +10,11 @@ Why rules at all:
   Docker wants user rules; it jumps there before its own) or else FORWARD.
 - NAT uplink: MASQUERADE scoped to `-s SUBNET ! -d SUBNET -o UPLINK`, and an
   MSS clamp for uplinks with a smaller MTU.
+- Peers (VXLAN): the UDP port accepted from each declared peer in INPUT,
+  and frames for the lab's VNI from anybody else dropped.
 - Chains: BL-<hash>-FWD in filter (jumped to from DOCKER-USER or FORWARD),
-  BL-<hash>-NAT in nat (from POSTROUTING, nat mode only).
+  BL-<hash>-IN in filter (from INPUT, with peers only), BL-<hash>-NAT in nat
+  (from POSTROUTING, nat mode only).
 
 How:
 - Chains are named BL-<lab hash>-FWD/NAT; every rule and jump carries the
@@ -39,7 +42,7 @@ from pathlib import Path
 
 from .. import proc, settings
 from ..errors import HostNetError
-from ..model.plan import LabPlan
+from ..model.plan import LabPlan, OverlayPlan
 from ..model.spec import UplinkKind
 from ..settings import IptablesBackend
 from .ledger import FirewallEntry, Ledger
@@ -135,12 +138,25 @@ class Ruleset:
         return next((c for c in self.chains if c.table == table), None)
 
 
+def vxlan_rules(overlay: OverlayPlan) -> tuple[tuple[str, ...], ...]:
+    """The VXLAN port open to the declared peers only. Frames from anybody
+    else for this lab's VNI are dropped: the kernel would put them on the
+    bridge. The drop matches the VNI in the VXLAN header (u32: the UDP header
+    starts at the IP header's length, the VNI is the top 24 bits of the
+    VXLAN header's second word, 12 bytes in), so other VXLAN users of the
+    same port (Docker's overlay networks use 4789 too) are left alone."""
+    port = ("-p", "udp", "--dport", str(overlay.port))
+    accept = tuple(("-s", str(peer), *port, "-j", "ACCEPT") for peer in overlay.peers)
+    return (*accept, (*port, "-m", "u32", "--u32", f"0>>22&0x3C@12>>8={overlay.vni}", "-j", "DROP"))
+
+
 def lab_ruleset(plan: LabPlan, bridged: bool, docker_user: bool) -> Ruleset:
-    """What the lab needs: nothing without an uplink unless bridged frames
-    meet iptables; with an uplink, forwarding both ways, and NAT for `nat`."""
+    """What the lab needs: nothing without an uplink or peers unless bridged
+    frames meet iptables; with an uplink, forwarding both ways, and NAT for
+    `nat`; with peers, the VXLAN port open to them alone."""
     tag, prefix, br = lab_tag(plan.name), chain_prefix(plan.name), plan.bridge
     up = plan.uplink
-    if up is None and not bridged:
+    if up is None and not bridged and plan.overlay is None:
         return Ruleset(tag)
     fwd: list[tuple[str, ...]] = [("-i", br, "-o", br, "-j", "ACCEPT")]
     chains = []
@@ -161,6 +177,8 @@ def lab_ruleset(plan: LabPlan, bridged: bool, docker_user: bool) -> Ruleset:
         clamp = ("-p", "tcp", "--tcp-flags", "SYN,RST", "SYN", "-j", "TCPMSS", "--clamp-mss-to-pmtu")
         fwd[:0] = [("-i", br, "-o", up.interface, *clamp), ("-i", up.interface, "-o", br, *clamp)]
     chains.insert(0, Chain("filter", prefix + "FWD", "DOCKER-USER" if docker_user else "FORWARD", tuple(fwd)))
+    if plan.overlay is not None:
+        chains.insert(1, Chain("filter", prefix + "IN", "INPUT", vxlan_rules(plan.overlay)))
     return Ruleset(tag, tuple(chains))
 
 
@@ -267,11 +285,11 @@ def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
     stale = {f"iptables-{b}": removal_input(text, tag, prefix) for b, text in saves.items()}
     bridged = bridged_frames_hit_iptables()
     cmd = None
-    if plan.uplink is not None or bridged:
+    if plan.uplink is not None or plan.overlay is not None or bridged:
         try:
             cmd = iptables(plan.iptables_backend, saves)
         except HostNetError as e:
-            if plan.uplink is not None:
+            if plan.uplink is not None or plan.overlay is not None:
                 raise
             log.warning("bridged frames go through iptables here, but %s: "
                         "if guests cannot reach each other, allow forwarding on %s", e, plan.bridge)

@@ -105,12 +105,13 @@ class HostNet:
 
     # ------------------------------------------------------------ ensure
 
-    def _create_bridge(self, ifname: str, **kwargs: Any) -> LinkState:
+    def create_link(self, ifname: str, kind: str, **kwargs: Any) -> LinkState:
+        """A link made through netlink, ledgered at once."""
         try:
-            self.ipr.link("add", ifname=ifname, kind="bridge", **kwargs)
+            self.ipr.link("add", ifname=ifname, kind=kind, **kwargs)
         except NetlinkError as e:
-            raise HostNetError(f"cannot create bridge {ifname}: {os.strerror(e.code)}") from None
-        return self._created(ifname, "bridge")
+            raise HostNetError(f"cannot create {kind} {ifname}: {os.strerror(e.code)}") from None
+        return self._created(ifname, kind)
 
     def _create_tap(self, ifname: str) -> LinkState:
         create_tap(ifname)  # /dev/net/tun: no netlink round trip, an existing name refused
@@ -123,7 +124,7 @@ class HostNet:
         log.info("created %s %s (ifindex %d)", kind, ifname, state.index)
         return state
 
-    def _existing(self, ifname: str, kind: str, with_addresses: bool = False,
+    def existing(self, ifname: str, kind: str, with_addresses: bool = False,
                   known: dict[str, LinkState] | None = None) -> LinkState | None:
         state = known.get(ifname) if known is not None else self.link(ifname, with_addresses)
         if state is None:
@@ -136,12 +137,12 @@ class HostNet:
         return state
 
     def ensure_bridge(self, ifname: str, address: ipaddress.IPv4Interface | None, mac: str) -> LinkState:
-        state = self._existing(ifname, "bridge", with_addresses=True)
+        state = self.existing(ifname, "bridge", with_addresses=True)
         if state is None:
             # Guest<->guest frames crossing iptables on Docker hosts are handled
             # in firewall.py: a per-bridge nf_call_iptables=0 cannot override
             # the global br_netfilter sysctl.
-            state = self._create_bridge(ifname, address=mac, br_stp_state=0)
+            state = self.create_link(ifname, "bridge", address=mac, br_stp_state=0)
         if address is not None and str(address) not in state.addresses:
             try:
                 self.ipr.addr("add", index=state.index, address=str(address.ip), prefixlen=address.network.prefixlen)
@@ -160,7 +161,7 @@ class HostNet:
         humans reading `ip link`: those that need it all in one netlink batch."""
         states = {}
         for ifname in ifnames:
-            state = self._existing(ifname, "tun", known=known)
+            state = self.existing(ifname, "tun", known=known)
             states[ifname] = state if state is not None else self._create_tap(ifname)
         todo = [name for name, st in states.items() if st.master != bridge.index or not st.up]
         self.batch.set_links([LinkSet(name, states[name].index, bridge.index, self.owner) for name in todo])

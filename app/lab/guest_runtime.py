@@ -76,7 +76,7 @@ class GuestRuntime:
 
     def net_config(self) -> NetConfig:
         p = self.plan
-        return NetConfig(mac=p.mac, address=p.ip, gateway=p.gateway, dns=p.dns)
+        return NetConfig(mac=p.mac, address=p.ip, gateway=p.gateway, dns=p.dns, mtu=p.mtu)
 
 
 __all__ = ["GuestRuntime"]

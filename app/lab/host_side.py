@@ -9,7 +9,7 @@ import logging
 from types import TracebackType
 
 from ..errors import HostNetError
-from ..host import firewall, links, undo, uplink
+from ..host import firewall, links, undo, uplink, vxlan
 from ..host.ledger import Ledger
 from ..host.lablock import LabLock
 from ..model.plan import LabPlan
@@ -59,7 +59,12 @@ class HostSide:
             log.warning("swept what an earlier run of lab %s left: %s", self.name, "; ".join(undone.lines()))
         net = links.HostNet(ledger, self.owner)
         try:
-            links.apply(net, plan.bridge, plan.bridge_address, plan.bridge_mac, [g.tap for g in plan.guests])
+            states = links.apply(net, plan.bridge, plan.bridge_address, plan.bridge_mac, [g.tap for g in plan.guests])
+            if plan.overlay is not None:
+                vxlan.ensure(net, plan.overlay, states[plan.bridge])
+                log.info("VXLAN %s: VNI %d, UDP %d from %s on %s to %s; %s", plan.overlay.device, plan.overlay.vni,
+                         plan.overlay.port, plan.overlay.local, plan.overlay.interface,
+                         ", ".join(map(str, plan.overlay.peers)) or "(no peer yet)", plan.overlay.mtu_reason)
             self.ruleset = firewall.apply(ledger, plan)  # also sweeps rules by tag, in case the ledger was lost
             uplink.apply(ledger, plan)
             self._warn_host_firewalls(plan)

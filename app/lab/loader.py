@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FieldIssue, HostNetError, ImageError, SpecError
-from ..host import uplink
+from ..host import uplink, vxlan
 from ..model import declared
 from ..model.images import Image, resolve_image
 from ..model.plan import GuestPlan, HostFacts, LabPlan, make_plan
@@ -36,13 +36,19 @@ class LabSource:
 
 
 def host_facts(lab: Lab | None = None) -> HostFacts:
-    facts = None
+    facts = underlay = None
     if lab is not None and lab.uplink.mode is not UplinkMode.none:
         try:
             facts = uplink.detect(lab.uplink.interface)
         except HostNetError as e:
             raise SpecError([FieldIssue("uplink.interface" if lab.uplink.interface else "uplink", str(e))]) from None
-    return HostFacts(arch=platform.machine(), kvm=os.access("/dev/kvm", os.R_OK | os.W_OK), uplink=facts)
+    if lab is not None and lab.peers is not None:
+        try:
+            underlay = vxlan.detect(lab.peers)
+        except HostNetError as e:
+            raise SpecError([FieldIssue("peers.interface" if lab.peers.interface else "peers", str(e))]) from None
+    return HostFacts(arch=platform.machine(), kvm=os.access("/dev/kvm", os.R_OK | os.W_OK), uplink=facts,
+                     underlay=underlay)
 
 
 def resolve_images(lab: Lab, base_dir: Path, known: dict[str, Image] | None = None) -> dict[str, Image]:

@@ -11,7 +11,8 @@ from typing import Any
 
 from .spec import Lab
 
-_FORMATS = {"ipv4": "IPv4 address", "ipv4interface": "IPv4 address/prefix"}
+_FORMATS = {"ipv4": "IPv4 address", "ipv4interface": "IPv4 address/prefix", "ipv4network": "IPv4 network/prefix",
+            "hostname": "DNS name"}
 
 
 def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -31,6 +32,9 @@ def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, An
 
 
 def _type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
+    options = [o for o in schema.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) > 1 and not all({"enum", "const", "$ref"} & set(o) for o in options):
+        return " or ".join(_type(o, defs) for o in options)  # one of several kinds, not of several values
     schema, _ = _resolve(schema, defs)
     if "enum" in schema:
         return " \\| ".join(f"`{v}`" for v in schema["enum"])

@@ -15,7 +15,7 @@ from typing import Mapping
 from ..errors import FieldIssue, SpecError
 from ..settings import IptablesBackend
 from .images import BootStyle, Image
-from .spec import Accel, Arch, Guest, Lab, Login, Uplink, UplinkKind, UplinkMode, ip_problems
+from .spec import VNI_MAX, Accel, Arch, Guest, Lab, Login, MtuPolicy, Uplink, UplinkKind, UplinkMode, ip_problems
 
 # sun_path in struct sockaddr_un is 108 bytes including the NUL.
 UNIX_PATH_MAX = 107
@@ -35,10 +35,21 @@ class UplinkFacts:
 
 
 @dataclass(frozen=True)
+class UnderlayFacts:
+    """The path to the peers (read by overlay.detect)."""
+
+    interface: str
+    local: ipaddress.IPv4Address  # this host's source address toward the first peer
+    mtu: int  # the underlay interface's
+    peers: tuple[ipaddress.IPv4Address, ...]  # names resolved, this host's own addresses left out
+
+
+@dataclass(frozen=True)
 class HostFacts:
     arch: str  # platform.machine(), e.g. "x86_64"
     kvm: bool  # /dev/kvm is usable
     uplink: UplinkFacts | None = None  # read only when the lab has an uplink
+    underlay: UnderlayFacts | None = None  # read only when the lab has peers
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,27 @@ class UplinkPlan:
     lan: ipaddress.IPv4Interface | None  # the host's address on the uplink
     gateway: ipaddress.IPv4Address | None
     target: ipaddress.IPv4Address | None  # what the self-test pings
+
+
+# VXLAN over IPv4: outer IPv4 (20) + UDP (8) + VXLAN (8) + the inner Ethernet header (14).
+VXLAN_OVERHEAD = 50
+ETHERNET_MTU = 1500
+
+
+@dataclass(frozen=True)
+class OverlayPlan:
+    """The lab's VXLAN port on the bridge: one L2 with the peers' bridges."""
+
+    device: str
+    vni: int
+    port: int
+    interface: str  # the underlay
+    local: ipaddress.IPv4Address
+    peers: tuple[ipaddress.IPv4Address, ...]
+    mtu: int  # the VXLAN device's
+    guest_mtu: int | None  # None: the guests keep Ethernet's 1500
+    mtu_reason: str
+    api_port: int
 
 
 @dataclass(frozen=True)
@@ -93,6 +125,7 @@ class GuestPlan:
     boot_timeout: float
     paths: GuestPaths
     user_nic: UserNicPlan | None = None
+    mtu: int | None = None  # None: the guest's default (Ethernet's 1500)
 
 
 @dataclass(frozen=True)
@@ -107,6 +140,7 @@ class LabPlan:
     uplink: UplinkPlan | None = None
     iptables_backend: IptablesBackend | None = None  # from the lab file; None: detect
     warm_start: bool = True  # the lab file's `warm_start`
+    overlay: OverlayPlan | None = None
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -138,10 +172,12 @@ def derive_mac(lab: str, guest: str) -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def derive_bridge_mac(lab: str) -> str:
-    # A bridge otherwise takes the lowest MAC of its ports, so its MAC (and
-    # every guest's ARP entry for the gateway) would change as taps come and go.
-    return derive_mac(lab, "\0bridge")
+def derive_bridge_mac(lab: str, host: ipaddress.IPv4Interface | None = None) -> str:
+    """A bridge otherwise takes the lowest MAC of its ports, so its MAC (and
+    every guest's ARP entry for the gateway) would change as taps come and go.
+    With peers, every host's bridge runs the same lab on one L2: its own
+    address (unique in the shared subnet) tells their MACs apart."""
+    return derive_mac(lab, "\0bridge" + (f"\0{host}" if host is not None else ""))
 
 
 def derive_tap(lab: str, guest: str) -> str:
@@ -166,9 +202,12 @@ def resolve_accel(g: Guest, host: HostFacts) -> tuple[str, str | None]:
 
 
 def allocate_ips(lab: Lab, host_address: ipaddress.IPv4Interface) -> list[ipaddress.IPv4Address | None]:
-    """Explicit IPs stay; the rest get the lowest free host addresses, in guest order."""
+    """Explicit IPs stay; the rest get the lowest free host addresses of the
+    pool (default: the subnet), in guest order."""
     taken = {host_address.ip} | {g.ip for g in lab.guests if g.ip is not None}
-    pool = (ip for ip in host_address.network.hosts() if ip not in taken)
+    subnet = host_address.network
+    hosts = lab.bridge.pool or subnet
+    pool = (ip for ip in hosts if ip not in taken and ip not in (subnet.network_address, subnet.broadcast_address))
     return [g.ip if g.ip is not None else next(pool, None) for g in lab.guests]
 
 
@@ -207,6 +246,57 @@ def plan_uplink(lab: Lab, facts: UplinkFacts | None) -> tuple[UplinkPlan | None,
     target = lab.uplink.target or facts.gateway
     return UplinkPlan(mode=mode, interface=facts.interface, reason=reason, lan=facts.address,
                       gateway=facts.gateway, target=target), issues
+
+
+def derive_vni(lab: str) -> int:
+    return 1 + int.from_bytes(_digest("vni", lab)[:4], "big") % VNI_MAX
+
+
+def derive_vxlan_device(lab: str) -> str:
+    """'bl' + the lab's 4 hex + '_vx': a guest's tap never has '_' (guest names cannot)."""
+    return "bl" + _digest("lab", lab).hex()[:4] + "_vx"
+
+
+def choose_mtu(policy: MtuPolicy, underlay_mtu: int, interface: str) -> tuple[int, int | None, str | None]:
+    """Pure: (the VXLAN device's MTU, the guests' MTU or None to keep 1500,
+    the reason) or, for `check` on a small underlay, the problem as the third
+    item with a guest MTU of None and a device MTU of 0."""
+    room = underlay_mtu - VXLAN_OVERHEAD
+    if policy is not MtuPolicy.lower_guests and room >= ETHERNET_MTU:
+        return ETHERNET_MTU, None, (f"{interface} carries {underlay_mtu} bytes, room for VXLAN's "
+                                    f"{VXLAN_OVERHEAD}: guests keep MTU {ETHERNET_MTU}")
+    if policy is MtuPolicy.check:
+        return 0, None, None
+    why = "mtu: lower" if policy is MtuPolicy.lower_guests else f"{interface} carries only {underlay_mtu} bytes"
+    return room, room, f"{why}: guests get MTU {room} ({underlay_mtu} - {VXLAN_OVERHEAD} for VXLAN)"
+
+
+def plan_overlay(lab: Lab, facts: UnderlayFacts | None,
+                 host_address: ipaddress.IPv4Interface) -> tuple[OverlayPlan | None, list[FieldIssue]]:
+    peers = lab.peers
+    if peers is None:
+        return None, []
+    if facts is None:
+        return None, [FieldIssue("peers", "the underlay to the peers was not inspected")]
+    issues = []
+    where = "peers.interface" if peers.interface else "peers"
+    if facts.interface == lab.bridge.name:
+        issues.append(FieldIssue(where, f"the route to the peers leaves by the lab's own bridge {facts.interface}"))
+    if facts.local in host_address.network:
+        issues.append(FieldIssue("bridge.address", f"the bridge subnet {host_address.network} holds this host's "
+                                                   f"underlay address {facts.local}: use another subnet"))
+    issues += [FieldIssue("peers.hosts", f"peer {p} is inside the bridge subnet {host_address.network}: "
+                                         "peers are reached over the underlay")
+               for p in facts.peers if p in host_address.network]
+    mtu, guest_mtu, reason = choose_mtu(peers.mtu, facts.mtu, facts.interface)
+    if reason is None:
+        issues.append(FieldIssue("peers.mtu", f"check: {facts.interface} carries {facts.mtu} bytes, VXLAN needs "
+                                              f"{ETHERNET_MTU + VXLAN_OVERHEAD} for guests at MTU {ETHERNET_MTU}; "
+                                              "raise the underlay's MTU or use mtu: auto"))
+        reason = ""
+    return OverlayPlan(device=derive_vxlan_device(lab.name), vni=peers.vni or derive_vni(lab.name), port=peers.port,
+                       interface=facts.interface, local=facts.local, peers=facts.peers, mtu=mtu,
+                       guest_mtu=guest_mtu, mtu_reason=reason, api_port=peers.api_port), issues
 
 
 def derive_ssh_port(lab: str, guest: str, taken: set[int]) -> int:
@@ -266,6 +356,8 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
         host_address = uplink.lan  # proxy-arp: guests live on the uplink's LAN
     else:
         raise SpecError(issues or [FieldIssue("bridge.address", "required unless the uplink is proxy-arp")])
+    overlay, overlay_issues = plan_overlay(lab, host.underlay, host_address)
+    issues += overlay_issues
     default_gateway = host_address.ip if lab.bridge.address is not None else (uplink.gateway if uplink else None)
     ips = allocate_ips(lab, host_address)
     user_nics = plan_user_nics(lab)
@@ -286,7 +378,7 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
         taps.setdefault(tap, i)
         ip = ips[i]
         if ip is None:
-            issues.append(FieldIssue(f"{at}.ip", f"no free address left in {host_address.network}"))
+            issues.append(FieldIssue(f"{at}.ip", f"no free address left in {lab.bridge.pool or host_address.network}"))
             continue
         if lab.bridge.address is None:  # proxy-arp: the spec could not check against the LAN
             issues += [FieldIssue(f"{at}.ip", m) for m in ip_problems(ip, host_address)]
@@ -315,14 +407,16 @@ def make_plan(lab: Lab, images: Mapping[str, Image], host: HostFacts, state_dir:
             ip=ipaddress.IPv4Interface(f"{ip}/{g.prefix or bridge_prefix}"), gateway=g.gateway or default_gateway,
             dns=tuple(g.dns), mac=mac, tap=tap, login=g.login or image.login, image=image,
             append=append, qemu_args=tuple(g.qemu_args),
-            boot_timeout=g.boot_timeout or BOOT_TIMEOUT[accel], paths=paths, user_nic=user_nics[i]))
+            boot_timeout=g.boot_timeout or BOOT_TIMEOUT[accel], paths=paths, user_nic=user_nics[i],
+            mtu=overlay.guest_mtu if overlay else None))
     if issues:
         raise SpecError(issues)
     return LabPlan(name=lab.name, bridge=lab.bridge.name, bridge_address=lab.bridge.address,
-                   host_address=host_address, bridge_mac=derive_bridge_mac(lab.name), state_dir=state_dir,
+                   host_address=host_address, state_dir=state_dir,
+                   bridge_mac=derive_bridge_mac(lab.name, lab.bridge.address if overlay else None),
                    guests=tuple(guests), uplink=uplink,
                    iptables_backend=None if lab.firewall.backend == "auto" else IptablesBackend(lab.firewall.backend),
-                   warm_start=lab.warm_start)
+                   warm_start=lab.warm_start, overlay=overlay)
 
 
 def check_new_ip(plan: LabPlan, guest: str, ip: ipaddress.IPv4Address) -> list[str]:
@@ -336,6 +430,7 @@ def check_new_ip(plan: LabPlan, guest: str, ip: ipaddress.IPv4Address) -> list[s
     return problems
 
 
-__all__ = ["BootStyle", "GuestPlan", "HostFacts", "LabPlan", "UplinkFacts", "UplinkPlan", "UserNicPlan",
+__all__ = ["BootStyle", "GuestPlan", "HostFacts", "LabPlan", "OverlayPlan", "UnderlayFacts", "UplinkFacts",
+           "UplinkPlan", "UserNicPlan", "choose_mtu", "plan_overlay",
            "choose_uplink_mode", "check_new_ip", "derive_mac", "derive_tap",
            "make_plan", "allocate_ips"]

@@ -7,11 +7,13 @@ problem found, each with its field path (``guests[1].ip: ...``).
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -53,6 +55,9 @@ class Bridge(_Model):
     name: IfName = Field(default="br0", description="the bridge's interface name")
     address: ipaddress.IPv4Interface | None = Field(
         default=None, description="the host's address on the bridge; required unless the uplink is proxy-arp")
+    pool: ipaddress.IPv4Network | None = Field(default=None, description=(
+        "where guests without an `ip` take theirs (default: the whole subnet); with `peers`, give each host "
+        "its own, for example 10.198.101.64/27"))
 
     @field_validator("address", mode="before")
     @classmethod
@@ -71,6 +76,19 @@ class Bridge(_Model):
             raise ValueError(f"/{net.prefixlen} leaves no room for guests; use /30 or shorter")
         if v.ip in (net.network_address, net.broadcast_address):
             raise ValueError(f"{v.ip} is the network or broadcast address of {net}")
+        return v
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _pool_is_a_network(cls, v: Any) -> Any:
+        if isinstance(v, str) and "/" not in v:
+            raise ValueError(f"{v!r} needs a prefix length, e.g. {v}/27")
+        if isinstance(v, str):
+            try:
+                ipaddress.IPv4Network(v)
+            except ValueError:
+                raise ValueError(f"{v!r} has host bits set: write the network, e.g. "
+                                 f"{ipaddress.IPv4Network(v, strict=False)}") from None
         return v
 
 
@@ -125,6 +143,63 @@ class UserNic(_Model):
                                                      "through this NIC (forwarded ports still work)")
 
 
+class MtuPolicy(StrEnum):
+    """What VXLAN's 50 bytes of headers do to the guests' MTU."""
+
+    auto = "auto"
+    lower_guests = "lower"
+    check = "check"
+
+
+VNI_MAX = (1 << 24) - 1
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _peer_host(v: Any) -> Any:
+    """An IPv4 address, or a DNS name (a headless Service's, in a cluster).
+    All-numeric names are mistyped addresses, not names."""
+    if isinstance(v, ipaddress.IPv4Address):
+        return v
+    if not isinstance(v, str):
+        raise ValueError("expected an IPv4 address or a DNS name, in quotes if YAML reads it otherwise")
+    try:
+        ip = ipaddress.IPv4Address(v)
+    except ValueError:
+        pass
+    else:
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip == ipaddress.IPv4Address("255.255.255.255"):
+            raise ValueError(f"{ip} cannot be another host's unicast address")
+        return ip
+    if not _HOSTNAME.match(v) or len(v) > 253 or v.replace(".", "").isdigit():
+        raise ValueError(f"{v[:60]!r} is neither an IPv4 address nor a DNS name")
+    return v
+
+
+PeerHost = Annotated[Annotated[ipaddress.IPv4Address | Annotated[str, Field(json_schema_extra={"format": "hostname"})],
+                               Field(union_mode="left_to_right")],
+                     BeforeValidator(_peer_host)]
+
+
+class Peers(_Model):
+    """Other hosts running bridgelab whose bridges join this one over VXLAN."""
+
+    hosts: list[PeerHost] = Field(min_length=1, max_length=64, description=(
+        "the other hosts' underlay addresses, or DNS names (every A record is a peer; this host's own "
+        "addresses are left out, so one headless Service name serves every node)"))
+    vni: int | None = Field(default=None, ge=1, le=VNI_MAX, description=(
+        "the VXLAN network identifier, the same on every host; default: hashed from the lab name"))
+    port: int = Field(default=4789, ge=1, le=65535, description=(
+        "the VXLAN UDP port, the same on every host (containerlab uses 14789 where 4789 is filtered)"))
+    interface: IfName | None = Field(default=None, description=(
+        "the underlay interface; default: the one the route to the first peer leaves by"))
+    mtu: MtuPolicy = Field(default=MtuPolicy.auto, description=(
+        "auto: guests keep MTU 1500 when the underlay carries 1550 bytes, else they get the underlay's MTU - 50; "
+        "lower: always the underlay's MTU - 50; check: refuse to start unless the underlay carries 1550"))
+    api_port: int = Field(default=8700, ge=1, le=65535, description=(
+        "where the peers' APIs answer (they exchange their guests with the shared token, "
+        "$BRIDGELAB_TOKEN)"))
+
+
 class Guest(_Model):
     name: GuestName = Field(description="unique in the lab; names the tap and the guest's state")
     arch: Arch = Field(default=Arch.riscv64, description="the guest's architecture (qemu-system-ARCH)")
@@ -172,10 +247,18 @@ class Lab(_Model):
     bridge: Bridge = Field(description="the Linux bridge every guest's tap joins")
     uplink: Uplink = Field(default=Uplink(), description="how guests reach beyond the host (docs/uplinks.md)")
     firewall: Firewall = Field(default=Firewall(), description="where the lab's own tagged iptables rules go")
+    peers: Peers | None = Field(default=None, description=(
+        "other hosts whose bridges join this lab's over VXLAN (docs/peers.md); a list of addresses "
+        "for the defaults"))
     warm_start: bool = Field(default=True, description=(
         "keep a `ready` snapshot of each guest the first time it is ready, and restore it instead of booting "
         "on the next start while it is still valid (`serve --cold` boots anyway)"))
     guests: list[Guest] = Field(min_length=1, description="at least one")
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _peers_shorthand(cls, v: Any) -> Any:
+        return {"hosts": v} if isinstance(v, list) else v
 
     @field_validator("name")
     @classmethod
@@ -277,6 +360,25 @@ def uplink_issues(lab: Lab) -> list[FieldIssue]:
     return []
 
 
+def pool_issues(lab: Lab) -> list[FieldIssue]:
+    """The pool lies in the bridge subnet; with peers, every guest's address
+    is one this host alone hands out: explicit, or from its own pool."""
+    issues = []
+    pool, address = lab.bridge.pool, lab.bridge.address
+    if pool is not None and address is not None and not pool.subnet_of(address.network):
+        issues.append(FieldIssue("bridge.pool", f"{pool} is not inside the bridge subnet {address.network}"))
+    if lab.peers is None:
+        return issues
+    if lab.uplink.lan_addresses:
+        issues.append(FieldIssue("peers", "peers join bridges that carry an address in one shared subnet; "
+                                          "a proxy-arp uplink puts guests on the uplink's LAN instead"))
+    if pool is None:
+        issues += [FieldIssue(f"guests[{i}].ip", "with peers every guest needs an explicit ip, or the bridge a "
+                                                 "`pool` of its own, so that no two hosts hand out one address")
+                   for i, g in enumerate(lab.guests) if g.ip is None]
+    return issues
+
+
 def _valid_parts(data: dict[str, Any]) -> tuple[Bridge | None, list[tuple[int, Guest]]]:
     """The bridge and guests that validate on their own (for cross checks after a failure)."""
     try:
@@ -337,7 +439,7 @@ def parse_lab_data(data: Any) -> Lab:
     except ValidationError as err:
         issues += pydantic_issues(err) + cross_check(*_valid_parts(data))
         raise SpecError(_dedupe(issues)) from None
-    issues += uplink_issues(lab) + cross_check(lab.bridge, list(enumerate(lab.guests)))
+    issues += uplink_issues(lab) + pool_issues(lab) + cross_check(lab.bridge, list(enumerate(lab.guests)))
     if issues:
         raise SpecError(_dedupe(issues))
     return lab
@@ -356,7 +458,8 @@ def _dedupe(issues: list[FieldIssue]) -> list[FieldIssue]:
 
 
 __all__ = [
-    "Accel", "Arch", "Bridge", "Firewall", "Guest", "Lab", "Login", "IFNAMSIZ", "Uplink", "UplinkMode", "UserNic",
+    "Accel", "Arch", "Bridge", "Firewall", "Guest", "Lab", "Login", "IFNAMSIZ", "MtuPolicy", "Peers", "Uplink",
+    "UplinkMode", "UserNic",
     "RESERVED_QEMU_OPTIONS", "load_lab_text", "parse_lab_data", "ip_problems", "normalize_mac",
     "parse_memory_mib", "has_control_chars",
 ]
