@@ -101,8 +101,16 @@ class NetworkConfigError(GuestError):
     """NetworkManager in the guest did not end up with the requested address."""
 
 
+class PeerClash(GuestError):
+    """A peer host declares what this guest (or this host's bridge) would also use."""
+
+
 class UnknownGuest(BridgelabError):
     """No guest of that name in the lab (HTTP 404)."""
+
+
+class NoPeers(UnknownGuest):
+    """The lab has no peers to show (a 404, like an unknown guest)."""
 
 
 class UnknownSnapshot(UnknownGuest):

@@ -77,11 +77,14 @@ def wait_settled(lab: RunningLab) -> None:
 
 
 @contextlib.contextmanager
-def running_lab(tmp: Path, spec: dict[str, Any], prefix: str) -> Iterator[RunningLab]:
+def running_lab(tmp: Path, spec: dict[str, Any], prefix: str, ns: str | None = None,
+                settle: bool = True) -> Iterator[RunningLab]:
+    """`ns`: a namespace the caller made (else a fresh one named after
+    `prefix`); `settle`: wait until every guest is ready or failed."""
     lab_file = tmp / "lab.yaml"
     lab_file.write_text(yaml.safe_dump(spec))
     with contextlib.ExitStack() as stack:
-        ns = stack.enter_context(netns(prefix))
+        ns = ns or stack.enter_context(netns(prefix))
         log = tmp / "serve.log"
         sock = tmp / "api.sock"
         argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "bridgelab.cli", "serve",
@@ -92,7 +95,8 @@ def running_lab(tmp: Path, spec: dict[str, Any], prefix: str) -> Iterator[Runnin
             running = RunningLab(ns, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), api, tmp / "s",
                                  log, argv)
         stack.callback(lambda: stop_process(running.proc, 120))  # the current daemon, after restarts
-        wait_settled(running)
+        if settle:
+            wait_settled(running)
         yield running
 
 

@@ -63,10 +63,11 @@ def _join(wan: str, ns: str, port: str, address: str, mtu: int) -> None:
 
 
 @contextlib.contextmanager
-def underlay(mtu: int) -> Iterator[Underlay]:
+def underlay(mtu: int, count: int = HOSTS) -> Iterator[Underlay]:
+    """`count` hosts and an outsider on one switch, each link carrying `mtu`."""
     with contextlib.ExitStack() as stack:
         wan = stack.enter_context(netns("blp-w"))
-        hosts = [stack.enter_context(netns(f"blp-h{i + 1}")) for i in range(HOSTS)]
+        hosts = [stack.enter_context(netns(f"blp-h{i + 1}")) for i in range(count)]
         outsider = stack.enter_context(netns("blp-o"))
         u = Underlay(wan, hosts, outsider)
         stack.callback(lambda: list(map(delete_netns, u.guests)))

@@ -19,6 +19,7 @@ from .auth import SESSION_COOKIE, Policy, reader_of, same_origin, session_value
 from .consoles import Terminals, attach_serial, attach_terminal
 from .methods import AllowEveryMethod
 from .page import mount_page
+from .peer_door import Address, PeerDoor
 from .schemas import (
     GUEST_NAME_PATTERN,
     AddGuest,
@@ -29,6 +30,7 @@ from .schemas import (
     Health,
     MeshReport,
     NetworkRequest,
+    PeerView,
     Readiness,
     SNAPSHOT_NAME_PATTERN,
     SnapshotRequest,
@@ -38,7 +40,8 @@ from .schemas import (
     WaitResult,
 )
 from .view_cache import GuestViews
-from .views import console_tail, guest_view, readiness, snapshot_view, summary, wait_result
+from ..model.peering import Declaration
+from .views import console_tail, guest_view, peer_view, readiness, snapshot_view, summary, wait_result
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -120,7 +123,9 @@ async def _too_large(scope: Any, receive: Any, send: Any, limit: int) -> None:
 
 
 def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: None,
-               policy: Policy | None = None, exiting: Callable[[], bool] = lambda: False) -> FastAPI:
+               policy: Policy | None = None, exiting: Callable[[], bool] = lambda: False,
+               peer_doors: list[Address] | None = None) -> FastAPI:
+    """`peer_doors`: the sockets (host, port) where peers knock: GET /peering alone is served there."""
     terminals = Terminals(runner)
     views = GuestViews(lambda: runner.ctx.generation)
 
@@ -138,6 +143,8 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     app = FastAPIOffline(title="bridgelab", version=__version__, lifespan=lifespan, responses=ERRORS,
                          description="QEMU guests on one Linux bridge: readiness, exec, network, runtime guests.")
     app.add_middleware(BodyLimit)
+    if peer_doors:
+        app.add_middleware(PeerDoor, doors=peer_doors)
     app.add_middleware(AllowEveryMethod, routes=lambda: app.routes)
 
     async def writer(request: Request) -> None:
@@ -323,6 +330,17 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     async def mesh() -> MeshReport:
         """Every ready guest pings the bridge and every other guest; failures say where."""
         return await runner.mesh_check()
+
+    @app.get("/peering", dependencies=write, responses={404: {"model": ErrorBody, "description": "no peers"}})
+    async def peering() -> Declaration:
+        """This host's part of the lab, for its peers (always with the token):
+        its underlay address, bridge, VNI and guests."""
+        return runner.peers().mine()
+
+    @app.get("/peers", dependencies=read, responses={404: {"model": ErrorBody, "description": "no peers"}})
+    async def peers() -> list[PeerView]:
+        """The other hosts of the lab: whether each answers, what it declared, and any clash."""
+        return [peer_view(v, runner.peers()) for v in runner.peers().views.values()]
 
     @app.post("/shutdown", status_code=202, dependencies=write)
     async def shutdown() -> dict[str, str]:

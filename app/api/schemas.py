@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..lab.reports import ExecResult, MeshPair, MeshReport
 from ..lab.requests import AddGuest, ExecRequest, NetworkRequest
 from ..lab.states import GuestState
+from ..model.peering import Declaration
 from ..model.spec import Arch, UplinkKind
 
 GUEST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
@@ -175,3 +176,15 @@ __all__ = ["AddGuest", "Building", "BuildView",
            "GuestReadiness", "GuestView", "Health", "MeshPair", "MeshReport", "NetworkRequest", "Readiness",
            "RESERVED_SNAPSHOT_PREFIX", "SNAPSHOT_NAME_PATTERN", "STAGES", "SessionRequest", "SnapshotRequest",
            "SnapshotView", "ValidationErrorBody", "WaitResult"]
+
+
+class PeerView(BaseModel):
+    """One peer host, as this host sees it."""
+
+    address: str = Field(description="its underlay address")
+    state: Literal["unknown", "up", "unreachable", "refused"] = Field(
+        description="up: its API answered GET /peering; refused: it did not take the token")
+    detail: str
+    seen: float | None = Field(description="wall clock of its last answer")
+    declaration: Declaration | None = Field(description="what it last declared: its lab, bridge and guests")
+    clashes: list[str] = Field(description="what it declares that cannot share one L2 with this host")

@@ -12,7 +12,8 @@ from ..lab.guest_runtime import GuestRuntime
 from ..lab.runner import LabRunner
 from ..lab.snapshots import SnapshotInfo
 from ..lab.states import SETTLED, GuestState
-from .schemas import FailedGuest, GuestReadiness, GuestView, Readiness, SnapshotView, WaitResult
+from ..lab import peering
+from .schemas import FailedGuest, GuestReadiness, GuestView, PeerView, Readiness, SnapshotView, WaitResult
 
 
 def tail_lines(text: str, lines: int = 15) -> str:
@@ -77,4 +78,11 @@ def summary(runner: LabRunner) -> dict[str, Any]:
             "started_at": runner.started_at, "settled": runner.settled, "states": states}
 
 
-__all__ = ["console_tail", "guest_view", "readiness", "summary", "tail_lines", "wait_result"]
+__all__ = ["console_tail", "guest_view", "peer_view", "readiness", "summary", "tail_lines", "wait_result"]
+
+
+def peer_view(v: peering.PeerView, peers: peering.Peering) -> PeerView:
+    mine = peers.mine()
+    found = [c.message for c in peering.clashes(mine, v.declaration)] if v.declaration else []
+    return PeerView(address=str(v.address), state=v.state, detail=v.detail, seen=v.seen,
+                    declaration=v.declaration, clashes=found)

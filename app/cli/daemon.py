@@ -18,6 +18,7 @@ from .exits import EXIT_INVALID
 
 if TYPE_CHECKING:
     from ..lab.runner import LabRunner
+    from ..model.plan import LabPlan
     from ..model.spec import Lab
 
 log = logging.getLogger("bridgelab")
@@ -73,15 +74,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except BaseException:
             sock.close()
             raise
-    runner = LabRunner(plan, source, shutdown_timeout=args.shutdown_timeout, cold=args.cold)
+    try:
+        peer_sock = _peer_socket(plan, args.listen)
+    except OSError as e:
+        sock.close()
+        print(f"bridgelab: cannot listen for peers: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    runner = LabRunner(plan, source, shutdown_timeout=args.shutdown_timeout, cold=args.cold, peer_token=policy.token)
     try:
         with runner.hosted():
-            _serve(runner, args, policy, token_file, sock)
+            _serve(runner, args, policy, token_file, [sock, *([peer_sock] if peer_sock else [])])
     finally:
         sock.close()
+        if peer_sock is not None:
+            peer_sock.close()
         if args.listen.startswith("unix:"):
             Path(args.listen[5:]).unlink(missing_ok=True)
     return 0
+
+
+def _peer_socket(plan: LabPlan, listen: str) -> socket.socket | None:
+    """With peers, the API also answers on this host's underlay address, at
+    the peers' API port, for GET /peering alone (api/peer_door.py): the
+    peers find each other there, while the rest of the API stays where
+    --listen put it. None without peers, or when --listen already covers it."""
+    if plan.overlay is None:
+        return None
+    host, _, port = listen.rpartition(":")
+    if not listen.startswith("unix:") and int(port) == plan.overlay.api_port and \
+            host.strip("[]") in ("0.0.0.0", "::", "", str(plan.overlay.local)):
+        return None
+    return bind_listen(f"{plan.overlay.local}:{plan.overlay.api_port}")
 
 
 def _images_to_build(lab_file: Path) -> tuple[Lab | None, list[str]]:
@@ -146,7 +169,7 @@ def _quiet_signals() -> None:
 
 
 def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_file: Path,
-           sock: socket.socket) -> None:
+           socks: list[socket.socket]) -> None:
     import uvicorn
 
     from ..api.app import create_app
@@ -156,7 +179,8 @@ def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_fi
     def request_exit() -> None:
         if server is not None:
             server.should_exit = True
-    app = create_app(runner, request_exit, policy, exiting=lambda: server is not None and server.should_exit)
+    app = create_app(runner, request_exit, policy, exiting=lambda: server is not None and server.should_exit,
+                     peer_doors=[s.getsockname()[:2] for s in socks[1:]])
     # timeout_graceful_shutdown: a long-poll (/wait) or a console left open
     # must not hold the guests' shutdown back; the page's feed ends by itself.
     config = uvicorn.Config(app, log_level=args.log_level.lower(), lifespan="on", access_log=False,
@@ -176,4 +200,4 @@ def _serve(runner: LabRunner, args: argparse.Namespace, policy: Policy, token_fi
     log.info("lab %s: bridge %s %s, %d guests, API on %s (%s; token in %s)", plan.name, plan.bridge,
              plan.bridge_address or "(no address: proxy-arp)", len(plan.guests), args.listen, exposure,
              "$" + TOKEN_ENV if env_token() else token_file)
-    server.run(sockets=[sock])
+    server.run(sockets=socks)

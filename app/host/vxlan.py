@@ -167,6 +167,20 @@ def _fdb(ipr: IPRoute, command: str, index: int, peer: ipaddress.IPv4Address) ->
                                f"{os.strerror(e.code)}") from None
 
 
+def learned(ifname: str) -> dict[str, ipaddress.IPv4Address]:
+    """MAC -> the peer it was last seen behind, as the device learned it."""
+    found: dict[str, ipaddress.IPv4Address] = {}
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)
+        if not index:
+            return found
+        for msg in ipr.get_neighbours(family=AF_BRIDGE, ifindex=index[0]):
+            mac, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
+            if mac and dst and mac != ALL_ZEROS:
+                found[mac] = ipaddress.IPv4Address(dst)
+    return found
+
+
 def counters(ifname: str) -> dict[str, int]:
     """rx/tx packets and rx errors of the VXLAN port (the underlay's health, seen from here)."""
     with IPRoute() as ipr:
@@ -177,4 +191,4 @@ def counters(ifname: str) -> dict[str, int]:
     return {k: stats[k] for k in ("rx_packets", "tx_packets", "rx_errors", "tx_errors", "tx_dropped")}
 
 
-__all__ = ["counters", "detect", "ensure", "flood_entries", "resolve_peers", "sync_flood_entries"]
+__all__ = ["counters", "detect", "ensure", "flood_entries", "learned", "resolve_peers", "sync_flood_entries"]

@@ -40,6 +40,7 @@ def configure_nics(shell: Shell, g: GuestRuntime) -> bool:
 
 async def configure_in_turn(ctx: LabContext, shell: Shell, g: GuestRuntime, turn: Turn) -> bool:
     """configure_nics once the guest has its turn at the lab's slots."""
+    await ctx.before_configure(g)
     await turn.take()
     return await ctx.in_thread(configure_nics, shell, g)
 
@@ -58,6 +59,7 @@ class EarlyConfiguration:
         agent = self.g.agent
         if agent is None:
             return None
+        await self.ctx.before_configure(self.g)
         while not self._login_done.is_set():
             if await self.ctx.in_thread(agent.ping, AGENT_PING_TIMEOUT):
                 self._answered = True

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from ..errors import GuestBusy, UnknownGuest
 from ..guest.shell import GuestShell
@@ -32,6 +32,10 @@ def configure_concurrency() -> int:
     return current().configure_concurrency or os.cpu_count() or 1
 
 
+async def _nothing_to_wait_for(g: GuestRuntime) -> None:
+    return None
+
+
 class LabContext:
     def __init__(self, plan: LabPlan, source: LabSource, host: HostSide, shutdown_timeout: float,
                  process_factory: ProcessFactory = GuestProcess, cold: bool = False):
@@ -51,6 +55,10 @@ class LabContext:
         self.generation = 0
         self.stopping = False
         self.configure_slots = asyncio.Semaphore(configure_concurrency())
+        # Awaited before a guest is configured with its address (or, restored,
+        # made ready with it): the peers' clashes (peering.py), when there are peers.
+        self.before_configure: Callable[[GuestRuntime], Awaitable[None]] = _nothing_to_wait_for
+        self.before_boot: Callable[[GuestRuntime], Awaitable[None]] = _nothing_to_wait_for
 
     def notify(self) -> None:
         """Wake every long-poll waiter; each re-checks its own condition. The

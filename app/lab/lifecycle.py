@@ -70,6 +70,7 @@ class Lifecycle:
 
     async def _bring_up(self, g: GuestRuntime, fresh: bool = True) -> None:
         try:
+            await self.ctx.before_boot(g)
             tag, why = await self.ctx.in_thread(self.snapshots.warm_start, g) if fresh else (None, "")
             if tag is not None:
                 log.info("guest %s: warm start from %s", g.plan.name, why)
@@ -144,7 +145,10 @@ class Lifecycle:
 
     async def _warm(self, g: GuestRuntime, tag: str) -> bool:
         """Restore the guest's snapshot into a fresh qemu; False (after one
-        log line, with qemu gone) when that failed and it must boot cold."""
+        log line, with qemu gone) when that failed and it must boot cold.
+        The snapshot holds the guest's address live: the peers are heard
+        first (a clash fails the guest, it does not boot it cold)."""
+        await self.ctx.before_configure(g)
         try:
             await self._start_qemu(g, fresh=False, extra=("-loadvm", tag))
             await vmstate.rearm_timers(g.process)

@@ -1,12 +1,15 @@
 """Probes from inside the guests: the mesh (every ready guest pings the
-bridge and every other guest, failures explained) and the uplink (the guest
-pings the uplink's target; on failure, the layer that drops it is found)."""
+bridge and every other guest, the peers' bridges and guests too, failures
+explained) and the uplink (the guest pings the uplink's target; on failure,
+the layer that drops it is found)."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
+
+from dataclasses import dataclass
 
 from .reports import MeshPair, MeshReport, UplinkProbe
 from ..errors import BridgelabError
@@ -15,15 +18,36 @@ from ..guest.shell import Shell
 from ..host import uplink_diagnosis
 from .context import LabContext
 from .guest_runtime import GuestRuntime
+from .peering import Peering, PeerView
+from ..model.peering import PeerGuest
 from .states import GuestState
 
 log = logging.getLogger(__name__)
 Target = tuple[str, ipaddress.IPv4Address, GuestRuntime | None]
 
 
+@dataclass(frozen=True)
+class RemoteTarget:
+    """A peer's bridge (guest None) or one of its guests, as it declared them."""
+
+    view: PeerView
+    guest: PeerGuest | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.guest.name if self.guest else 'bridge'}@{self.view.address}"
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address:
+        decl = self.view.declaration
+        assert decl is not None
+        return self.guest.ip if self.guest else decl.bridge.ip
+
+
 class Probes:
-    def __init__(self, ctx: LabContext):
+    def __init__(self, ctx: LabContext, peering: Peering | None = None):
         self.ctx = ctx
+        self.peering = peering
         self._lock = asyncio.Lock()  # one uplink probe at a time: the evidence includes host-wide counters
 
     async def mesh_check(self) -> MeshReport:
@@ -90,9 +114,43 @@ class Probes:
         plan = self.ctx.plan
         targets: list[Target] = [("bridge" if plan.bridge_address else "host", plan.host_address.ip, None)]
         targets += [(o.plan.name, o.plan.ip.ip, o) for o in self.ctx.guests.values() if o is not g]
+        remote = self._remote_targets()
+        targets += [(r.name, r.ip, None) for r in remote]
         async with g.exec_lock:
             shell = self.ctx.require_shell(g)
-            return await self.ctx.in_thread(_probe_all, shell, g, targets)
+            rx_before = await self.ctx.in_thread(self.peering.rx_packets) if self.peering and remote else 0
+            pairs = await self.ctx.in_thread(_probe_all, shell, g, targets)
+        if remote:
+            pairs = await self.ctx.in_thread(self._judge_remote, pairs, {r.name: r for r in remote}, rx_before)
+        return pairs
+
+    def _remote_targets(self) -> list[RemoteTarget]:
+        if self.peering is None:
+            return []
+        views = [v for v in self.peering.views.values() if v.declaration is not None]
+        return [RemoteTarget(v, guest) for v in views for guest in (None, *(v.declaration.guests
+                                                                             if v.declaration else ()))]
+
+    def _judge_remote(self, pairs: list[MeshPair], remote: dict[str, RemoteTarget], rx_before: int) -> list[MeshPair]:
+        """A peer's guest that does not answer: down on its host (as it last
+        declared), or the underlay between the hosts (one verdict per peer)."""
+        assert self.peering is not None
+        verdicts: dict[ipaddress.IPv4Address, str | None] = {}
+        out = []
+        for p in pairs:
+            r = remote.get(p.target)
+            if p.ok or r is None:
+                out.append(p)
+                continue
+            if r.guest is not None and r.guest.state != GuestState.ready.value:
+                out.append(p.model_copy(update={"diagnosis": "guest_down", "detail": (
+                    f"guest {r.guest.name} is {r.guest.state} on peer {r.view.address} (as it last said)")}))
+                continue
+            if r.view.address not in verdicts:
+                verdicts[r.view.address] = self.peering.underlay_verdict(r.view, rx_before)
+            verdict = verdicts[r.view.address]
+            out.append(p.model_copy(update={"diagnosis": "underlay", "detail": verdict}) if verdict else p)
+        return out
 
 
 def _probe_all(shell: Shell, g: GuestRuntime, targets: list[Target]) -> list[MeshPair]:

@@ -26,7 +26,9 @@ class MeshPair(BaseModel):
     target_ip: str
     ok: bool
     diagnosis: Literal["ok", "guest_down", "no_arp", "arp_no_icmp", "address_not_configured",
-                       "source_not_configured"]
+                       "source_not_configured", "underlay"] = Field(description=(
+        "where it breaks; `underlay`: between this host and a peer's (peer unreachable, or its VXLAN UDP "
+        "dropped)"))
     detail: str
 
 

@@ -6,7 +6,8 @@ as a small facade over parts with one job each:
 - `Topology` (topology.py): add, remove, a new address, the declared state;
 - `Probes` (probes.py): the mesh and the uplink, from inside the guests;
 - `Exec` (exec.py): commands in a guest, by agent or console;
-- `Snapshots` (snapshots.py): save, restore, list, delete; warm starts.
+- `Snapshots` (snapshots.py): save, restore, list, delete; warm starts;
+- `Peering` (peering.py): the other hosts of a lab with peers, and their clashes.
 
 They share a `LabContext` (context.py). The API maps onto this class;
 its views are built at the API edge (api/views.py).
@@ -18,8 +19,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Iterator
+from typing import Any, Coroutine, Iterator
 
+from ..errors import NoPeers
 from .reports import ExecResult, MeshReport, UplinkProbe
 from .requests import AddGuest, ExecRequest, NetworkRequest
 from ..guest.process import GuestProcess
@@ -30,6 +32,7 @@ from .guest_runtime import GuestRuntime
 from .host_side import HostSide
 from .lifecycle import Lifecycle
 from .loader import LabSource
+from .peering import Peering
 from .probes import Probes
 from .snapshots import SnapshotInfo, Snapshots
 from .topology import Topology
@@ -39,12 +42,18 @@ log = logging.getLogger(__name__)
 
 class LabRunner:
     def __init__(self, plan: LabPlan, source: LabSource, shutdown_timeout: float = 30.0,
-                 host: HostSide | None = None, process_factory: ProcessFactory = GuestProcess, cold: bool = False):
+                 host: HostSide | None = None, process_factory: ProcessFactory = GuestProcess, cold: bool = False,
+                 peer_token: str | None = None):
         """`host` and `process_factory` are seams for the in-process tests;
-        `cold` boots every guest even when it has a valid ready snapshot."""
+        `cold` boots every guest even when it has a valid ready snapshot;
+        `peer_token`: what this daemon shows its peers (their token is its own)."""
         self.ctx = LabContext(plan, source, host or HostSide(plan), shutdown_timeout, process_factory, cold)
         self.started_at = time.time()
-        self.probes = Probes(self.ctx)
+        self.peering = Peering(self.ctx, peer_token) if plan.overlay is not None else None
+        if self.peering is not None:
+            self.ctx.before_configure = self.peering.clear
+            self.ctx.before_boot = self.peering.precheck
+        self.probes = Probes(self.ctx, self.peering)
         self.snapshots = Snapshots(self.ctx)
         self.lifecycle = Lifecycle(self.ctx, self.snapshots, on_first_settled=self._after_first_settled)
         self.topology = Topology(self.ctx, self.lifecycle)
@@ -88,7 +97,14 @@ class LabRunner:
         self.ctx.pool.shutdown(wait=False, cancel_futures=True)
 
     def start_guests(self) -> None:
+        if self.peering is not None:
+            self._in_background(self.peering.run())
         self.lifecycle.start_all()
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
         """Power every guest down in parallel, bounded; quit or kill the rest."""
@@ -99,12 +115,15 @@ class LabRunner:
 
     def _after_first_settled(self) -> None:
         if self.ctx.plan.uplink is not None:
-            task = asyncio.create_task(self.probes.log_uplink_selftest())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self.probes.log_uplink_selftest())
 
     def get(self, name: str) -> GuestRuntime:
         return self.ctx.get(name)
+
+    def peers(self) -> Peering:
+        if self.peering is None:
+            raise NoPeers("this lab has no peers (see `peers` in the lab file)")
+        return self.peering
 
     async def wait(self, names: list[str] | None, timeout: float) -> tuple[bool, list[GuestRuntime]]:
         return await self.lifecycle.wait(names, timeout)
