@@ -14,6 +14,7 @@ test_peers_vm.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import subprocess
@@ -274,3 +275,30 @@ def test_a_vni_in_use_by_another_device_is_named(tmp_path):
             host.up()
         assert state_of(u.hosts[0]) == before, "the failed start undid what it had made"
         assert ipaddress.IPv4Address(u.address(0)) == ov.local
+
+
+def test_a_new_peer_is_taken_in_without_a_restart(tmp_path):
+    """A DNS name that lists one more node: the flood list and the firewall
+    follow (what peering.py does when a resolution changes)."""
+    with underlay(1550) as u:
+        plans = [plan_in(ns, lab_for(u, i), tmp_path / f"h{i}") for i, ns in enumerate(u.hosts)]
+        ov = plans[0].overlay
+        assert ov is not None
+        first = dataclasses.replace(plans[0], overlay=dataclasses.replace(ov, peers=ov.peers[:1]))
+        hosts = [Host(u.hosts[0], first), *(Host(ns, p) for ns, p in zip(u.hosts[1:], plans[1:], strict=True))]
+        try:
+            for h in hosts:
+                h.up()
+            guests = [add_guest(u, h) for h in hosts]
+            assert fdb_floods(u.hosts[0], ov.device) == {u.address(1)}
+            assert ping(guests[1], f"{SUBNET}.1") and not ping(guests[2], f"{SUBNET}.1")
+            pr_netns.pushns(u.hosts[0])
+            try:
+                hosts[0].side.set_peers(ov)
+            finally:
+                pr_netns.popns()
+            assert fdb_floods(u.hosts[0], ov.device) == {u.address(1), u.address(2)}
+            assert ping(guests[2], f"{SUBNET}.1"), "the new peer's guest reaches g1"
+        finally:
+            for h in hosts:
+                h.down()

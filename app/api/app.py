@@ -144,7 +144,9 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
                          description="QEMU guests on one Linux bridge: readiness, exec, network, runtime guests.")
     app.add_middleware(BodyLimit)
     if peer_doors:
-        app.add_middleware(PeerDoor, doors=peer_doors)
+        if policy is None:
+            raise ValueError("a door for peers needs the token's policy")
+        app.add_middleware(PeerDoor, doors=peer_doors, token_matches=policy.token_matches)
     app.add_middleware(AllowEveryMethod, routes=lambda: app.routes)
 
     async def writer(request: Request) -> None:

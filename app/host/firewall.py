@@ -310,6 +310,20 @@ def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
     return rs
 
 
+def refresh_vxlan_chain(rs: Ruleset, overlay: OverlayPlan) -> Ruleset:
+    """The lab's INPUT chain rewritten for a new list of peers, in one
+    iptables-restore (declaring a user chain empties it; its jump stays)."""
+    chain = next((c for c in rs.chains if c.parent == "INPUT"), None)
+    if rs.cmd is None or chain is None:
+        return rs
+    rules = vxlan_rules(overlay)
+    text = "\n".join(["*filter", f":{chain.name} - [0:0]",
+                      *(f"-A {chain.name} {' '.join(r)} {_comment(rs.tag)}" for r in rules), "COMMIT"]) + "\n"
+    _restore(rs.cmd, text)
+    new = dataclasses.replace(chain, rules=rules)
+    return dataclasses.replace(rs, chains=tuple(new if c is chain else c for c in rs.chains))
+
+
 def remove_recorded(ledger: Ledger) -> list[str]:
     """Remove the rules of every lab in the ledger, from every backend: the
     ledger says which labs, the tags say which rules."""
@@ -393,5 +407,6 @@ def _nft_tables() -> str:
 
 
 __all__ = ["Ruleset", "apply", "bridged_frames_hit_iptables", "chain_prefix", "choose_backend", "firewall_hints",
-           "host_firewalls", "iptables", "lab_ruleset", "lab_tag", "normalize_save", "read_saves", "remove_lab",
-           "remove_recorded", "removal_input", "restore_input", "rule_counters"]
+           "host_firewalls", "iptables", "lab_ruleset", "lab_tag", "normalize_save", "read_saves",
+           "refresh_vxlan_chain", "remove_lab", "remove_recorded", "removal_input", "restore_input", "rule_counters",
+           "vxlan_rules"]

@@ -56,13 +56,19 @@ def own_addresses(ipr: IPRoute) -> set[ipaddress.IPv4Address]:
     return {ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=socket.AF_INET)}
 
 
+def other_hosts(hosts: Iterable[ipaddress.IPv4Address | str]) -> tuple[ipaddress.IPv4Address, ...]:
+    """The peers as addresses, this host's own left out (one DNS name lists every node)."""
+    resolved = resolve_peers(hosts)
+    with IPRoute() as ipr:
+        mine = own_addresses(ipr)
+    return tuple(p for p in resolved if p not in mine)
+
+
 def detect(peers: Peers) -> UnderlayFacts:
     """Where the peers are reached from: the named interface, or the one the
     route to the first peer leaves by, with the source address it picks."""
-    resolved = resolve_peers(peers.hosts)
+    others = other_hosts(peers.hosts)
     with IPRoute() as ipr:
-        mine = own_addresses(ipr)
-        others = tuple(p for p in resolved if p not in mine)
         index, local = _underlay(ipr, peers.interface, others)
         link = ipr.get_links(index)[0]
         name, mtu = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
@@ -191,4 +197,14 @@ def counters(ifname: str) -> dict[str, int]:
     return {k: stats[k] for k in ("rx_packets", "tx_packets", "rx_errors", "tx_errors", "tx_dropped")}
 
 
-__all__ = ["counters", "detect", "ensure", "flood_entries", "learned", "resolve_peers", "sync_flood_entries"]
+def set_peers(ifname: str, peers: Iterable[ipaddress.IPv4Address]) -> None:
+    """The flood list of the lab's VXLAN port, when the peers changed."""
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)
+        if not index:
+            raise HostNetError(f"the VXLAN port {ifname} is gone")
+        sync_flood_entries(ipr, index[0], peers)
+
+
+__all__ = ["counters", "detect", "ensure", "flood_entries", "learned", "other_hosts", "resolve_peers", "set_peers",
+           "sync_flood_entries"]

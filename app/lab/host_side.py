@@ -12,7 +12,7 @@ from ..errors import HostNetError
 from ..host import firewall, links, undo, uplink, vxlan
 from ..host.ledger import Ledger
 from ..host.lablock import LabLock
-from ..model.plan import LabPlan
+from ..model.plan import LabPlan, OverlayPlan
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,12 @@ class HostSide:
             net.remove_link(entry)
         finally:
             net.close()
+
+    def set_peers(self, overlay: OverlayPlan) -> None:
+        """The VXLAN port's flood list and the firewall's accept rules follow
+        a new list of peers (a DNS name that lists other nodes now)."""
+        vxlan.set_peers(overlay.device, overlay.peers)
+        self.ruleset = firewall.refresh_vxlan_chain(self.ruleset, overlay)
 
     def move_route(self, old: ipaddress.IPv4Address | None, new: ipaddress.IPv4Address | None) -> None:
         """proxy-arp: the /32 route follows a guest's address (no-op otherwise)."""

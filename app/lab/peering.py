@@ -12,6 +12,7 @@ find any clash itself when it comes up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -20,7 +21,7 @@ from typing import Literal
 
 import httpx
 
-from ..errors import PeerClash
+from ..errors import HostNetError, PeerClash
 from ..host import uplink_diagnosis, vxlan
 from ..model.peering import Declaration, PeerGuest, clashes, declaration
 from .context import LabContext
@@ -72,11 +73,35 @@ class Peering:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         async with httpx.AsyncClient(timeout=ASK_TIMEOUT, headers=headers) as client:
             while True:
+                await self._follow_names()
                 await asyncio.gather(*(self._ask(client, v, overlay.api_port) for v in self.views.values()))
                 self._asked.set()
                 if all(v.state == "up" for v in self.views.values()):
                     self._answered.set()
                 await asyncio.sleep(POLL if self._answered.is_set() else POLL_UNTIL_ANSWERED)
+
+    async def _follow_names(self) -> None:
+        """Peers named by DNS (a headless Service lists the nodes as they
+        come and go): resolved again each round; the VXLAN port's flood
+        list, the firewall and the views follow."""
+        spec = self.ctx.spec.peers
+        if spec is None or all(isinstance(h, ipaddress.IPv4Address) for h in spec.hosts):
+            return
+        try:
+            now = await self.ctx.in_thread(vxlan.other_hosts, spec.hosts)
+        except HostNetError as e:
+            log.warning("peers: %s; keeping %s", e, ", ".join(map(str, self.views)) or "none")
+            return
+        overlay = self.ctx.plan.overlay
+        if overlay is None or set(now) == set(overlay.peers):
+            return
+        overlay = dataclasses.replace(overlay, peers=now)
+        await self.ctx.in_thread(self.ctx.host.set_peers, overlay)
+        self.ctx.plan = dataclasses.replace(self.ctx.plan, overlay=overlay)
+        self.views = {p: self.views.get(p) or PeerView(p) for p in now}
+        self._answered.clear()
+        log.info("peers now: %s", ", ".join(map(str, now)) or "none")
+        self.ctx.notify()
 
     async def _ask(self, client: httpx.AsyncClient, view: PeerView, port: int) -> None:
         before = view.state
@@ -93,7 +118,7 @@ class Peering:
                 self._log_clashes(view.declaration)
         except (httpx.HTTPError, ValueError) as e:
             view.state = "unreachable"
-            view.detail = f"its API at {view.address}:{port} does not answer ({e or type(e).__name__})"
+            view.detail = f"its API at {view.address}:{port} does not answer ({str(e) or type(e).__name__})"
         if view.state != before:
             (log.info if view.state == "up" else log.warning)("peer %s: %s", view.address, view.detail)
             self.ctx.notify()
