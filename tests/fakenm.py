@@ -198,6 +198,9 @@ def systemctl(args: list[str]) -> int:
         if args[0] == "is-enabled":
             print("enabled" if unit == manager else "disabled")
         return 0 if unit == manager else 1
+    if args[:1] == ["show"]:  # no queued job: the fake guest's manager runs from the start
+        print("")
+        return 0
     with open(STATE / "events", "a") as f:
         f.write(f"systemctl {' '.join(args)}\n")
     if args[:1] == ["start"]:  # a unit (the hvc0 getty): recorded only

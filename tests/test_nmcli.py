@@ -8,6 +8,7 @@ import ipaddress
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 from bridgelab.guest import commands, nm_profile
 from bridgelab.guest.shell import render
@@ -248,10 +249,8 @@ def test_a_nic_that_never_shows_ends_the_wait_at_its_limit(tmp_path):
     assert int((tmp_path / "count").read_text()) == 2 + 1  # one second of 0.5 s polls, then the listing
 
 
-def test_an_enabled_manager_not_running_yet_is_waited_for_by_its_start_job(tmp_path):
-    """Early in a boot NetworkManager is enabled but not started: the probe
-    joins its start job (`systemctl start` blocks) instead of polling
-    `systemctl is-active`, which takes CPU from the boot it waits for."""
+def _fake_systemctl(tmp_path: Path, job: str) -> Path:
+    """NetworkManager enabled, not running; `job`: its queued start job's id, or empty."""
     log, started = tmp_path / "systemctl", tmp_path / "started"
     (tmp_path / "bin").mkdir()
     fake = tmp_path / "bin" / "systemctl"
@@ -260,13 +259,30 @@ def test_an_enabled_manager_not_running_yet_is_waited_for_by_its_start_job(tmp_p
         f"case \"$1\" in\n"
         f"  is-active) [ \"$3\" = NetworkManager ] && [ -e {shlex.quote(str(started))} ];;\n"
         f"  is-enabled) [ \"$2\" = NetworkManager ] && echo enabled || echo disabled;;\n"
+        f"  show) echo {shlex.quote(job)};;\n"
         f"  start) sleep 0.3; touch {shlex.quote(str(started))};;\n"
         f"esac\n")
     fake.chmod(0o755)
+    return log
+
+
+def test_an_enabled_manager_not_running_yet_is_waited_for_by_its_start_job(tmp_path):
+    """Early in a boot NetworkManager is enabled but not started: the probe
+    joins its queued start job (`systemctl start` blocks on it) instead of
+    polling `systemctl is-active`, which takes CPU from the boot it waits for."""
+    log = _fake_systemctl(tmp_path, job="17")
     out, _ = _probe_with(tmp_path, ip_misses=0, udev_misses=0)
     assert commands.parse_probe(out, "02:11:22:33:44:55") == ("enp0s1", "NetworkManager")
     assert log.read_text().splitlines() == ["is-active -q NetworkManager", "is-enabled NetworkManager",
-                                            "is-active -q NetworkManager", "start NetworkManager"]
+                                            "is-active -q NetworkManager", "show -p Job --value NetworkManager",
+                                            "start NetworkManager"]
+
+
+def test_a_manager_somebody_stopped_is_not_started_by_the_probe(tmp_path):
+    log = _fake_systemctl(tmp_path, job="")
+    out, _ = _probe_with(tmp_path, ip_misses=0, udev_misses=0)
+    assert commands.parse_probe(out, "02:11:22:33:44:55") == ("enp0s1", "NetworkManager")
+    assert "start NetworkManager" not in log.read_text().splitlines()
 
 
 def test_a_lowered_mtu_goes_into_the_profile_and_the_network_file_but_not_onto_the_side_nic():

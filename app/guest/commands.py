@@ -126,14 +126,19 @@ def address_ok(live: list[ipaddress.IPv4Interface], cfg: NetConfig) -> bool:
 NETWORK_MANAGER = "NetworkManager"
 NETWORKD = "systemd-networkd"
 # The first of the two that runs or is enabled; "none" when neither. An
-# enabled one not running yet (the guest agent asks early in a boot) is
-# waited for, at most $2 seconds, by joining its start job: `systemctl
-# start` blocks without polling, where a loop of `systemctl is-active` took
-# CPU from the boot it waited for (networkctl needs networkd up).
+# enabled one not running yet whose start job is queued (the guest agent
+# asks early in a boot) is waited for, at most $2 seconds, by joining that
+# job: `systemctl start` on a unit with a queued start job waits for that
+# job, without polling, where a loop of `systemctl is-active` took CPU from
+# the boot it waited for (networkctl needs networkd up). Without a queued
+# job nothing is started: a manager somebody stopped stays stopped (the
+# configuration then says the manager did not show).
 _DETECT = ('for u in NetworkManager systemd-networkd; do '
            'if systemctl is-active -q "$u" 2>/dev/null || [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ]; '
-           'then if systemctl is-active -q "$u" 2>/dev/null; then :; elif command -v timeout >/dev/null; then '
-           'timeout "$2" systemctl start "$u" 2>/dev/null; else systemctl start "$u" 2>/dev/null; fi; '
+           'then if ! systemctl is-active -q "$u" 2>/dev/null && '
+           '[ -n "$(systemctl show -p Job --value "$u" 2>/dev/null)" ]; then '
+           'if command -v timeout >/dev/null; then timeout "$2" systemctl start "$u" 2>/dev/null; '
+           'else systemctl start "$u" 2>/dev/null; fi; fi; '
            'echo "manager=$u"; exit 0; fi; done; echo manager=none')
 
 

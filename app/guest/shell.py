@@ -146,12 +146,16 @@ class GuestShell(Shell):
         ready has its agent running now even if it did not answer at login."""
         self._agent_failed_at = 0.0
 
+    def agent_answers(self, timeout: float = AGENT_PROBE_TIMEOUT) -> AgentShell | None:
+        """The agent's shell when the agent answers a ping now, else None."""
+        return self.agent if self.agent is not None and self.agent.agent.ping(timeout) else None
+
     def _agent_usable(self) -> AgentShell | None:
         if self.agent is None:
             return None
         if self._agent_failed_at and time.monotonic() - self._agent_failed_at < AGENT_REPROBE_AFTER:
             return None
-        if self.agent.agent.ping(AGENT_PROBE_TIMEOUT):
+        if self.agent_answers():
             return self.agent
         self._agent_failed_at = time.monotonic()
         return None

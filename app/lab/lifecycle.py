@@ -29,9 +29,8 @@ from .turns import Turn
 
 log = logging.getLogger(__name__)
 REBOOT_ASK_TIMEOUT = 120.0  # a console the guest logged out is logged into again first
-# From the user name typed to a prepared shell, paced by the load; the boot
-# to the prompt has the guest's own boot_timeout.
-LOGIN_TIMEOUT = RELOGIN_TIMEOUT
+# A login (from the user name typed to a prepared shell) has RELOGIN_TIMEOUT,
+# paced by the load; the boot to the prompt has the guest's own boot_timeout.
 
 
 class Lifecycle:
@@ -228,7 +227,7 @@ class Lifecycle:
         login(1)'s timer starts only when the user name is typed."""
         assert g.console is not None
         await turn.take()
-        await self.ctx.in_thread(g.console.login, g.plan.login.user, g.plan.login.password, LOGIN_TIMEOUT)
+        await self.ctx.in_thread(g.console.login, g.plan.login.user, g.plan.login.password, RELOGIN_TIMEOUT)
         g.stage("logged_in")
 
     async def _login(self, g: GuestRuntime, turn: Turn) -> None:
@@ -254,7 +253,7 @@ class Lifecycle:
         turn = Turn(self.ctx.configure_slots)
         try:
             await turn.take()
-            await self.ctx.in_thread(g.console.finish_login, LOGIN_TIMEOUT)
+            await self.ctx.in_thread(g.console.finish_login, RELOGIN_TIMEOUT)
             g.stage("logged_in")  # by this call, or by a console command that came first
         except BridgelabError as e:
             if g.state is GuestState.ready:

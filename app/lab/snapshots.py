@@ -202,8 +202,9 @@ class Snapshots:
         t1 = time.monotonic()
         via: Shell = shell.console
         if not at_shell:
-            if shell.agent is not None and await self.ctx.in_thread(shell.agent.agent.ping, AGENT_PING_TIMEOUT):
-                via = shell.agent
+            agent = await self.ctx.in_thread(shell.agent_answers, AGENT_PING_TIMEOUT)
+            if agent is not None:
+                via = agent
             else:  # no agent to settle it through: log in now
                 await self.ctx.in_thread(console.login, g.plan.login.user, g.plan.login.password, RESUME_TIMEOUT)
                 at_shell = True
