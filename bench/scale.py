@@ -12,6 +12,7 @@ network namespace. A table on stdout and a PNG (matplotlib: pip install -e '.[be
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -109,6 +110,12 @@ def plot(points: list[Point], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _s(seconds: float) -> str:
+    """A figure, or "-" where no guest had it (a guest its agent configured
+    takes no login turn before it is ready)."""
+    return "-" if math.isnan(seconds) else f"{seconds:.1f} s"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--guests", type=int, nargs="+", default=[1, 2, 4, 8, 16])
@@ -126,7 +133,7 @@ def main() -> None:
         points.append(p)
         print(f"{n} guests: {p.ready} ready, all ready after {p.all_ready:.1f} s, login prompt -> ready "
               f"median {p.configure_median:.1f} s, max {p.configure_max:.1f} s, from its turn median "
-              f"{p.own_median:.1f} s, max {p.own_max:.1f} s, "
+              f"{_s(p.own_median)}, max {_s(p.own_max)}, "
               f"daemon peak {p.daemon_peak_mib:.0f} MiB", flush=True)
         for f in p.failures:
             print(f"  {f}")
@@ -136,7 +143,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for p in points:
         print(f"| {p.guests} | {p.ready} | {p.all_ready:.1f} s | {p.configure_median:.1f} / {p.configure_max:.1f} s "
-              f"| {p.own_median:.1f} / {p.own_max:.1f} s | {p.daemon_peak_mib:.0f} MiB |")
+              f"| {_s(p.own_median)} / {_s(p.own_max)} | {p.daemon_peak_mib:.0f} MiB |")
     a.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(points, a.plot)
     print(f"\nplot: {a.plot}")

@@ -9,6 +9,7 @@ The guest image comes from the host cache (hard links), as a user's second
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -17,18 +18,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
 from bridgelab.model import image_build, images
 
 from . import hoststate
+from .conftest import netns
+from .labrun import RunningLab, running_lab, wait_settled
 
 pytestmark = pytest.mark.container
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = "/usr/bin/docker"  # Debian's client: it has BuildKit secrets
 BASE = "debian:bookworm-slim"
 PORT = 18731
+PEER_NET, PEER_API = "172.31.97", 18733  # the peer test's underlay (a veth, never the host's NIC)
+PEER_TOKEN = "container-peer-token-0123456789"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -264,11 +270,36 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
         sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
 
 
+@contextlib.contextmanager
+def peer_host(tmp: Path, lab: str) -> Iterator[RunningLab]:
+    """Another "host" for the appliance's lab: a network namespace on a veth
+    underlay (PEER_NET: .1 on the host's side, .2 in the namespace), running
+    `bridgelab serve` natively with one guest, the appliance as its peer."""
+    ul = f"{lab}-ul"
+    with contextlib.ExitStack() as stack:
+        ns = stack.enter_context(netns("blcp"))
+        sh("ip", "link", "add", ul, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        stack.callback(sh, "ip", "link", "del", ul, check=False)
+        sh("ip", "addr", "add", f"{PEER_NET}.1/30", "dev", ul)
+        sh("ip", "link", "set", ul, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{PEER_NET}.2/30", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        spec = {"name": lab, "bridge": {"name": "blcp-br", "address": "10.213.78.2/24"},
+                "peers": {"hosts": [f"{PEER_NET}.1"], "api_port": PEER_API},
+                "guests": [{"name": "rv9", "image": "debian-riscv64", "ip": "10.213.78.20"}]}
+        yield stack.enter_context(running_lab(tmp, spec, "", ns=ns, settle=False))
+
+
 def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fails(image, tmp_path):
     """`docker compose up -d --wait` (Compose v2, from tests/compose-v2) is the
     whole CI recipe: it returns 0 only when the lab is ready (the healthcheck
     asks /readyz), and non-zero when a guest fails (here once a short
-    BRIDGELAB_READY_WITHIN is over)."""
+    BRIDGELAB_READY_WITHIN is over).
+
+    The ready lab also has a peer (docs/peers.md): another "host" (a
+    namespace on a veth underlay) running the same lab natively with one
+    guest. The appliance's guest reaches it across VXLAN, and `down` leaves
+    neither the VXLAN port nor the firewall chain behind."""
     docker_config = os.environ.get("COMPOSE_V2_CONFIG")
     if not docker_config:
         pytest.fail("no Compose v2: tests/run provides it (tests/compose-v2) in $COMPOSE_V2_CONFIG")
@@ -280,28 +311,47 @@ def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fa
     api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
     host_run = hoststate.run_paths()
 
-    def lab(name: str, guest: str) -> tuple[list[str], dict[str, str]]:
+    def lab(name: str, guest: str, extra: str = "") -> tuple[list[str], dict[str, str]]:
         lab_dir = tmp_path / name
         lab_dir.mkdir()
         (lab_dir / "lab.yaml").write_text(f"name: {name}\nbridge: {{name: {name}-br, address: 10.213.78.1/24}}\n"
-                                          f"guests:\n  - {guest}\n")
+                                          f"{extra}guests:\n  - {guest}\n")
         env = {**os.environ, "DOCKER_CONFIG": docker_config, "BRIDGELAB_IMAGES_DIR": str(img_dir),
                "BRIDGELAB_LAB_DIR": str(lab_dir), "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": name}
         env.pop("XTABLES_LOCKFILE", None)
         return [DOCKER, "compose", "-f", str(ROOT / "compose.yaml")], env
 
     ready_name = f"blw{secrets.token_hex(2)}"
-    compose, env = lab(ready_name, "{name: rv1, image: debian-riscv64, cpus: 2}")
+    compose, env = lab(ready_name, "{name: rv1, image: debian-riscv64, cpus: 2, ip: 10.213.78.10}",
+                       f"peers: {{hosts: [{PEER_NET}.2], api_port: {PEER_API}}}\n")
     assert sh(*compose, "version", env=env).stdout.startswith("Docker Compose version 2.")
+    token = {"Authorization": f"Bearer {PEER_TOKEN}"}
+    peer_env = pytest.MonkeyPatch()
+    peer_env.setenv("BRIDGELAB_TOKEN", PEER_TOKEN)  # one token on both hosts (compose passes it on)
     try:
-        up = sh(*compose, "up", "-d", "--wait", "--no-build", env=env, check=False, cwd=ROOT, timeout=1200)
-        assert up.returncode == 0, up.stdout + up.stderr
-        ready = api.get("/readyz")  # at once: --wait returned only once the lab was ready
-        assert ready.status_code == 200 and [g["state"] for g in ready.json()["guests"]] == ["ready"], ready.text
+        env["BRIDGELAB_TOKEN"] = PEER_TOKEN
+        with peer_host(tmp_path / "peer", ready_name) as peer:
+            try:
+                up = sh(*compose, "up", "-d", "--wait", "--no-build", env=env, check=False, cwd=ROOT, timeout=1200)
+                assert up.returncode == 0, up.stdout + up.stderr
+                ready = api.get("/readyz")  # at once: --wait returned only once the lab was ready
+                assert ready.status_code == 200 and [g["state"] for g in ready.json()["guests"]] == ["ready"], \
+                    ready.text
+                wait_settled(peer)
+                assert peer.guests()["rv9"]["state"] == "ready", peer.log.read_text()[-3000:]
+                peers = api.get("/peers", headers=token).json()
+                assert [(p["address"], p["state"], p["clashes"]) for p in peers] == [(f"{PEER_NET}.2", "up", [])]
+                pairs = {p["target"]: p for p in api.post("/mesh", headers=token).json()["pairs"]}
+                assert pairs[f"rv9@{PEER_NET}.2"]["ok"] and pairs[f"bridge@{PEER_NET}.2"]["ok"], pairs
+                assert "_vx" in sh("ip", "-o", "link", "show", "master", f"{ready_name}-br").stdout
+            finally:
+                down = sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
     finally:
-        down = sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
+        peer_env.undo()
     assert down.returncode == 0, down.stderr
     assert _lab_processes(ready_name) == [] and f"{ready_name}-br" not in sh("ip", "-o", "link").stdout
+    saves = sh("iptables-nft-save").stdout + sh("iptables-legacy-save").stdout
+    assert f"bridgelab lab={ready_name}" not in saves, "the VXLAN port's INPUT chain went with the lab"
 
     failing_name = f"blf{secrets.token_hex(2)}"
     compose, env = lab(failing_name, '{name: rv1, image: debian-riscv64, qemu_args: ["-device", "no-such-device"]}')

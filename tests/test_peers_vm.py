@@ -112,6 +112,8 @@ def test_guests_on_two_hosts_are_ready_and_one_l2(hosts):
     peers = h1.api.get("/peers").raise_for_status().json()
     assert [(p["address"], p["state"], p["clashes"]) for p in peers] == [(hosts.u.address(1), "up", [])]
     assert [g["name"] for g in peers[0]["declaration"]["guests"]] == ["rv2"]
+    cli = h1.cli("peers")
+    assert cli.returncode == 0 and f"rv2 {SUBNET}.2 (ready)" in cli.stdout, cli.stdout + cli.stderr
     pairs = mesh(h1)
     assert pairs[f"rv1->rv2@{hosts.u.address(1)}"]["ok"], pairs
     assert pairs[f"rv1->bridge@{hosts.u.address(1)}"]["ok"], pairs
@@ -152,6 +154,8 @@ def test_with_one_host_stopped_the_other_stays_ready_and_the_mesh_names_the_unde
             break
         time.sleep(1)
     assert h1.guests()["rv1"]["state"] == "ready"
+    cli = h1.cli("peers")
+    assert cli.returncode == 1 and "unreachable" in cli.stdout, cli.stdout + cli.stderr
     pairs = mesh(h1)
     lost = pairs[f"rv1->rv2@{hosts.u.address(1)}"]
     assert (lost["ok"], lost["diagnosis"]) == (False, "underlay"), lost

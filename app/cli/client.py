@@ -95,6 +95,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(g["state"] == GuestState.ready for g in guests) else 1
 
 
+def cmd_peers(args: argparse.Namespace) -> int:
+    """The lab's other hosts: exit 0 when every one answers and none clashes."""
+    with client(args) as c:
+        peers: list[dict[str, Any]] = checked(c.get("/peers"))
+    emit(args.format, peers, ("PEER", "STATE", "LAB", "BRIDGE", "GUESTS", "DETAIL"), [peer_row(p) for p in peers])
+    return 0 if all(p["state"] == "up" and not p["clashes"] for p in peers) else 1
+
+
+def peer_row(p: dict[str, Any]) -> tuple[str, ...]:
+    d = p["declaration"] or {}
+    guests = ", ".join(f"{g['name']} {g['ip']} ({g['state']})" for g in d.get("guests", [])) or "-"
+    detail = "; ".join(p["clashes"]) if p["clashes"] else ("" if p["state"] == "up" else p["detail"])
+    return (p["address"], p["state"], d.get("lab", "-"), d.get("bridge", "-"), guests, detail)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     with client(args) as c:
         checked(c.post("/shutdown"))

@@ -24,6 +24,7 @@ from .client import (
     cmd_exec,
     cmd_logs,
     cmd_mesh,
+    cmd_peers,
     cmd_status,
     cmd_wait,
     guest_action,
@@ -112,6 +113,8 @@ def parser(env: Settings) -> argparse.ArgumentParser:
         guest_arg(c)
         c.add_argument("--timeout", type=float, default=900.0)
     add_format(api_command("mesh", cmd_mesh, "ping every pair of guests now; explain failures"))
+    add_format(api_command("peers", cmd_peers, "the lab's other hosts (peers): whether each answers, its guests, "
+                                               "any clash (exit 0 when all answer and none clashes)"))
     inv = api_command("inventory", cmd_inventory, "the guests with an ssh NIC, as an Ansible inventory or an "
                                                   "ssh_config (ssh -F FILE NAME)")
     inv.add_argument("--format", choices=("ansible", "ssh-config"), default="ansible")
