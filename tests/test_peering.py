@@ -1,10 +1,19 @@
-"""What peers tell each other, and the clashes found in it (pure)."""
+"""What peers tell each other, the clashes found in it (pure), and the
+runner's gates against a peer's API on loopback (in-process, fake qemu)."""
 
 from __future__ import annotations
 
+import http.server
 import ipaddress
+import threading
 
+from bridgelab.lab import peering
+from bridgelab.lab.runner import LabRunner
+from bridgelab.lab.states import GuestState
 from bridgelab.model.peering import Declaration, PeerGuest, clashes
+from bridgelab.model.plan import derive_vni
+
+from .test_runner import Lab, settle, two
 
 
 def decl(host: str, bridge: str, guests: list[tuple[str, str, str]], **extra: object) -> Declaration:
@@ -50,3 +59,71 @@ def test_a_guest_on_a_peers_bridge_address_is_that_guests_clash():
     theirs = decl("172.31.0.2", "10.0.0.1/24", [])
     assert [(c.guest, c.message) for c in clashes(MINE, theirs)] == [
         ("rv1", "guest rv1 on this host (172.31.0.1) has 10.0.0.1, the bridge address on peer 172.31.0.2")]
+
+
+# ---------------------------------------------------------------- the runner's gates, in-process
+
+
+class PeerAPI:
+    """A peer's GET /peering, on a loopback address of its own: its
+    declaration, for the right token only."""
+
+    def __init__(self, declaration: Declaration, token: str):
+        body = declaration.model_dump_json().encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                ok = self.path == "/peering" and self.headers.get("Authorization") == f"Bearer {token}"
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body if ok else b'{"detail": "no"}')
+
+            def log_message(self, *args: object) -> None:
+                pass
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def peer_declaring(guests: list[tuple[str, str, str]]) -> Declaration:
+    return decl("192.0.2.1", "10.198.101.200/24", guests, lab="t", vni=derive_vni("t"))
+
+
+def test_a_guest_that_clashes_with_a_peer_fails_before_its_qemu_starts(tmp_path):
+    api = PeerAPI(peer_declaring([("x9", "10.198.101.10", "02:00:00:00:09:09")]), "tok-0123456789abcdef")
+    try:
+        lab = Lab(tmp_path, two(), peer=("127.0.0.2", api.port), peer_token="tok-0123456789abcdef")
+
+        async def scenario(r: LabRunner) -> None:
+            await settle(r)
+            rv1, rv2 = r.guests["rv1"], r.guests["rv2"]
+            assert rv1.state is GuestState.failed and "qemu_started" not in rv1.stages
+            assert rv1.reason == ("guest rv1 on this host (127.0.0.1) and guest x9 on peer 192.0.2.1 share the "
+                                  "address 10.198.101.10")
+            assert rv2.state is GuestState.ready, rv2.reason
+            view = r.peers().views[ipaddress.IPv4Address("127.0.0.2")]
+            assert view.state == "up" and view.declaration is not None
+        lab.run(scenario)
+    finally:
+        api.close()
+
+
+def test_a_peer_refusing_the_token_or_silent_holds_no_guest_back_past_the_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(peering, "PEER_WAIT", 1.0)
+    api = PeerAPI(peer_declaring([]), "another-token-0123456789")
+    try:
+        lab = Lab(tmp_path, two(), peer=("127.0.0.2", api.port), peer_token="tok-0123456789abcdef")
+
+        async def scenario(r: LabRunner) -> None:
+            await settle(r)
+            assert all(g.state is GuestState.ready for g in r.guests.values())
+            view = r.peers().views[ipaddress.IPv4Address("127.0.0.2")]
+            assert view.state == "refused" and "BRIDGELAB_TOKEN" in view.detail
+        lab.run(scenario)
+    finally:
+        api.close()

@@ -27,7 +27,7 @@ from bridgelab.host.links import proc_start_time
 from bridgelab.lab.loader import LabSource
 from bridgelab.lab.runner import LabRunner
 from bridgelab.lab.states import GuestState
-from bridgelab.model.plan import GuestPlan, HostFacts, make_plan
+from bridgelab.model.plan import GuestPlan, HostFacts, UnderlayFacts, make_plan
 from bridgelab.model.spec import Arch, parse_lab_data
 
 from . import fakenm
@@ -98,12 +98,20 @@ class FakeQemu(GuestProcess):
 
 class Lab:
     def __init__(self, tmp: Path, guests: list[dict[str, Any]], qemu_args: dict[str, list[str]] | None = None,
-                 guest_args: dict[str, list[str]] | None = None):
-        data = {"name": "t", "bridge": {"name": "br0", "address": "10.198.101.114/24"},
-                "guests": [{"image": "img", "arch": "riscv64", **g} for g in guests]}
+                 guest_args: dict[str, list[str]] | None = None, peer: tuple[str, int] | None = None,
+                 peer_token: str | None = None):
+        """`peer`: (address, API port) of one peer host, reached on this machine."""
+        data: dict[str, Any] = {"name": "t", "bridge": {"name": "br0", "address": "10.198.101.114/24"},
+                                "guests": [{"image": "img", "arch": "riscv64", **g} for g in guests]}
+        host = HOST
+        if peer is not None:
+            data["peers"] = {"hosts": ["192.0.2.1"], "api_port": peer[1]}  # resolved below, as detect would
+            host = HostFacts(arch="x86_64", kvm=False, underlay=UnderlayFacts(
+                interface="lo", local=ipaddress.IPv4Address("127.0.0.1"), mtu=65536,
+                peers=(ipaddress.IPv4Address(peer[0]),)))
         spec = parse_lab_data(data)
-        plan = make_plan(spec, {"img": IMAGE}, HOST, tmp / "state")
-        source = LabSource(spec=spec, images={"img": IMAGE}, host=HOST, base_dir=tmp, source_hash="h")
+        plan = make_plan(spec, {"img": IMAGE}, host, tmp / "state")
+        source = LabSource(spec=spec, images={"img": IMAGE}, host=host, base_dir=tmp, source_hash="h")
         self.host = FakeHost(plan.state_dir, plan.name)
         bin_dir = tmp / "bin"
         fakenm.install(bin_dir)
@@ -112,7 +120,7 @@ class Lab:
         def factory(p: GuestPlan, ledger: Ledger) -> GuestProcess:
             return FakeQemu(p, ledger, bin_dir, qa.get(p.name, []), ga.get(p.name, []))
         self.runner = LabRunner(plan, source, shutdown_timeout=2.0, host=self.host,
-                                process_factory=factory)
+                                process_factory=factory, peer_token=peer_token)
 
     def run(self, scenario: Callable[[LabRunner], Awaitable[None]]) -> None:
         """The daemon's life: host side, start, the scenario, stop, host side undone."""

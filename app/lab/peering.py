@@ -71,14 +71,24 @@ class Peering:
         overlay = self.ctx.plan.overlay
         assert overlay is not None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with httpx.AsyncClient(timeout=ASK_TIMEOUT, headers=headers) as client:
-            while True:
-                await self._follow_names()
-                await asyncio.gather(*(self._ask(client, v, overlay.api_port) for v in self.views.values()))
-                self._asked.set()
-                if all(v.state == "up" for v in self.views.values()):
-                    self._answered.set()
-                await asyncio.sleep(POLL if self._answered.is_set() else POLL_UNTIL_ANSWERED)
+        try:
+            async with httpx.AsyncClient(timeout=ASK_TIMEOUT, headers=headers) as client:
+                while True:
+                    await self._round(client, overlay.api_port)
+                    await asyncio.sleep(POLL if self._answered.is_set() else POLL_UNTIL_ANSWERED)
+        finally:  # no guest may wait on a watcher that is gone
+            self._asked.set()
+            self._answered.set()
+
+    async def _round(self, client: httpx.AsyncClient, port: int) -> None:
+        try:
+            await self._follow_names()
+            await asyncio.gather(*(self._ask(client, v, port) for v in self.views.values()))
+        except Exception:  # a bug here must not stop the watching, nor hold a guest back
+            log.exception("peers: this round of questions failed")
+        self._asked.set()
+        if all(v.state == "up" for v in self.views.values()):
+            self._answered.set()
 
     async def _follow_names(self) -> None:
         """Peers named by DNS (a headless Service lists the nodes as they
