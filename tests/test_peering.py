@@ -7,6 +7,9 @@ import http.server
 import ipaddress
 import threading
 
+import pytest
+from bridgelab.api.schemas import AddGuest, NetworkRequest
+from bridgelab.errors import SpecError
 from bridgelab.lab import peering
 from bridgelab.lab.runner import LabRunner
 from bridgelab.lab.states import GuestState
@@ -108,6 +111,12 @@ def test_a_guest_that_clashes_with_a_peer_fails_before_its_qemu_starts(tmp_path)
             assert rv2.state is GuestState.ready, rv2.reason
             view = r.peers().views[ipaddress.IPv4Address("127.0.0.2")]
             assert view.state == "up" and view.declaration is not None
+            # At runtime too: a new address or a new guest the peer holds is refused (422), nothing changes.
+            with pytest.raises(SpecError, match=r"guest x9 on peer 127\.0\.0\.2 already has the address"):
+                await r.set_network("rv2", NetworkRequest(ip=ipaddress.IPv4Address("10.198.101.10")))
+            with pytest.raises(SpecError, match=r"guest x9 on peer 127\.0\.0\.2 already has the name x9"):
+                await r.add_guest(AddGuest(name="x9", image="img", ip=ipaddress.IPv4Address("10.198.101.30")))
+            assert rv2.plan.ip.ip == ipaddress.IPv4Address("10.198.101.11") and "x9" not in r.guests
         lab.run(scenario)
     finally:
         api.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,9 @@ class LabContext:
         # made ready with it): the peers' clashes (peering.py), when there are peers.
         self.before_configure: Callable[[GuestRuntime], Awaitable[None]] = _nothing_to_wait_for
         self.before_boot: Callable[[GuestRuntime], Awaitable[None]] = _nothing_to_wait_for
+        # What peer hosts already hold of a name, address and MAC (runtime changes).
+        self.taken_by_peers: Callable[[str, ipaddress.IPv4Address, str | None], list[tuple[str, str]]] = \
+            lambda *_: []
 
     def notify(self) -> None:
         """Wake every long-poll waiter; each re-checks its own condition. The

@@ -169,6 +169,24 @@ class Peering:
         return [c.message for v in self.views.values() if v.declaration is not None
                 for c in clashes(mine, v.declaration) if c.guest in (None, name)]
 
+    def taken(self, name: str, ip: ipaddress.IPv4Address, mac: str | None = None) -> list[tuple[str, str]]:
+        """(field, problem) for what a peer already holds of a guest's new
+        name, address or MAC (a runtime add or a new address), as the peers
+        last declared it."""
+        out = []
+        for v in self.views.values():
+            decl = v.declaration
+            if decl is None:
+                continue
+            if ip == decl.bridge.ip:
+                out.append(("ip", f"{ip} is the bridge address on peer {v.address}"))
+            for o in decl.guests:
+                for field_, what, a, b in (("ip", "address", ip, o.ip), ("mac", "MAC", mac, o.mac),
+                                           ("name", "name", name, o.name)):
+                    if a is not None and a == b:
+                        out.append((field_, f"guest {o.name} on peer {v.address} already has the {what} {a}"))
+        return out
+
     # ------------------------------------------------------------ the mesh across hosts
 
     def remote_guests(self) -> list[tuple[PeerView, PeerGuest]]:

@@ -53,6 +53,7 @@ class LabRunner:
         if self.peering is not None:
             self.ctx.before_configure = self.peering.clear
             self.ctx.before_boot = self.peering.precheck
+            self.ctx.taken_by_peers = self.peering.taken
         self.probes = Probes(self.ctx, self.peering)
         self.snapshots = Snapshots(self.ctx)
         self.lifecycle = Lifecycle(self.ctx, self.snapshots, on_first_settled=self._after_first_settled)

@@ -55,6 +55,7 @@ class Topology:
         prefix = req.prefix or subnet.prefixlen
         gateway = req.gateway or ctx.plan.default_gateway
         issues = [FieldIssue("ip", p) for p in check_new_ip(ctx.plan, name, req.ip)]
+        issues += [FieldIssue(f, p) for f, p in ctx.taken_by_peers(name, req.ip, None) if f == "ip"]
         if req.gateway is not None and req.gateway not in subnet:
             issues.append(FieldIssue("gateway", f"gateway {req.gateway} is not on {subnet}"))
         elif not issues and gateway is not None:
@@ -98,6 +99,8 @@ class Topology:
                 raise GuestBusy(f"a guest named {req.name!r} already exists")
             lab, images, new = await ctx.in_thread(plan_with_guest, ctx.source, ctx.spec, ctx.plan,
                                                    req.model_dump(mode="json", exclude_none=True))
+            if taken := ctx.taken_by_peers(new.name, new.ip.ip, new.mac):
+                raise SpecError([FieldIssue(f, p) for f, p in taken])
             await ctx.in_thread(ctx.host.add_tap, new.tap)
             await ctx.in_thread(ctx.host.move_route, None, new.ip.ip)
             ctx.plan = dataclasses.replace(ctx.plan, guests=(*ctx.plan.guests, new))
