@@ -43,6 +43,7 @@ class PeerView:
     detail: str = "not asked yet"
     declaration: Declaration | None = None  # the last one it gave
     seen: float | None = None  # wall clock of its last answer
+    logged: frozenset[str] = frozenset()  # the clashes last logged, so each is logged once
 
 
 @dataclass
@@ -125,7 +126,7 @@ class Peering:
             else:
                 view.declaration = Declaration.model_validate_json(r.content)
                 view.state, view.detail, view.seen = "up", "answers", time.time()
-                self._log_clashes(view.declaration)
+                self._log_clashes(view)
         except (httpx.HTTPError, ValueError) as e:
             view.state = "unreachable"
             view.detail = f"its API at {view.address}:{port} does not answer ({str(e) or type(e).__name__})"
@@ -133,9 +134,13 @@ class Peering:
             (log.info if view.state == "up" else log.warning)("peer %s: %s", view.address, view.detail)
             self.ctx.notify()
 
-    def _log_clashes(self, theirs: Declaration) -> None:
-        for c in clashes(self.mine(), theirs):
-            log.error("peers: %s", c.message)
+    def _log_clashes(self, view: PeerView) -> None:
+        """Each clash once, when it appears (the peer is asked every 10 s)."""
+        assert view.declaration is not None
+        now = frozenset(c.message for c in clashes(self.mine(), view.declaration))
+        for message in sorted(now - view.logged):
+            log.error("peers: %s", message)
+        view.logged = now
 
     # ------------------------------------------------------------ gates
 
