@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import json
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -302,3 +303,26 @@ def test_a_new_peer_is_taken_in_without_a_restart(tmp_path):
         finally:
             for h in hosts:
                 h.down()
+
+
+def test_a_lost_ledger_is_cleaned_up_by_marks_vxlan_port_and_input_chain_too(tmp_path):
+    """A host side left by a killed daemon whose state directory is gone:
+    `bridgelab cleanup` finds the VXLAN port by its alias and the INPUT
+    chain by its tag, as it finds the bridge and taps."""
+    with underlay(1550, count=2) as u:
+        before = state_of(u.hosts[0])
+        host = Host(u.hosts[0], plan_in(u.hosts[0], lab_for(u, 0), tmp_path / "h0"))
+        host.up()  # and never down: the daemon was killed
+        ov = host.plan.overlay
+        assert ov is not None and ov.device in links_in(u.hosts[0])
+        host.side._lock.release()
+        subprocess.run(["rm", "-r", str(tmp_path / "h0")], check=True)
+        p = sh(u.hosts[0], sys.executable, "-m", "bridgelab.cli", "cleanup", "--all", check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert f"lab peer: removed VXLAN port {ov.device} (not in a ledger: found by its alias)" in p.stdout, p.stdout
+        after = state_of(u.hosts[0])
+        assert after["links"] == before["links"]
+        # Every rule and chain of the lab is gone. (The empty table iptables-nft
+        # made for them stays: without the ledger nothing says it was new.)
+        assert not any("bridgelab lab=peer" in line or "BL-" in line
+                       for lines in after["iptables"].values() for line in lines), after["iptables"]
