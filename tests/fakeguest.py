@@ -232,6 +232,8 @@ def main() -> None:
     ap.add_argument("--login-times-out", type=int, default=0,
                     help="the first N logins time out after the password, as login(1) does on a busy host")
     ap.add_argument("--password-after-logout", help="the password changes once the first session ends")
+    ap.add_argument("--hvc-getty-fails", action="store_true",
+                    help="systemd gives up on hvc0, the people's console, and the serial prompt still comes")
     ap.add_argument("--getty-fails", action="store_true",
                     help="systemd gives up on ttyS0 (as seen with 8 guests on 2 cores) and no prompt ever comes")
     ap.add_argument("--firmware", type=float, help="boot through a U-Boot that is quiet this long before "
@@ -248,6 +250,10 @@ def main() -> None:
             " - /dev/ttyS0.\r\n[\x1b[0;1;33mDEPEND\x1b[0m] Dependency failed for \x1b[0;1;39m"
             "serial-getty@ttyS0.service\x1b[0m - Serial Getty on ttyS0.\r\n")
         time.sleep(3600)
+    if a.hvc_getty_fails:
+        out("[\x1b[0;1;31m TIME \x1b[0m] Timed out waiting for device \x1b[0;1;39mdev-hvc0.device\x1b[0m"
+            " - /dev/hvc0.\r\n[\x1b[0;1;38:5:185mDEPEND\x1b[0m] Dependency failed for \x1b[0;1;39m"
+            "serial-getty@hvc0.service\x1b[0m - Serial Getty on hvc0.\r\n")
     if a.never_prompt:
         time.sleep(3600)
     if a.silent:

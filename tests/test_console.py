@@ -119,6 +119,14 @@ def test_a_getty_that_systemd_gave_up_on_fails_at_once_with_that_line(spawn_fake
     assert time.monotonic() - t < 5
 
 
+def test_a_getty_given_up_on_the_virtio_console_is_not_a_failed_boot(spawn_fake):
+    """hvc0 is the people's console: its getty failing (16 guests on 2
+    cores) leaves the serial console's login to come."""
+    c = spawn_fake("--hvc-getty-fails")
+    c.login("root", "bridgelab", timeout=60, idle=0.5)
+    assert c.check("echo ok") == "ok\n"
+
+
 def test_command_timeout_interrupts_and_console_recovers(spawn_fake):
     c = spawn_fake()
     c.login("root", "bridgelab", timeout=20)

@@ -105,8 +105,8 @@ def test_riscv64_argv_expresses_the_seed_command_line():
     assert "file=/run/bl/t/guests/rv1/overlay.qcow2,format=qcow2" in joined
     assert "-bios default -kernel /img/vmlinuz -initrd /img/initrd.img" in joined
     assert argv[argv.index("-append") + 1] == ("root=/dev/vda rw console=ttyS0 loglevel=3 "
-                                               "systemd.default_device_timeout_sec=600 "
-                                               "systemd.default_timeout_start_sec=600")
+                                               "systemd.default_device_timeout_sec=infinity "
+                                               "systemd.default_timeout_start_sec=infinity")
     assert "socket,id=console,path=/run/bl/t/guests/rv1/console.sock,server=on,wait=off" in joined
     assert "-mon chardev=qmp,mode=control" in joined
     assert "-S" in argv  # paused until the console reader is attached
@@ -115,7 +115,7 @@ def test_riscv64_argv_expresses_the_seed_command_line():
 def test_emulation_timeouts_join_a_kernel_line_unless_it_sets_them_or_a_firmware_reads_its_own():
     own = plan_of([{"name": "rv1", "image": "i", "append": "systemd.default_timeout_start_sec=90"}])
     assert own.guests[0].append == ("root=/dev/vda rw console=ttyS0 systemd.default_timeout_start_sec=90 "
-                                    "systemd.default_device_timeout_sec=600")
+                                    "systemd.default_device_timeout_sec=infinity")
     fw = plan_of([{"name": "oe", "image": "i"}], images={"i": image(style=BootStyle.firmware, append="")})
     assert fw.guests[0].append == ""
 
