@@ -330,6 +330,7 @@ def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fa
     peer_env.setenv("BRIDGELAB_TOKEN", PEER_TOKEN)  # one token on both hosts (compose passes it on)
     try:
         env["BRIDGELAB_TOKEN"] = PEER_TOKEN
+        (tmp_path / "peer").mkdir()
         with peer_host(tmp_path / "peer", ready_name) as peer:
             try:
                 up = sh(*compose, "up", "-d", "--wait", "--no-build", env=env, check=False, cwd=ROOT, timeout=1200)

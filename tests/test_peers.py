@@ -31,6 +31,7 @@ from bridgelab.model.plan import HostFacts, LabPlan, make_plan
 from bridgelab.model.spec import parse_lab_data
 from pyroute2 import netns as pr_netns
 
+from . import hoststate
 from .conftest import delete_netns, links_in, make_netns, netns
 from .test_plan import image
 
@@ -143,7 +144,8 @@ def state_of(ns: str) -> dict[str, Any]:
     """What teardown must restore on a host, read with the system's tools."""
     return {"links": links_in(ns),
             "iptables": {b: firewall.normalize_save(sh(ns, f"iptables-{b}-save", check=False).stdout)
-                         for b in ("nft", "legacy")}}
+                         for b in ("nft", "legacy")},
+            "nftables": hoststate.nftables(ns)}
 
 
 def ping(ns: str, target: str, size: int = 56, df: bool = False) -> bool:
@@ -326,3 +328,20 @@ def test_a_lost_ledger_is_cleaned_up_by_marks_vxlan_port_and_input_chain_too(tmp
         # made for them stays: without the ledger nothing says it was new.)
         assert not any("bridgelab lab=peer" in line or "BL-" in line
                        for lines in after["iptables"].values() for line in lines), after["iptables"]
+
+
+def test_a_base_chain_iptables_nft_made_for_the_vxlan_port_goes_too(tmp_path, monkeypatch):
+    """A host whose filter table exists without an INPUT chain (Docker's
+    iptables-nft makes FORWARD only): iptables-nft makes INPUT for the lab's
+    jump and would leave it behind. `nft list ruleset` must read as before."""
+    monkeypatch.setenv("BRIDGELAB_IPTABLES", "nft")
+    with underlay(1550, count=2) as u:
+        h = u.hosts[0]
+        sh(h, "iptables-nft", "-w", "-A", "FORWARD", "-i", "eth0", "-j", "ACCEPT")
+        assert "chain INPUT" not in "\n".join(hoststate.nftables(h))
+        before = state_of(h)
+        host = Host(h, plan_in(h, lab_for(u, 0), tmp_path / "h0"))
+        host.up()
+        assert "chain INPUT" in "\n".join(hoststate.nftables(h))
+        host.down()
+        assert state_of(h) == before

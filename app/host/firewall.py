@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import proc, settings
 from ..errors import HostNetError
@@ -302,7 +304,9 @@ def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
     current = saves.get(cmd.removeprefix("iptables-")) or save(cmd)
     rs = lab_ruleset(plan, bridged, docker_user=has_chain(current, "filter", "DOCKER-USER"))
     present = tables_in(current)
-    ledger.add(FirewallEntry(cmd=cmd, lab=plan.name, new_tables=[c.table for c in rs.chains if c.table not in present]))
+    new_chains = _absent_nft_base_chains(rs, present) if cmd == "iptables-nft" else []
+    ledger.add(FirewallEntry(cmd=cmd, lab=plan.name, new_tables=[c.table for c in rs.chains if c.table not in present],
+                             new_chains=new_chains))
     _restore(cmd, (stale.get(cmd) or "") + restore_input(rs))
     rs = dataclasses.replace(rs, cmd=cmd, managers=tuple(host_firewalls(saves, _nft_tables())))
     log.info("%s: %s", cmd, "; ".join(f"{c.table} {c.name} <- {c.parent} ({len(c.rules)} rules)"
@@ -332,19 +336,61 @@ def remove_recorded(ledger: Ledger) -> list[str]:
         if ledger.is_current(e) and e.lab is not None:
             cleaned += remove_lab(e.lab)
             if e.cmd == "iptables-nft":
+                _drop_empty_nft_chains(e.new_chains)
                 _drop_empty_nft_tables(e.new_tables)
         ledger.drop(e)
     return cleaned
+
+
+def _nft_chain(table: str, chain: str) -> dict[str, Any] | None:
+    """`nft -j list chain ip TABLE CHAIN`, or None when it does not exist."""
+    if not shutil.which("nft"):
+        return None
+    out = proc.run(["nft", "-j", "list", "chain", "ip", table, chain], check=False)
+    if out.returncode != 0:
+        return None
+    try:
+        parsed: dict[str, Any] = json.loads(out.stdout)
+    except ValueError:
+        return None
+    return parsed
+
+
+def _absent_nft_base_chains(rs: Ruleset, present: set[str]) -> list[str]:
+    """The built-in chains our jumps go into that iptables-nft will create
+    (it makes a base chain on first use, and leaves it): in tables that are
+    there already (a new table goes whole)."""
+    return [f"{c.table} {c.parent}" for c in rs.chains
+            if c.table in present and c.parent in _BUILTIN and _nft_chain(c.table, c.parent) is None]
+
+
+def nft_chain_is_empty(listing: dict[str, Any]) -> bool:
+    """Pure: an `nft -j list chain` holds no rule and accepts by policy."""
+    items = listing.get("nftables", [])
+    chains = [i["chain"] for i in items if "chain" in i]
+    return not any("rule" in i for i in items) and all(c.get("policy", "accept") == "accept" for c in chains)
+
+
+def _drop_empty_nft_chains(chains: list[str]) -> None:
+    """The base chains iptables-nft made for our jumps, if still empty, so
+    `nft list ruleset` reads as before."""
+    for entry in chains:
+        table, chain = entry.split()
+        listing = _nft_chain(table, chain)
+        if listing is not None and nft_chain_is_empty(listing):
+            proc.run(["nft", "delete", "chain", "ip", table, chain], check=False)
 
 
 def tables_in(save_output: str) -> set[str]:
     return {line[1:].strip() for line in save_output.splitlines() if line.startswith("*")}
 
 
+_BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
+
+
 def empty_table(save_output: str, table: str) -> bool:
     """Pure: the table holds no rule, no user chain and no DROP policy."""
-    builtin = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
-    return all(line.startswith(":") and line[1:].split()[0] in builtin and line.split()[1] == "ACCEPT"
+    return all(line.startswith(":") and line[1:].split()[0] in _BUILTIN and line.split()[1] == "ACCEPT"
                for line in table_lines(save_output, table))
 
 

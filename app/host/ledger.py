@@ -58,6 +58,7 @@ class FirewallEntry(_Entry):
     cmd: str | None = None
     lab: str | None = None
     new_tables: list[str] = []  # iptables-nft tables this lab brought in
+    new_chains: list[str] = []  # "TABLE CHAIN": iptables-nft base chains it brought into tables that were there
 
 
 class SysctlEntry(_Entry):
