@@ -109,9 +109,16 @@ def test_guests_on_two_hosts_are_ready_and_one_l2(hosts):
     h1, h2 = hosts.labs
     assert h1.guests()["rv1"]["state"] == "ready", h1.log.read_text()[-3000:]
     assert h2.guests()["rv2"]["state"] == "ready", h2.log.read_text()[-3000:]
-    peers = h1.api.get("/peers").raise_for_status().json()
-    assert [(p["address"], p["state"], p["clashes"]) for p in peers] == [(hosts.u.address(1), "up", [])]
-    assert [g["name"] for g in peers[0]["declaration"]["guests"]] == ["rv2"]
+    # A peer's guests are as it last declared them (asked every 10 s): rv2 may still show as on its way.
+    deadline = time.monotonic() + 30
+    while True:
+        peers = h1.api.get("/peers").raise_for_status().json()
+        assert [(p["address"], p["state"], p["clashes"]) for p in peers] == [(hosts.u.address(1), "up", [])]
+        declared = [(g["name"], g["state"]) for g in peers[0]["declaration"]["guests"]]
+        if declared == [("rv2", "ready")] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert declared == [("rv2", "ready")]
     cli = h1.cli("peers")
     assert cli.returncode == 0 and f"rv2 {SUBNET}.2 (ready)" in cli.stdout, cli.stdout + cli.stderr
     pairs = mesh(h1)

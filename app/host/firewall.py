@@ -305,8 +305,8 @@ def apply(ledger: Ledger, plan: LabPlan) -> Ruleset:
     rs = lab_ruleset(plan, bridged, docker_user=has_chain(current, "filter", "DOCKER-USER"))
     present = tables_in(current)
     new_chains = _absent_nft_base_chains(rs, present) if cmd == "iptables-nft" else []
-    ledger.add(FirewallEntry(cmd=cmd, lab=plan.name, new_tables=[c.table for c in rs.chains if c.table not in present],
-                             new_chains=new_chains))
+    new_tables = list(dict.fromkeys(c.table for c in rs.chains if c.table not in present))  # FWD and IN share filter
+    ledger.add(FirewallEntry(cmd=cmd, lab=plan.name, new_tables=new_tables, new_chains=new_chains))
     _restore(cmd, (stale.get(cmd) or "") + restore_input(rs))
     rs = dataclasses.replace(rs, cmd=cmd, managers=tuple(host_firewalls(saves, _nft_tables())))
     log.info("%s: %s", cmd, "; ".join(f"{c.table} {c.name} <- {c.parent} ({len(c.rules)} rules)"

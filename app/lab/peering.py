@@ -59,6 +59,7 @@ class Peering:
         self._started = time.monotonic()
         self._answered = asyncio.Event()  # every peer has answered once
         self._asked = asyncio.Event()  # every peer has been asked once (answered, refused or silent)
+        self._one_round = asyncio.Lock()  # the watcher's and a mesh check's rounds, one at a time
         if not self.views:
             self._answered.set()
             self._asked.set()
@@ -71,9 +72,8 @@ class Peering:
     async def run(self) -> None:
         overlay = self.ctx.plan.overlay
         assert overlay is not None
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            async with httpx.AsyncClient(timeout=ASK_TIMEOUT, headers=headers) as client:
+            async with self._client() as client:
                 while True:
                     await self._round(client, overlay.api_port)
                     await asyncio.sleep(POLL if self._answered.is_set() else POLL_UNTIL_ANSWERED)
@@ -81,7 +81,22 @@ class Peering:
             self._asked.set()
             self._answered.set()
 
+    def _client(self) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.AsyncClient(timeout=ASK_TIMEOUT, headers=headers)
+
+    async def refresh(self) -> None:
+        """One round of questions now (at most ASK_TIMEOUT): before a mesh check."""
+        overlay = self.ctx.plan.overlay
+        assert overlay is not None
+        async with self._client() as client:
+            await self._round(client, overlay.api_port)
+
     async def _round(self, client: httpx.AsyncClient, port: int) -> None:
+        async with self._one_round:
+            await self._questions(client, port)
+
+    async def _questions(self, client: httpx.AsyncClient, port: int) -> None:
         try:
             await self._follow_names()
             await asyncio.gather(*(self._ask(client, v, port) for v in self.views.values()))

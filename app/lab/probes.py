@@ -51,6 +51,8 @@ class Probes:
         self._lock = asyncio.Lock()  # one uplink probe at a time: the evidence includes host-wide counters
 
     async def mesh_check(self) -> MeshReport:
+        if self.peering is not None:
+            await self.peering.refresh()  # the peers' guests as they are now, not as of up to 10 s ago
         guests = self.ctx.guests.values()
         sources = [g for g in guests if g.state is GuestState.ready]
         skipped = [g.plan.name for g in guests if g.state is not GuestState.ready]
@@ -132,8 +134,10 @@ class Probes:
                                                                              if v.declaration else ()))]
 
     def _judge_remote(self, pairs: list[MeshPair], remote: dict[str, RemoteTarget], rx_before: int) -> list[MeshPair]:
-        """A peer's guest that does not answer: down on its host (as it last
-        declared), or the underlay between the hosts (one verdict per peer)."""
+        """A peer's guest that does not answer: down on its host (as the peer,
+        answering now, declares it), or the underlay between the hosts (one
+        verdict per peer). A peer that does not answer is the underlay's
+        case first: what it declared last is stale."""
         assert self.peering is not None
         verdicts: dict[ipaddress.IPv4Address, str | None] = {}
         out = []
@@ -142,7 +146,7 @@ class Probes:
             if p.ok or r is None:
                 out.append(p)
                 continue
-            if r.guest is not None and r.guest.state != GuestState.ready.value:
+            if r.view.state == "up" and r.guest is not None and r.guest.state != GuestState.ready.value:
                 out.append(p.model_copy(update={"diagnosis": "guest_down", "detail": (
                     f"guest {r.guest.name} is {r.guest.state} on peer {r.view.address} (as it last said)")}))
                 continue
