@@ -112,9 +112,10 @@ def test_a_guest_that_clashes_with_a_peer_fails_before_its_qemu_starts(tmp_path)
             view = r.peers().views[ipaddress.IPv4Address("127.0.0.2")]
             assert view.state == "up" and view.declaration is not None
             # At runtime too: a new address or a new guest the peer holds is refused (422), nothing changes.
-            with pytest.raises(SpecError, match=r"guest x9 on peer 127\.0\.0\.2 already has the address"):
+            taken = r"and guest x9 on peer 192\.0\.2\.1 share the"
+            with pytest.raises(SpecError, match=rf"ip: guest rv2 on this host \(127\.0\.0\.1\) {taken} address"):
                 await r.set_network("rv2", NetworkRequest(ip=ipaddress.IPv4Address("10.198.101.10")))
-            with pytest.raises(SpecError, match=r"guest x9 on peer 127\.0\.0\.2 already has the name x9"):
+            with pytest.raises(SpecError, match=rf"name: guest x9 on this host \(127\.0\.0\.1\) {taken} name x9"):
                 await r.add_guest(AddGuest(name="x9", image="img", ip=ipaddress.IPv4Address("10.198.101.30")))
             assert rv2.plan.ip.ip == ipaddress.IPv4Address("10.198.101.11") and "x9" not in r.guests
         lab.run(scenario)

@@ -342,7 +342,9 @@ def create_app(runner: LabRunner, request_exit: Callable[[], None] = lambda: Non
     @app.get("/peers", dependencies=read, responses={404: {"model": ErrorBody, "description": "no peers"}})
     async def peers() -> list[PeerView]:
         """The other hosts of the lab: whether each answers, what it declared, and any clash."""
-        return [peer_view(v, runner.peers()) for v in runner.peers().views.values()]
+        lab_peers = runner.peers()
+        mine = lab_peers.mine()
+        return [peer_view(v, mine) for v in lab_peers.views.values()]
 
     @app.post("/shutdown", status_code=202, dependencies=write)
     async def shutdown() -> dict[str, str]:

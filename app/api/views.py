@@ -13,6 +13,7 @@ from ..lab.runner import LabRunner
 from ..lab.snapshots import SnapshotInfo
 from ..lab.states import SETTLED, GuestState
 from ..lab import peering
+from ..model.peering import Declaration
 from .schemas import FailedGuest, GuestReadiness, GuestView, PeerView, Readiness, SnapshotView, WaitResult
 
 
@@ -81,8 +82,8 @@ def summary(runner: LabRunner) -> dict[str, Any]:
 __all__ = ["console_tail", "guest_view", "peer_view", "readiness", "summary", "tail_lines", "wait_result"]
 
 
-def peer_view(v: peering.PeerView, peers: peering.Peering) -> PeerView:
-    mine = peers.mine()
+def peer_view(v: peering.PeerView, mine: Declaration) -> PeerView:
+    """`mine`: this host's declaration, built once for all the peers shown."""
     found = [c.message for c in peering.clashes(mine, v.declaration)] if v.declaration else []
     return PeerView(address=str(v.address), state=v.state, detail=v.detail, seen=v.seen,
                     declaration=v.declaration, clashes=found)

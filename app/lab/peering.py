@@ -164,9 +164,7 @@ class Peering:
         fails it at once, without a boot (at most ASK_TIMEOUT for the first
         round of questions)."""
         await self._asked.wait()
-        found = self.clashes_of(g.plan.name)
-        if found:
-            raise PeerClash("; ".join(found))
+        self._refuse_clashes(g)
 
     async def clear(self, g: GuestRuntime) -> None:
         """Before `g` is configured: every peer has answered once (or
@@ -179,33 +177,23 @@ class Peering:
                 silent = [str(v.address) for v in self.views.values() if v.state != "up"]
                 log.warning("guest %s: configured without word from peer %s (%s)", g.plan.name, ", ".join(silent),
                             "; ".join(self.views[ipaddress.IPv4Address(a)].detail for a in silent))
-        found = self.clashes_of(g.plan.name)
+        self._refuse_clashes(g)
+
+    def _refuse_clashes(self, g: GuestRuntime) -> None:
+        """PeerClash naming every clash that concerns `g` (or the lab as a whole)."""
+        mine = self.mine()
+        found = [c.message for v in self.views.values() if v.declaration is not None
+                 for c in clashes(mine, v.declaration) if c.guest in (None, g.plan.name)]
         if found:
             raise PeerClash("; ".join(found))
 
-    def clashes_of(self, name: str | None) -> list[str]:
-        """The clashes that concern guest `name` (and the lab as a whole)."""
-        mine = self.mine()
-        return [c.message for v in self.views.values() if v.declaration is not None
-                for c in clashes(mine, v.declaration) if c.guest in (None, name)]
-
     def taken(self, name: str, ip: ipaddress.IPv4Address, mac: str | None = None) -> list[tuple[str, str]]:
-        """(field, problem) for what a peer already holds of a guest's new
-        name, address or MAC (a runtime add or a new address), as the peers
-        last declared it."""
-        out = []
-        for v in self.views.values():
-            decl = v.declaration
-            if decl is None:
-                continue
-            if ip == decl.bridge.ip:
-                out.append(("ip", f"{ip} is the bridge address on peer {v.address}"))
-            for o in decl.guests:
-                for field_, what, a, b in (("ip", "address", ip, o.ip), ("mac", "MAC", mac, o.mac),
-                                           ("name", "name", name, o.name)):
-                    if a is not None and a == b:
-                        out.append((field_, f"guest {o.name} on peer {v.address} already has the {what} {a}"))
-        return out
+        """(field, problem) for a guest's new name, address or MAC (a runtime
+        add or a new address) against what the peers last declared: the same
+        clashes as at start-up, for this one guest."""
+        alone = self.mine().model_copy(update={"guests": [PeerGuest(name=name, ip=ip, mac=mac or "", state="new")]})
+        return [(c.field, c.message) for v in self.views.values() if v.declaration is not None
+                for c in clashes(alone, v.declaration) if c.guest == name]
 
     # ------------------------------------------------------------ the mesh across hosts
 

@@ -53,6 +53,7 @@ def declaration(plan: LabPlan, states: dict[str, str]) -> Declaration:
 class Clash:
     guest: str | None  # this host's guest that clashes; None: the lab or the bridge
     message: str
+    field: str = ""  # the guest's field that clashes: ip, mac or name ("" for the lab or the bridge)
 
 
 def _lab_clashes(mine: Declaration, theirs: Declaration) -> list[Clash]:
@@ -80,11 +81,13 @@ def clashes(mine: Declaration, theirs: Declaration) -> list[Clash]:
     here, there = f"on this host ({mine.host})", f"on peer {theirs.host}"
     for g in mine.guests:
         if g.ip == theirs.bridge.ip:
-            out.append(Clash(g.name, f"guest {g.name} {here} has {g.ip}, the bridge address {there}"))
+            out.append(Clash(g.name, f"guest {g.name} {here} has {g.ip}, the bridge address {there}", "ip"))
         for o in theirs.guests:
-            for what, a, b in (("address", g.ip, o.ip), ("MAC", g.mac, o.mac), ("name", g.name, o.name)):
+            for field, what, a, b in (("ip", "address", g.ip, o.ip), ("mac", "MAC", g.mac, o.mac),
+                                      ("name", "name", g.name, o.name)):
                 if a == b:
-                    out.append(Clash(g.name, f"guest {g.name} {here} and guest {o.name} {there} share the {what} {a}"))
+                    out.append(Clash(g.name, f"guest {g.name} {here} and guest {o.name} {there} share the {what} {a}",
+                                     field))
     for o in theirs.guests:
         if o.ip == mine.bridge.ip:
             out.append(Clash(None, f"guest {o.name} {there} has {o.ip}, this host's bridge address"))
