@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         "How many guests log in on their consoles (and are configured through them) at once (0: one per host "
         "core). A guest waiting its turn idles at its login prompt, so the cores go to those logging in: 16 "
         "guests on 2 cores do not thrash, and login(1) does not time out."))
+    boot_concurrency: int = Field(0, ge=0, le=4096, description=(
+        "How many guest vCPUs boot at once (0: one per host core). A guest waiting for its slots has its qemu "
+        "started but paused, and its boot deadline starts when it runs; it gives them back at its login prompt. "
+        "Under TCG, more booting vCPUs than cores slow every guest in its own time (timers, RCU, systemd's job "
+        "timeouts), so the lab as a whole boots later. Raise it for KVM guests on a host with cores to spare."))
     shutdown_timeout: float = Field(30.0, description=(
         "Seconds the appliance gives guests to power off at `docker compose down` (keep it well under "
         "compose.yaml's `stop_grace_period`, 90 s)."),

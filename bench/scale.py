@@ -6,7 +6,11 @@ its turn at the lab's login slots, lab/turns.py, to ready), and the
 daemon's peak memory. Each N is one lab, started at once, in a fresh
 network namespace. A table on stdout and a PNG (matplotlib: pip install -e '.[bench]').
 
-    sudo .venv/bin/python bench/scale.py --guests 1 2 4 8 16     # writes bench/results/scale.png
+Guests boot a core's worth at a time (lab/boot_slots.py). `--unbounded N..`
+also runs those counts with every qemu running at once (the behaviour
+before the boot slots), in the same run, and prints the ratio.
+
+    sudo .venv/bin/python bench/scale.py --guests 1 2 4 8 16 --unbounded 4 8   # writes bench/results/scale.png
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from common import fresh_ns, start_serve, stop_serve, wait_settled
 @dataclass
 class Point:
     guests: int
+    boot_slots: str  # "cores" (the default) or "unbounded"
     ready: int
     all_ready: float  # serve start -> last guest ready, s
     configure_median: float  # login prompt -> ready, per guest, s
@@ -51,7 +56,7 @@ def peak_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
             return
 
 
-def keep_transcripts(tmp: Path, guests: list[dict], keep: Path, n: int) -> None:
+def keep_transcripts(tmp: Path, guests: list[dict], keep: Path, n: str) -> None:
     """The console transcripts of guests that did not get ready, kept for
     reading (bench/results is git-ignored)."""
     keep.mkdir(parents=True, exist_ok=True)
@@ -62,7 +67,14 @@ def keep_transcripts(tmp: Path, guests: list[dict], keep: Path, n: int) -> None:
                 (keep / f"scale-{n}-{g['name']}.log").write_bytes(src.read_bytes())
 
 
-def run(n: int, image: str, memory: str, timeout: float, keep: Path) -> Point:
+UNBOUNDED = "4096"  # BRIDGELAB_BOOT_CONCURRENCY's maximum: every qemu runs at once
+
+
+def run(n: int, image: str, memory: str, timeout: float, keep: Path, unbounded: bool = False) -> Point:
+    if unbounded:
+        os.environ["BRIDGELAB_BOOT_CONCURRENCY"] = UNBOUNDED
+    else:
+        os.environ.pop("BRIDGELAB_BOOT_CONCURRENCY", None)
     ns = fresh_ns("blsc")
     tmp = Path(tempfile.mkdtemp(prefix="bl-bench-scale-"))
     lab = tmp / "lab.yaml"
@@ -75,14 +87,14 @@ def run(n: int, image: str, memory: str, timeout: float, keep: Path) -> Point:
     threading.Thread(target=peak_rss, args=(proc.pid, stop, rss), daemon=True).start()
     try:
         guests = wait_settled(api, proc, timeout)
-        keep_transcripts(tmp, guests, keep, n)
+        keep_transcripts(tmp, guests, keep, f"{n}-unbounded" if unbounded else str(n))
     finally:
         stop.set()
         stop_serve(proc, api, ns, tmp)
     ready = [g for g in guests if g["state"] == "ready"]
     configure = [g["timestamps"]["ready"] - g["timestamps"]["login"] for g in ready] or [float("nan")]
     own = [g["timestamps"]["ready"] - g["stages"]["turn"] for g in ready if "turn" in g["stages"]] or [float("nan")]
-    return Point(guests=n, ready=len(ready),
+    return Point(guests=n, boot_slots="unbounded" if unbounded else "cores", ready=len(ready),
                  all_ready=max((g["timestamps"]["ready"] - t0 for g in ready), default=float("nan")),
                  configure_median=statistics.median(configure), configure_max=max(configure),
                  own_median=statistics.median(own), own_max=max(own),
@@ -95,8 +107,13 @@ def plot(points: list[Point], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    unbounded = [p for p in points if p.boot_slots == "unbounded"]
+    points = [p for p in points if p.boot_slots == "cores"]
     xs = [p.guests for p in points]
-    left.plot(xs, [p.all_ready for p in points], "o-")
+    left.plot(xs, [p.all_ready for p in points], "o-", label="a core's worth booting at a time")
+    if unbounded:
+        left.plot([p.guests for p in unbounded], [p.all_ready for p in unbounded], "x--", label="all at once")
+        left.legend()
     left.set(xlabel="guests", ylabel="s", title="serve -> every guest ready", xscale="log", xticks=xs)
     left.set_xticklabels([str(x) for x in xs])
     right.plot(xs, [p.configure_median for p in points], "o-", label="median")
@@ -121,6 +138,8 @@ def main() -> None:
     ap.add_argument("--guests", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--image", default="debian-riscv64")
     ap.add_argument("--memory", default="512M")
+    ap.add_argument("--unbounded", type=int, nargs="*", default=[],
+                    help="also run these of the guest counts with every qemu running at once")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--plot", type=Path, default=Path(__file__).parent / "results" / "scale.png",
                     help="where the PNG goes (default bench/results/scale.png, which git ignores); the "
@@ -128,22 +147,30 @@ def main() -> None:
     a = ap.parse_args()
     image_build.build_image(a.image)
     points = []
-    for n in a.guests:
-        p = run(n, a.image, a.memory, a.timeout, a.plot.parent)
+    runs = [(n, unbounded) for n in a.guests for unbounded in (False, True) if not unbounded or n in a.unbounded]
+    for n, unbounded in runs:  # each count's two runs side by side: the machine drifts over an hour
+        p = run(n, a.image, a.memory, a.timeout, a.plot.parent, unbounded)
         points.append(p)
-        print(f"{n} guests: {p.ready} ready, all ready after {p.all_ready:.1f} s, login prompt -> ready "
-              f"median {p.configure_median:.1f} s, max {p.configure_max:.1f} s, from its turn median "
-              f"{_s(p.own_median)}, max {_s(p.own_max)}, "
+        print(f"{n} guests, boot slots {p.boot_slots}: {p.ready} ready, all ready after {p.all_ready:.1f} s, "
+              f"login prompt -> ready median {p.configure_median:.1f} s, max {p.configure_max:.1f} s, "
+              f"from its turn median {_s(p.own_median)}, max {_s(p.own_max)}, "
               f"daemon peak {p.daemon_peak_mib:.0f} MiB", flush=True)
         for f in p.failures:
             print(f"  {f}")
+    points.sort(key=lambda p: (p.boot_slots, p.guests))
     print(f"\n{a.image}, {a.memory} each, 1 vCPU, TCG, {os.cpu_count()} host cores")
-    print("| guests | ready | serve -> all ready | per guest, login prompt -> ready: median / max "
+    print("| guests | boot slots | ready | serve -> all ready | per guest, login prompt -> ready: median / max "
           "| per guest, its turn -> ready: median / max | daemon peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for p in points:
-        print(f"| {p.guests} | {p.ready} | {p.all_ready:.1f} s | {p.configure_median:.1f} / {p.configure_max:.1f} s "
+        print(f"| {p.guests} | {p.boot_slots} | {p.ready} | {_s(p.all_ready)} "
+              f"| {p.configure_median:.1f} / {p.configure_max:.1f} s "
               f"| {_s(p.own_median)} / {_s(p.own_max)} | {p.daemon_peak_mib:.0f} MiB |")
+    for u in (p for p in points if p.boot_slots == "unbounded"):
+        cores = next((p for p in points if p.boot_slots == "cores" and p.guests == u.guests), None)
+        if cores is not None:
+            print(f"{u.guests} guests, serve -> all ready: a core's worth at a time / all at once = "
+                  f"{cores.all_ready / u.all_ready:.2f}")
     a.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(points, a.plot)
     print(f"\nplot: {a.plot}")

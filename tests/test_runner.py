@@ -197,6 +197,26 @@ def test_with_one_slot_guests_log_in_and_configure_one_after_another(tmp_path, m
     lab.run(scenario)
 
 
+def test_with_one_boot_slot_each_qemu_runs_only_once_the_one_before_shows_its_prompt(tmp_path, monkeypatch):
+    """BRIDGELAB_BOOT_CONCURRENCY=1: every qemu is started at once, paused;
+    the next one runs (its boot_slot stage) only after the guest before it
+    reached its login prompt, and every guest still gets ready."""
+    monkeypatch.setenv("BRIDGELAB_BOOT_CONCURRENCY", "1")
+    lab = Lab(tmp_path, [*two(), {"name": "rv3", "ip": "10.198.101.12"}],
+              guest_args={n: ["--firmware", "0.3"] for n in ("rv1", "rv2", "rv3")})
+
+    async def scenario(r: LabRunner) -> None:
+        await settle(r)
+        guests = sorted(r.guests.values(), key=lambda g: g.stages["boot_slot"])
+        assert all(g.state is GuestState.ready for g in guests), [(g.state, g.reason) for g in guests]
+        for before, after in itertools.pairwise(guests):
+            assert after.stages["boot_slot"] >= before.stages["login_prompt"], (before.stages, after.stages)
+            assert after.stages["firmware"] >= after.stages["boot_slot"]  # paused until then
+        assert max(g.stages["qemu_started"] for g in guests) < guests[0].stages["login_prompt"]
+        assert r.ctx.boot_slots.free == 1
+    lab.run(scenario)
+
+
 async def stage_seen(g: Any, stage: str) -> float:
     for _ in range(int(T / 0.1)):
         if stage in g.stages:

@@ -18,8 +18,8 @@ GUEST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 # and not the reserved bridgelab- prefix (the disk-only base snapshot).
 SNAPSHOT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
 RESERVED_SNAPSHOT_PREFIX = "bridgelab-"
-STAGES = ("qemu_started", "restored", "firmware", "kernel", "userspace", "login_prompt", "turn", "logged_in",
-          "configured", "mesh_verified")
+STAGES = ("qemu_started", "boot_slot", "restored", "firmware", "kernel", "userspace", "login_prompt", "turn",
+          "logged_in", "configured", "mesh_verified")
 
 
 class ErrorBody(BaseModel):

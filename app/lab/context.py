@@ -19,6 +19,7 @@ from ..model import declared
 from ..model.plan import GuestPlan, LabPlan
 from ..model.spec import Lab
 from ..settings import current
+from .boot_slots import BootSlots, boot_concurrency
 from .guest_runtime import GuestRuntime
 from .host_side import HostSide
 from .loader import LabSource
@@ -56,6 +57,7 @@ class LabContext:
         self.generation = 0
         self.stopping = False
         self.configure_slots = asyncio.Semaphore(configure_concurrency())
+        self.boot_slots = BootSlots(boot_concurrency())
         # Awaited before a guest is configured with its address (or, restored,
         # made ready with it): the peers' clashes (peering.py), when there are peers.
         self.before_configure: Callable[[GuestRuntime], Awaitable[None]] = _nothing_to_wait_for

@@ -17,6 +17,7 @@ from ..model.plan import GuestPlan
 from .states import GuestState, check_transition
 
 log = logging.getLogger(__name__)
+BEFORE_FIRMWARE = frozenset({"qemu_started", "boot_slot"})  # the stages of this boot that come before it
 
 
 @dataclasses.dataclass
@@ -53,10 +54,10 @@ class GuestRuntime:
 
     def stage(self, name: str) -> None:
         """Record a boot stage the first time it is seen in this boot. Firmware
-        starts a boot: anything seen before it (a reboot's shutdown noise) is
-        from the previous one."""
+        starts a boot: anything else seen before it (a reboot's shutdown
+        noise) is from the previous one."""
         if name == "firmware":
-            for old in [s for s in self.stages if s != "qemu_started"]:
+            for old in [s for s in self.stages if s not in BEFORE_FIRMWARE]:
                 del self.stages[old]
         if name not in self.stages:
             self.stages[name] = time.time()

@@ -21,6 +21,7 @@ from ..guest.console import Console
 from ..guest.session import RELOGIN_TIMEOUT
 from ..guest.shell import GuestShell, Power
 from .configure import EarlyConfiguration, configure_in_turn
+from .boot_slots import BootSlot
 from .context import LabContext
 from .guest_runtime import GuestRuntime
 from .snapshots import Snapshots
@@ -121,11 +122,15 @@ class Lifecycle:
         configures the guest when the agent did not."""
         g.restored_from = None
         await self._start_qemu(g, fresh)
-        await g.process.resume()
+        slot = BootSlot(self.ctx.boot_slots, g.plan.cpus, lambda: g.stage("boot_slot"))
         turn = Turn(self.ctx.configure_slots, lambda: g.stage("turn"))
-        early = EarlyConfiguration(self.ctx, g)
+        early: EarlyConfiguration | None = None
         try:
+            await slot.take()  # qemu waits paused; the boot deadline starts when it runs
+            await g.process.resume()
+            early = EarlyConfiguration(self.ctx, g)
             await self._boot_to_prompt(g)
+            slot.give_back()
             changed = await early.at_prompt()
             if changed is None:
                 await self._log_in(g, turn)
@@ -136,9 +141,11 @@ class Lifecycle:
                 changed = await configure_in_turn(self.ctx, g.shell, g, turn)
                 g.stage("configured")
         except BaseException:
-            early.abandon()
+            if early is not None:
+                early.abandon()
             raise
         finally:
+            slot.give_back()
             turn.end()
         g.changed = changed
 
