@@ -9,9 +9,14 @@
              commands (con add / ipv4.address / gateway / method / up), ping
              the bridge and the other guest;
   floor      one guest alone on the machine, qemu started directly, until its
-             login prompt: nothing that configures a guest can beat this.
+             login prompt: nothing that configures a guest can beat this;
+  pair       both guests at once, qemu started directly, until both show
+             their login prompts: what two boots cost on this machine's
+             cores before anything configures them (bridgelab / pair is its
+             own overhead, floor / pair what sharing the cores costs).
 
-Every variant runs in its own fresh network namespace. Medians over --reps.
+Every variant runs in its own fresh network namespace, the variants
+interleaved. Medians over --reps.
 
     sudo .venv/bin/python bench/bringup.py --reps 3
 """
@@ -26,6 +31,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -164,11 +170,43 @@ def run_manual(ns: str, tmp: Path) -> dict[str, float]:
                 console.check(f"ping -c 1 -w 5 {peer}", 30)
         return {"all_ready": time.monotonic() - t0}
     finally:
-        for gp, console in started:
-            console.close()
-            if gp.popen:
-                gp.popen.kill()
-                gp.popen.wait()
+        _end(started)
+
+
+def _prompt_seen(g: GuestPlan, console: Console, t0: float) -> float:
+    """Seconds from t0 to the guest's first login prompt."""
+    seen: list[float] = []
+    try:
+        console.login(g.login.user, g.login.password, 600,
+                      on_login_prompt=lambda: seen.append(time.monotonic() - t0))
+    except Exception:
+        if not seen:
+            raise
+    return seen[0]
+
+
+def _end(started: list[tuple[GuestProcess, Console]]) -> None:
+    for gp, console in started:
+        console.close()
+        if gp.popen:
+            gp.popen.kill()
+            gp.popen.wait()
+
+
+def run_pair(ns: str, tmp: Path) -> dict[str, float]:
+    plan = load_plan(EXAMPLE, tmp / "s")
+    ledger = Ledger(tmp / "s" / "ledger.json")
+    for g in plan.guests:
+        subprocess.run(["ip", "-n", ns, "tuntap", "add", g.tap, "mode", "tap"], check=True)
+    t0 = time.monotonic()
+    started = [start_qemu(ns, g, ledger) for g in plan.guests]
+    try:
+        with ThreadPoolExecutor(len(started)) as pool:
+            prompts = list(pool.map(lambda g, s: _prompt_seen(g, s[1], t0), plan.guests, started))
+        return {"both_prompts": max(prompts),
+                **{f"{g.name}_login_prompt": p for g, p in zip(plan.guests, prompts, strict=True)}}
+    finally:
+        _end(started)
 
 
 def run_floor(ns: str, tmp: Path) -> dict[str, float]:
@@ -177,30 +215,20 @@ def run_floor(ns: str, tmp: Path) -> dict[str, float]:
     ledger = Ledger(tmp / "s" / "ledger.json")
     subprocess.run(["ip", "-n", ns, "tuntap", "add", g.tap, "mode", "tap"], check=True)
     t0 = time.monotonic()
-    gp, console = start_qemu(ns, g, ledger)
+    started = [start_qemu(ns, g, ledger)]
     try:
-        seen: list[float] = []
-        try:
-            console.login(g.login.user, g.login.password, 600,
-                          on_login_prompt=lambda: seen.append(time.monotonic() - t0))
-        except Exception:
-            if not seen:
-                raise
-        return {"login_prompt": seen[0]}
+        return {"login_prompt": _prompt_seen(g, started[0][1], t0)}
     finally:
-        console.close()
-        if gp.popen:
-            gp.popen.kill()
-            gp.popen.wait()
+        _end(started)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", nargs="*", choices=["bridgelab", "manual", "floor"],
-                    help="run only these variants (no ratios unless all three ran)")
+    ap.add_argument("--only", nargs="*", choices=["bridgelab", "manual", "floor", "pair"],
+                    help="run only these variants (a ratio needs both of its variants)")
     a = ap.parse_args()
-    variants = {"bridgelab": run_bridgelab, "manual": run_manual, "floor": run_floor}
+    variants = {"bridgelab": run_bridgelab, "manual": run_manual, "floor": run_floor, "pair": run_pair}
     variants = {k: v for k, v in variants.items() if not a.only or k in a.only}
     results: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for rep in range(a.reps):
@@ -223,10 +251,18 @@ def main() -> None:
         for key in sorted(results["bridgelab"][0]):
             if key != "all_ready":
                 print(f"    {key:32} {med('bridgelab', key):6.1f} s")
-    if len(results) == 3:
-        b, m, f = med("bridgelab", "all_ready"), med("manual", "all_ready"), med("floor", "login_prompt")
+    b = med("bridgelab", "all_ready") if "bridgelab" in results else None
+    if b is not None and "manual" in results:
+        m = med("manual", "all_ready")
         print(f"  manual seed procedure (scripted)    {m:6.1f} s   bridgelab/manual = {b / m:.2f}")
-        print(f"  floor: one guest to login prompt    {f:6.1f} s   bridgelab/floor  = {b / f:.2f}")
+    if "floor" in results:
+        f = med("floor", "login_prompt")
+        print(f"  floor: one guest to login prompt    {f:6.1f} s" + (f"   bridgelab/floor  = {b / f:.2f}" if b else ""))
+    if "pair" in results:
+        p = med("pair", "both_prompts")
+        shared = f"   floor/pair = {med('floor', 'login_prompt') / p:.2f}" if "floor" in results else ""
+        print(f"  pair: both guests to login prompts  {p:6.1f} s" + (f"   bridgelab/pair   = {b / p:.2f}" if b else "")
+              + shared)
 
 
 if __name__ == "__main__":
