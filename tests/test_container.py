@@ -26,7 +26,7 @@ from bridgelab.model import image_build, images
 
 from . import hoststate
 from .conftest import netns
-from .labrun import RunningLab, running_lab, wait_settled
+from .engine_ns import engine_in
 
 pytestmark = pytest.mark.container
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,10 +271,9 @@ def test_compose_up_ready_mesh_then_down_leaves_host_clean(image, tmp_path):
 
 
 @contextlib.contextmanager
-def peer_host(tmp: Path, lab: str) -> Iterator[RunningLab]:
+def peer_host(lab: str) -> Iterator[str]:
     """Another "host" for the appliance's lab: a network namespace on a veth
-    underlay (PEER_NET: .1 on the host's side, .2 in the namespace), running
-    `bridgelab serve` natively with one guest, the appliance as its peer."""
+    underlay (PEER_NET: .1 on the host's side, .2 in the namespace)."""
     ul = f"{lab}-ul"
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(netns("blcp"))
@@ -284,10 +283,8 @@ def peer_host(tmp: Path, lab: str) -> Iterator[RunningLab]:
         sh("ip", "link", "set", ul, "up")
         sh("ip", "-n", ns, "addr", "add", f"{PEER_NET}.2/30", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        spec = {"name": lab, "bridge": {"name": "blcp-br", "address": "10.213.78.2/24"},
-                "peers": {"hosts": [f"{PEER_NET}.1"], "api_port": PEER_API},
-                "guests": [{"name": "rv9", "image": "debian-riscv64", "ip": "10.213.78.20"}]}
-        yield stack.enter_context(running_lab(tmp, spec, "", ns=ns, settle=False))
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns
 
 
 def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fails(image, tmp_path):
@@ -296,10 +293,12 @@ def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fa
     asks /readyz), and non-zero when a guest fails (here once a short
     BRIDGELAB_READY_WITHIN is over).
 
-    The ready lab also has a peer (docs/peers.md): another "host" (a
-    namespace on a veth underlay) running the same lab natively with one
-    guest. The appliance's guest reaches it across VXLAN, and `down` leaves
-    neither the VXLAN port nor the firewall chain behind."""
+    The ready lab spans two appliances (docs/peers.md), each started with
+    `docker compose up` and a `peers:` entry: one on this host, one on
+    another "host" (a namespace on a veth underlay with its own Docker
+    engine, tests/engine_ns.py). Their guests reach each other across
+    VXLAN, and `down` leaves neither the VXLAN port nor the firewall chain
+    behind."""
     docker_config = os.environ.get("COMPOSE_V2_CONFIG")
     if not docker_config:
         pytest.fail("no Compose v2: tests/run provides it (tests/compose-v2) in $COMPOSE_V2_CONFIG")
@@ -311,10 +310,11 @@ def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fa
     api = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10)
     host_run = hoststate.run_paths()
 
-    def lab(name: str, guest: str, extra: str = "") -> tuple[list[str], dict[str, str]]:
-        lab_dir = tmp_path / name
+    def lab(name: str, guest: str, extra: str = "", folder: str = "",
+            bridge: str = "10.213.78.1/24") -> tuple[list[str], dict[str, str]]:
+        lab_dir = tmp_path / (folder or name)
         lab_dir.mkdir()
-        (lab_dir / "lab.yaml").write_text(f"name: {name}\nbridge: {{name: {name}-br, address: 10.213.78.1/24}}\n"
+        (lab_dir / "lab.yaml").write_text(f"name: {name}\nbridge: {{name: {name}-br, address: {bridge}}}\n"
                                           f"{extra}guests:\n  - {guest}\n")
         env = {**os.environ, "DOCKER_CONFIG": docker_config, "BRIDGELAB_IMAGES_DIR": str(img_dir),
                "BRIDGELAB_LAB_DIR": str(lab_dir), "BRIDGELAB_PORT": str(PORT), "COMPOSE_PROJECT_NAME": name}
@@ -324,31 +324,44 @@ def test_compose_up_wait_returns_once_every_guest_is_ready_and_fails_when_one_fa
     ready_name = f"blw{secrets.token_hex(2)}"
     compose, env = lab(ready_name, "{name: rv1, image: debian-riscv64, cpus: 2, ip: 10.213.78.10}",
                        f"peers: {{hosts: [{PEER_NET}.2], api_port: {PEER_API}}}\n")
+    _, peer_env = lab(ready_name, "{name: rv9, image: debian-riscv64, cpus: 2, ip: 10.213.78.20}",
+                      f"peers: {{hosts: [{PEER_NET}.1], api_port: {PEER_API}}}\n", folder="peer",
+                      bridge="10.213.78.2/24")
     assert sh(*compose, "version", env=env).stdout.startswith("Docker Compose version 2.")
     token = {"Authorization": f"Bearer {PEER_TOKEN}"}
-    peer_env = pytest.MonkeyPatch()
-    peer_env.setenv("BRIDGELAB_TOKEN", PEER_TOKEN)  # one token on both hosts (compose passes it on)
-    try:
-        env["BRIDGELAB_TOKEN"] = PEER_TOKEN
-        (tmp_path / "peer").mkdir()
-        with peer_host(tmp_path / "peer", ready_name) as peer:
-            try:
-                up = sh(*compose, "up", "-d", "--wait", "--no-build", env=env, check=False, cwd=ROOT, timeout=1200)
-                assert up.returncode == 0, up.stdout + up.stderr
-                ready = api.get("/readyz")  # at once: --wait returned only once the lab was ready
-                assert ready.status_code == 200 and [g["state"] for g in ready.json()["guests"]] == ["ready"], \
-                    ready.text
-                wait_settled(peer)
-                assert peer.guests()["rv9"]["state"] == "ready", peer.log.read_text()[-3000:]
-                peers = api.get("/peers", headers=token).json()
-                assert [(p["address"], p["state"], p["clashes"]) for p in peers] == [(f"{PEER_NET}.2", "up", [])]
-                pairs = {p["target"]: p for p in api.post("/mesh", headers=token).json()["pairs"]}
-                assert pairs[f"rv9@{PEER_NET}.2"]["ok"] and pairs[f"bridge@{PEER_NET}.2"]["ok"], pairs
-                assert "_vx" in sh("ip", "-o", "link", "show", "master", f"{ready_name}-br").stdout
-            finally:
-                down = sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
-    finally:
-        peer_env.undo()
+    env["BRIDGELAB_TOKEN"] = peer_env["BRIDGELAB_TOKEN"] = PEER_TOKEN  # one token on both hosts
+    with peer_host(ready_name) as ns, engine_in(ns) as peer_engine:
+        peer_engine.load(image)
+        peer_env["DOCKER_HOST"] = peer_engine.env["DOCKER_HOST"]
+        up_cmd = [*compose, "up", "-d", "--wait", "--no-build"]
+        try:
+            peer_up = subprocess.Popen(up_cmd, env=peer_env, cwd=ROOT, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+            up = sh(*up_cmd, env=env, check=False, cwd=ROOT, timeout=1200)
+            peer_out = peer_up.communicate(timeout=1200)[0]
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert peer_up.returncode == 0, peer_out
+            ready = api.get("/readyz")  # at once: --wait returned only once the lab was ready
+            assert ready.status_code == 200 and [g["state"] for g in ready.json()["guests"]] == ["ready"], \
+                ready.text
+            # The mesh asks the peers again first, so the declaration below is the one it used:
+            # the other appliance's guest ready (its --wait has returned), not its state up to
+            # a poll interval ago.
+            pairs = {p["target"]: p for p in api.post("/mesh", headers=token).json()["pairs"]}
+            assert pairs[f"rv9@{PEER_NET}.2"]["ok"] and pairs[f"bridge@{PEER_NET}.2"]["ok"], pairs
+            peers = api.get("/peers", headers=token).json()
+            assert [(p["address"], p["state"], p["clashes"]) for p in peers] == [(f"{PEER_NET}.2", "up", [])]
+            assert [(g["name"], g["state"]) for g in peers[0]["declaration"]["guests"]] == [("rv9", "ready")], peers
+            assert "_vx" in sh("ip", "-o", "link", "show", "master", f"{ready_name}-br").stdout
+            # ...and the other way: the peer appliance's own CLI, inside its container
+            there = sh(*compose, "exec", "-T", "bridgelab", "bridgelab", "mesh", env=peer_env, cwd=ROOT,
+                       check=False)
+            assert there.returncode == 0 and f"rv1@{PEER_NET}.1" in there.stdout, there.stdout + there.stderr
+        finally:
+            down = sh(*compose, "down", "-v", env=env, check=False, cwd=ROOT)
+            peer_down = sh(*compose, "down", "-v", env=peer_env, check=False, cwd=ROOT)
+        assert peer_down.returncode == 0, peer_down.stderr
+        assert f"{ready_name}-br" not in sh("ip", "-n", ns, "-o", "link").stdout
     assert down.returncode == 0, down.stderr
     assert _lab_processes(ready_name) == [] and f"{ready_name}-br" not in sh("ip", "-o", "link").stdout
     saves = sh("iptables-nft-save").stdout + sh("iptables-legacy-save").stdout
